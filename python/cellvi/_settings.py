@@ -1,0 +1,52 @@
+"""Global settings: ``cellvi.settings.seed``, ``progress_bar``, ``num_threads``."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+
+class Settings:
+    """Process-wide settings.
+
+    Examples
+    --------
+    >>> import cellvi
+    >>> cellvi.settings.seed = 0          # runs on the CPU now repeat exactly
+    >>> cellvi.settings.progress_bar = False
+    """
+
+    def __init__(self) -> None:
+        self._seed: int | None = None
+        self.progress_bar: bool = True
+
+    @property
+    def seed(self) -> int | None:
+        """Seed for torch, numpy and ``random``; also seeds data splits and shuffling."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        if value is not None:
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise TypeError(f"seed must be an integer, got {value!r}")
+            value = int(value)
+            random.seed(value)
+            np.random.seed(value % 2**32)
+            torch.manual_seed(value)
+        self._seed = value
+
+    @property
+    def num_threads(self) -> int:
+        """Number of CPU threads torch uses."""
+        return torch.get_num_threads()
+
+    @num_threads.setter
+    def num_threads(self, value: int) -> None:
+        torch.set_num_threads(int(value))
+
+
+settings = Settings()

@@ -1,0 +1,4 @@
+"""Query methods shared by models."""
+from ._expression import ExpressionMixin
+
+__all__ = ["ExpressionMixin"]

@@ -1,0 +1,153 @@
+"""Queries of models with an expression decoder: normalized expression, likelihood
+parameters and posterior predictive samples. Written once, for every such model.
+
+The mixin relies on the model's Module returning, from ``generative``, the normalised
+expression ``"scale"`` (sums to one over genes) and the count distribution ``"dist"``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import _constants as C
+from ..train import as_count
+
+
+class ExpressionMixin:
+    """Adds expression queries to a model (needs ``_minibatches``, ``registry``, ``module``)."""
+
+    def _gene_mask(self, gene_list: Sequence[str] | None) -> np.ndarray | None:
+        if gene_list is None:
+            return None
+        if isinstance(gene_list, str):
+            gene_list = [gene_list]
+        lookup = {g: i for i, g in enumerate(self.registry.var_names)}
+        missing = [g for g in gene_list if g not in lookup]
+        if missing:
+            shown = ", ".join(map(str, missing[:10]))
+            raise KeyError(f"{len(missing)} genes of gene_list are not in the model: {shown}")
+        return np.array([lookup[g] for g in gene_list], dtype=np.int64)
+
+    def _transform_batches(self, transform_batch) -> list[int | None]:
+        if transform_batch is None:
+            return [None]
+        return self.registry.category_codes(C.BATCH_KEY, transform_batch).tolist()
+
+    def _generate(self, tensors: dict, n_samples: int, transform_batch: int | None) -> dict:
+        inf = self.module.inference(**self.module.inference_inputs(tensors), n_samples=n_samples)
+        return self.module.generative(**self.module.generative_inputs(tensors, inf, transform_batch=transform_batch))
+
+    @torch.no_grad()
+    def get_normalized_expression(
+        self,
+        adata=None,
+        indices=None,
+        transform_batch=None,
+        gene_list: Sequence[str] | None = None,
+        library_size: float | str = 1,
+        n_samples: int = 1,
+        batch_size: int | None = None,
+        return_mean: bool = True,
+        return_numpy: bool | None = None,
+    ):
+        """Expression with technical noise removed: the decoder's mean, per cell and gene.
+
+        Computed in chunks of ``batch_size`` cells; only the genes of ``gene_list`` are kept,
+        so memory is bounded by the chunk and the output.
+
+        Parameters
+        ----------
+        adata, indices
+            Cells to use (default: all of the model's own).
+        transform_batch
+            Batch category (or list, averaged) to generate every cell in; ``None``: its own.
+        gene_list
+            Genes to return (default: all).
+        library_size
+            Scale each cell to this total (``1``: proportions), or ``"latent"`` for the
+            cell's own (observed or inferred) library size.
+        n_samples
+            Posterior samples per cell.
+        return_mean
+            Average over samples; else return an array (samples x cells x genes).
+        return_numpy
+            Return a NumPy array instead of a DataFrame (cells x genes with names).
+
+        Examples
+        --------
+        >>> expr = model.get_normalized_expression(gene_list=["CD3E", "MS4A1"], library_size=1e4)
+        """
+        n_samples = as_count(n_samples, "n_samples")
+        genes = self._gene_mask(gene_list)
+        batches = self._transform_batches(transform_batch)
+        use_latent = isinstance(library_size, str)
+        if use_latent and library_size != "latent":
+            raise ValueError(f"library_size must be a number or 'latent', got {library_size!r}")
+        chunks = []
+        for tensors in self._minibatches(adata, indices, batch_size):
+            total = 0.0
+            for b in batches:
+                gen = self._generate(tensors, n_samples, b)
+                value = gen["dist"].mu if use_latent else gen["scale"] * float(library_size)
+                total = total + (value if genes is None else value[..., genes])
+            total = total / len(batches)
+            if n_samples > 1 and return_mean:
+                total = total.mean(0)
+            chunks.append(total.cpu())
+        out = torch.cat(chunks, dim=-2).numpy()
+        if return_numpy or (return_numpy is None and out.ndim == 3):
+            return out
+        if out.ndim == 3:
+            raise ValueError("a DataFrame holds one sample per cell: pass return_mean=True or return_numpy=True")
+        columns = self.registry.var_names if genes is None else [self.registry.var_names[i] for i in genes]
+        return pd.DataFrame(out, index=self._obs_names(adata, indices), columns=columns)
+
+    @torch.no_grad()
+    def get_likelihood_parameters(self, adata=None, indices=None, n_samples: int = 1,
+                                  give_mean: bool = False, batch_size: int | None = None) -> dict:
+        """Parameters of the count distribution per cell and gene.
+
+        Returns a dict with ``mean`` (the NB/Poisson mean), and where the likelihood has them
+        ``dispersions`` (theta) and ``dropout`` (zero-inflation logits). With ``n_samples`` > 1
+        and not ``give_mean``, arrays are samples x cells x genes.
+        """
+        n_samples = as_count(n_samples, "n_samples")
+        parts: dict[str, list] = {}
+        for tensors in self._minibatches(adata, indices, batch_size):
+            dist = self._generate(tensors, n_samples, None)["dist"]
+            values = {"mean": dist.mu}
+            if hasattr(dist, "theta"):
+                values["dispersions"] = dist.theta.expand_as(dist.mu)
+            if hasattr(dist, "zi_logits"):
+                values["dropout"] = dist.zi_logits
+            for key, value in values.items():
+                if n_samples > 1 and give_mean:
+                    value = value.mean(0)
+                parts.setdefault(key, []).append(value.cpu())
+        return {k: torch.cat(v, dim=-2).numpy() for k, v in parts.items()}
+
+    @torch.no_grad()
+    def posterior_predictive_sample(self, adata=None, indices=None, n_samples: int = 1,
+                                    gene_list: Sequence[str] | None = None,
+                                    batch_size: int | None = None) -> np.ndarray:
+        """Counts drawn from the posterior predictive distribution.
+
+        Returns cells x genes (``n_samples=1``) or cells x genes x samples.
+
+        Examples
+        --------
+        >>> counts = model.posterior_predictive_sample(n_samples=5)
+        """
+        n_samples = as_count(n_samples, "n_samples")
+        genes = self._gene_mask(gene_list)
+        chunks = []
+        for tensors in self._minibatches(adata, indices, batch_size):
+            draw = self._generate(tensors, n_samples, None)["dist"].sample()
+            if genes is not None:
+                draw = draw[..., genes]
+            chunks.append(draw.permute(1, 2, 0) if n_samples > 1 else draw)
+            chunks[-1] = chunks[-1].cpu()
+        return torch.cat(chunks, dim=0).numpy()

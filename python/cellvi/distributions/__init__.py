@@ -1,0 +1,4 @@
+"""Count likelihoods."""
+from ._counts import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
+
+__all__ = ["NegativeBinomial", "Poisson", "ZeroInflatedNegativeBinomial"]

@@ -1,0 +1,170 @@
+"""Count likelihoods: Poisson, negative binomial (NB) and zero-inflated NB (ZINB).
+
+Each distribution gives ``log_prob(x)`` per entry and ``log_prob_per_cell(x, nz_index,
+nz_value)``, the per-cell sum used in training. Counts are mostly zeros, and for a zero count
+the terms ``x * log(...)``, ``lgamma(x + theta)`` and ``lgamma(x + 1)`` vanish, so the
+per-cell sum is computed as (log-probability of zero at every entry) + (the difference at the
+non-zero entries only). ``lgamma(x + 1)`` does not depend on the parameters and is computed
+without gradient.
+
+Parameterisation: NB mean ``mu`` and inverse dispersion ``theta`` (variance mu + mu^2/theta);
+ZINB adds ``zi_logits``, the logit of the probability of an extra zero.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-8
+
+
+def _nz_gather(param: torch.Tensor, shape: torch.Size, nz_index: torch.Tensor) -> torch.Tensor:
+    """Values of ``param`` broadcast to ``shape`` (cells x genes) at flat indices ``nz_index``."""
+    n_genes = shape[-1]
+    if param.shape == shape:
+        return param.reshape(-1)[nz_index]
+    if param.dim() == 1 or param.shape[0] == 1:  # one value per gene
+        return param.reshape(-1)[nz_index % n_genes]
+    return param.expand(shape)[nz_index // n_genes, nz_index % n_genes]
+
+
+def _per_cell(dense_term: torch.Tensor, nz_index: torch.Tensor, nz_term: torch.Tensor) -> torch.Tensor:
+    """Row sums of ``dense_term`` plus the non-zero terms added to their rows."""
+    n_genes = dense_term.shape[-1]
+    return dense_term.sum(-1).index_add(0, nz_index // n_genes, nz_term)
+
+
+def _lgamma_x_plus_1(x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.lgamma(x + 1)
+
+
+class Poisson:
+    """Poisson with rate ``mu``."""
+
+    def __init__(self, mu: torch.Tensor):
+        self.mu = mu
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.mu
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.log(self.mu + EPS) - self.mu - _lgamma_x_plus_1(x)
+
+    def log_prob_per_cell(self, x, nz_index=None, nz_value=None) -> torch.Tensor:
+        if nz_index is None:
+            return self.log_prob(x).sum(-1)
+        mu_nz = _nz_gather(self.mu, x.shape, nz_index)
+        nz_term = nz_value * torch.log(mu_nz + EPS) - _lgamma_x_plus_1(nz_value)
+        return _per_cell(-self.mu, nz_index, nz_term)
+
+    @torch.no_grad()
+    def sample(self) -> torch.Tensor:
+        return torch.poisson(self.mu)
+
+
+class NegativeBinomial:
+    """NB with mean ``mu`` and inverse dispersion ``theta`` (broadcastable to ``mu``)."""
+
+    def __init__(self, mu: torch.Tensor, theta: torch.Tensor):
+        self.mu = mu
+        self.theta = theta
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.mu
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.mu + self.mu**2 / self.theta
+
+    def _log_theta_mu(self):
+        return torch.log(self.theta + self.mu + EPS)
+
+    def _nonzero_extra(self, x, mu, theta, log_theta_mu):
+        """log NB(x) - log NB(0) for x > 0 (works on any matching shapes)."""
+        return (
+            x * (torch.log(mu + EPS) - log_theta_mu)
+            + torch.lgamma(x + theta)
+            - torch.lgamma(theta)
+            - _lgamma_x_plus_1(x)
+        )
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        ltm = self._log_theta_mu()
+        log_p0 = self.theta * (torch.log(self.theta + EPS) - ltm)
+        return log_p0 + self._nonzero_extra(x, self.mu, self.theta, ltm)
+
+    def log_prob_per_cell(self, x, nz_index=None, nz_value=None) -> torch.Tensor:
+        if nz_index is None:
+            return self.log_prob(x).sum(-1)
+        ltm = self._log_theta_mu()
+        log_p0 = self.theta * (torch.log(self.theta + EPS) - ltm)
+        shape = x.shape
+        nz_term = self._nonzero_extra(
+            nz_value,
+            _nz_gather(self.mu, shape, nz_index),
+            _nz_gather(self.theta, shape, nz_index),
+            _nz_gather(ltm, shape, nz_index),
+        )
+        return _per_cell(log_p0, nz_index, nz_term)
+
+    @torch.no_grad()
+    def sample(self) -> torch.Tensor:
+        theta = self.theta.expand_as(self.mu)
+        rate = torch.distributions.Gamma(theta, theta / (self.mu + EPS)).sample()
+        return torch.poisson(rate)
+
+
+class ZeroInflatedNegativeBinomial(NegativeBinomial):
+    """ZINB: with probability sigmoid(``zi_logits``) an extra zero, else NB(mu, theta)."""
+
+    def __init__(self, mu: torch.Tensor, theta: torch.Tensor, zi_logits: torch.Tensor):
+        super().__init__(mu, theta)
+        self.zi_logits = zi_logits
+
+    @property
+    def zi_probs(self) -> torch.Tensor:
+        return torch.sigmoid(self.zi_logits)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (1 - self.zi_probs) * self.mu
+
+    @property
+    def variance(self) -> torch.Tensor:
+        pi = self.zi_probs
+        return (1 - pi) * self.mu * (self.mu + self.theta + pi * self.mu * self.theta) / self.theta
+
+    def _zero_parts(self):
+        """log P(x=0), and log(1-pi) + log NB(0) in logit form (``nb0`` = -pi + log NB(0))."""
+        ltm = self._log_theta_mu()
+        nb0 = -self.zi_logits + self.theta * (torch.log(self.theta + EPS) - ltm)
+        log_p0 = F.softplus(nb0) - F.softplus(-self.zi_logits)
+        return log_p0, nb0, ltm
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        log_p0, nb0, ltm = self._zero_parts()
+        nonzero = -F.softplus(-self.zi_logits) + nb0 + self._nonzero_extra(x, self.mu, self.theta, ltm)
+        return torch.where(x > 0, nonzero, log_p0)
+
+    def log_prob_per_cell(self, x, nz_index=None, nz_value=None) -> torch.Tensor:
+        if nz_index is None:
+            return self.log_prob(x).sum(-1)
+        log_p0, nb0, ltm = self._zero_parts()
+        shape = x.shape
+        nb0_nz = _nz_gather(nb0, shape, nz_index)
+        # log P(x) - log P(0) at x > 0: nb0 - softplus(nb0) + (log NB(x) - log NB(0)).
+        nz_term = -F.softplus(-nb0_nz) + self._nonzero_extra(
+            nz_value,
+            _nz_gather(self.mu, shape, nz_index),
+            _nz_gather(self.theta, shape, nz_index),
+            _nz_gather(ltm, shape, nz_index),
+        )
+        return _per_cell(log_p0, nz_index, nz_term)
+
+    @torch.no_grad()
+    def sample(self) -> torch.Tensor:
+        counts = super().sample()
+        return torch.where(torch.rand_like(counts) < self.zi_probs, torch.zeros_like(counts), counts)

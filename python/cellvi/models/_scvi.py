@@ -1,0 +1,122 @@
+"""scVI and its linear-decoder variant (LDVAE)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..analysis import ExpressionMixin
+from ..modules import VAE
+from ..train import as_count
+from ._base import BaseModel
+
+
+def library_log_stats(model: BaseModel) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the log library size per batch (the learned library's prior)."""
+    tensors = model._tensors()
+    log_lib = np.log(np.asarray(tensors.X.sum(axis=1)).ravel())
+    n_batch = model.registry.n_batch
+    means, variances = np.zeros(n_batch, np.float32), np.ones(n_batch, np.float32)
+    for b in range(n_batch):
+        values = log_lib[tensors.batch == b]
+        if values.size:
+            means[b], variances[b] = values.mean(), max(values.var(), 1e-4)
+    return means, variances
+
+
+class SCVI(ExpressionMixin, BaseModel):
+    """Single-cell variational inference (Lopez et al. 2018): a latent space of the counts with
+    batch effects removed, and normalized expression.
+
+    Parameters
+    ----------
+    adata
+        AnnData set up with :meth:`setup_anndata`.
+    n_hidden, n_latent, n_layers, dropout_rate
+        Network size: hidden units per layer, latent dimensions, hidden layers, dropout.
+    dispersion
+        ``"gene"``, ``"gene-batch"``, ``"gene-label"`` or ``"gene-cell"``: what the NB inverse
+        dispersion depends on.
+    gene_likelihood
+        ``"zinb"``, ``"nb"`` or ``"poisson"``.
+    latent_distribution
+        ``"normal"`` or ``"ln"`` (logistic normal).
+    **module_kwargs
+        Further settings of :class:`cellvi.modules.VAE` (``use_observed_lib_size``,
+        ``encode_covariates``, ``deeply_inject_covariates``, ``use_batch_norm``,
+        ``use_layer_norm``, ``log_variational``).
+
+    Examples
+    --------
+    >>> import cellvi, anndata
+    >>> adata = anndata.read_h5ad("pbmc.h5ad")
+    >>> cellvi.SCVI.setup_anndata(adata, batch_key="donor")
+    >>> model = cellvi.SCVI(adata, n_latent=10)
+    >>> model.train(max_epochs=100)
+    >>> adata.obsm["X_scVI"] = model.get_latent_representation()
+    """
+
+    
+
+    def __init__(self, adata=None, n_hidden: int = 128, n_latent: int = 10, n_layers: int = 1,
+                 dropout_rate: float = 0.1, dispersion: str = "gene", gene_likelihood: str = "zinb",
+                 latent_distribution: str = "normal", **kwargs):
+        super().__init__(
+            adata, n_hidden=as_count(n_hidden, "n_hidden"), n_latent=as_count(n_latent, "n_latent"),
+            n_layers=as_count(n_layers, "n_layers"), dropout_rate=float(dropout_rate),
+            dispersion=dispersion, gene_likelihood=gene_likelihood,
+            latent_distribution=latent_distribution, **kwargs,
+        )
+
+    def _module_kwargs(self) -> dict:
+        """Arguments of the Module; the private ``_registry``/``_tensors`` are not among them."""
+        return dict(self.init_kwargs)
+
+    def _build_module(self) -> VAE:
+        kwargs = self._module_kwargs()
+        reg = self.registry
+        if not kwargs.get("use_observed_lib_size", True):
+            if self.adata is not None:
+                kwargs["library_log_means"], kwargs["library_log_vars"] = library_log_stats(self)
+            else:  # being loaded: the saved buffers replace these
+                kwargs["library_log_means"] = np.zeros(reg.n_batch, np.float32)
+                kwargs["library_log_vars"] = np.ones(reg.n_batch, np.float32)
+        return VAE(n_input=reg.n_vars, n_batch=reg.n_batch, n_labels=reg.n_labels,
+                   n_continuous_cov=reg.n_continuous_cov, n_cats_per_cov=reg.n_cats_per_cov, **kwargs)
+
+
+class LinearSCVI(SCVI):
+    """scVI with a linear decoder (LDVAE; Svensson et al. 2020): each latent dimension has
+    interpretable gene loadings (:meth:`get_loadings`).
+
+    Defaults differ from :class:`SCVI`: ``gene_likelihood="nb"`` and a decoder without bias,
+    with BatchNorm.
+
+    Examples
+    --------
+    >>> cellvi.LinearSCVI.setup_anndata(adata, batch_key="donor")
+    >>> model = cellvi.LinearSCVI(adata, n_latent=10)
+    >>> model.train(max_epochs=100)
+    >>> loadings = model.get_loadings()   # genes x latent dimensions
+    """
+
+    def __init__(self, adata=None, n_hidden: int = 128, n_latent: int = 10, n_layers: int = 1,
+                 dropout_rate: float = 0.1, dispersion: str = "gene", gene_likelihood: str = "nb",
+                 latent_distribution: str = "normal", **kwargs):
+        kwargs.setdefault("use_batch_norm", "both")
+        kwargs.setdefault("decoder_bias", False)
+        super().__init__(adata, n_hidden, n_latent, n_layers, dropout_rate, dispersion,
+                         gene_likelihood, latent_distribution, **kwargs)
+
+    def _module_kwargs(self) -> dict:
+        return {**self.init_kwargs, "linear_decoder": True}
+
+    def get_loadings(self) -> pd.DataFrame:
+        """Gene loadings of the linear decoder (genes x latent dimensions), BatchNorm folded in.
+
+        Examples
+        --------
+        >>> model.get_loadings()["Z_0"].sort_values().tail(10)   # top genes of dimension 0
+        """
+        weights = self.module.decoder.loadings().cpu().numpy()
+        return pd.DataFrame(weights, index=self.registry.var_names,
+                            columns=[f"Z_{i}" for i in range(weights.shape[1])])

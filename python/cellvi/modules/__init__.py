@@ -1,0 +1,5 @@
+"""Modules: the math of each model, in pure torch."""
+from ._base import BaseModule, LossOutput
+from ._vae import VAE
+
+__all__ = ["BaseModule", "LossOutput", "VAE"]

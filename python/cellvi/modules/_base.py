@@ -1,0 +1,52 @@
+"""What every Module shares: the loss record and the tensor-dict entry point."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+
+@dataclasses.dataclass
+class LossOutput:
+    """The objective of one minibatch and its parts.
+
+    ``loss`` is the scalar the trainer minimises (KL terms weighted by the warm-up);
+    ``reconstruction_loss`` and ``kl_local`` are per cell and unweighted, so that
+    ``-(reconstruction_loss + kl_local)`` is each cell's evidence lower bound (ELBO).
+    """
+
+    loss: torch.Tensor
+    reconstruction_loss: torch.Tensor
+    kl_local: torch.Tensor
+    extra_metrics: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        """Per-cell evidence lower bound."""
+        return -(self.reconstruction_loss + self.kl_local)
+
+
+class BaseModule(nn.Module):
+    """A model's math. Subclasses implement ``inference``, ``generative`` and ``loss`` and say
+    how a tensor dict (see ``cellvi._constants``) maps to their arguments."""
+
+    def inference_inputs(self, tensors: dict) -> dict:
+        raise NotImplementedError
+
+    def generative_inputs(self, tensors: dict, inference_out: dict, **overrides) -> dict:
+        raise NotImplementedError
+
+    def inference(self, **kwargs) -> dict:
+        raise NotImplementedError
+
+    def generative(self, **kwargs) -> dict:
+        raise NotImplementedError
+
+    def loss(self, tensors: dict, inference_out: dict, generative_out: dict, kl_weight: float = 1.0) -> LossOutput:
+        raise NotImplementedError
+
+    def forward(self, tensors: dict, kl_weight: float = 1.0, n_samples: int = 1):
+        inference_out = self.inference(**self.inference_inputs(tensors), n_samples=n_samples)
+        generative_out = self.generative(**self.generative_inputs(tensors, inference_out))
+        return inference_out, generative_out, self.loss(tensors, inference_out, generative_out, kl_weight)

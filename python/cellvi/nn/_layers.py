@@ -1,0 +1,177 @@
+"""Shared layers: fully connected stacks with covariates injected into every hidden layer,
+the Gaussian encoder and the expression decoders of the scVI family."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class CovariateLinear(nn.Module):
+    """``Linear(concat(x, one_hot(c_1), ..., one_hot(c_k)))`` without building the one-hots.
+
+    The one-hot part of the product is a column lookup, so each categorical covariate is an
+    embedding of the output size added to ``Linear(x)``; it is the same function at lower cost.
+    """
+
+    def __init__(self, n_in: int, n_out: int, n_cats: Sequence[int] = (), bias: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out, bias=bias)
+        bound = 1.0 / (n_in + sum(n_cats)) ** 0.5  # PyTorch's default for the full fan-in
+        self.cat_weights = nn.ParameterList(
+            nn.Parameter(torch.empty(int(n), n_out).uniform_(-bound, bound)) for n in n_cats
+        )
+
+    def forward(self, x: torch.Tensor, cats: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        out = self.linear(x)
+        for weight, codes in zip(self.cat_weights, cats):
+            out = out + weight[codes]
+        return out
+
+
+class FCLayers(nn.Module):
+    """Stack of Linear -> BatchNorm/LayerNorm -> ReLU -> Dropout.
+
+    Categorical covariates (codes) are injected into every layer when ``inject_covariates``,
+    else into the first only. Single-category covariates are ignored.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        n_cats: Sequence[int] = (),
+        n_layers: int = 1,
+        n_hidden: int = 128,
+        dropout_rate: float = 0.1,
+        use_batch_norm: bool = True,
+        use_layer_norm: bool = False,
+        use_activation: bool = True,
+        bias: bool = True,
+        inject_covariates: bool = True,
+    ):
+        super().__init__()
+        sizes = [n_in] + [n_hidden] * (n_layers - 1) + [n_out]
+        self.inject = inject_covariates
+        self.n_cats = [int(n) for n in n_cats]
+        informative = [n for n in self.n_cats if n > 1]  # one category carries no information
+        self.layers = nn.ModuleList()
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            inject = inject_covariates or i == 0
+            block = nn.ModuleDict({"linear": CovariateLinear(a, b, informative if inject else (), bias)})
+            post = []
+            if use_batch_norm:
+                post.append(nn.BatchNorm1d(b, momentum=0.01, eps=1e-3))
+            if use_layer_norm:
+                post.append(nn.LayerNorm(b, elementwise_affine=False))
+            if use_activation:
+                post.append(nn.ReLU())
+            if dropout_rate > 0:
+                post.append(nn.Dropout(p=dropout_rate))
+            block["post"] = nn.Sequential(*post)
+            self.layers.append(block)
+
+    def forward(self, x: torch.Tensor, cats: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        cats = [c for c, n in zip(cats, self.n_cats) if n > 1]
+        for i, block in enumerate(self.layers):
+            x = block["post"](block["linear"](x, cats if i == 0 or self.inject else ()))
+        return x
+
+
+class GaussianEncoder(nn.Module):
+    """q(z | x) = N(mean(x), var(x)); ``latent_distribution="ln"`` applies softmax to z."""
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        n_cats: Sequence[int] = (),
+        n_layers: int = 1,
+        n_hidden: int = 128,
+        dropout_rate: float = 0.1,
+        latent_distribution: str = "normal",
+        var_eps: float = 1e-4,
+        var_activation=torch.exp,
+        **fc_kwargs,
+    ):
+        super().__init__()
+        self.latent_distribution = latent_distribution
+        self.var_eps = var_eps
+        self.var_activation = var_activation
+        self.encoder = FCLayers(n_in, n_hidden, n_cats, n_layers, n_hidden, dropout_rate, **fc_kwargs)
+        self.mean_encoder = nn.Linear(n_hidden, n_out)
+        self.var_encoder = nn.Linear(n_hidden, n_out)
+
+    def z_transform(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(z, dim=-1) if self.latent_distribution == "ln" else z
+
+    def forward(self, x: torch.Tensor, cats: Sequence[torch.Tensor] = ()):
+        h = self.encoder(x, cats)
+        mean = self.mean_encoder(h)
+        var = self.var_activation(self.var_encoder(h)) + self.var_eps
+        return mean, var
+
+
+class ExpressionDecoder(nn.Module):
+    """Latent -> (normalised expression ``scale``, ``theta`` per cell or None, ``zi_logits``).
+
+    ``scale`` sums to one over genes. With ``linear=True`` the map from z to the scale logits
+    is linear (LDVAE) and its weights are the gene loadings.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        n_cats: Sequence[int] = (),
+        n_layers: int = 1,
+        n_hidden: int = 128,
+        inject_covariates: bool = True,
+        use_batch_norm: bool = False,
+        use_layer_norm: bool = False,
+        linear: bool = False,
+        bias: bool = True,
+        dispersion_per_cell: bool = False,
+    ):
+        super().__init__()
+        self.linear = linear
+        if linear:
+            def head():
+                return FCLayers(n_in, n_out, n_cats, 1, n_hidden, 0.0, use_batch_norm, use_layer_norm,
+                                use_activation=False, bias=bias, inject_covariates=inject_covariates)
+            self.scale_head = head()
+            self.zi_head = head()
+            self.theta_head = head() if dispersion_per_cell else None
+        else:
+            self.hidden = FCLayers(n_in, n_hidden, n_cats, n_layers, n_hidden, 0.0, use_batch_norm,
+                                   use_layer_norm, inject_covariates=inject_covariates)
+            self.scale_head = nn.Linear(n_hidden, n_out)
+            self.zi_head = nn.Linear(n_hidden, n_out)
+            self.theta_head = nn.Linear(n_hidden, n_out) if dispersion_per_cell else None
+
+    def forward(self, z: torch.Tensor, cats: Sequence[torch.Tensor] = (), with_zi: bool = True):
+        if self.linear:
+            def run(head):
+                return head(z, cats)
+        else:
+            h = self.hidden(z, cats)
+
+            def run(head):
+                return head(h)
+        scale = torch.softmax(run(self.scale_head), dim=-1)
+        zi_logits = run(self.zi_head) if with_zi else None
+        log_theta = run(self.theta_head) if self.theta_head is not None else None
+        return scale, log_theta, zi_logits
+
+    def loadings(self) -> torch.Tensor:
+        """Gene loadings (genes x latent) of a linear decoder, with BatchNorm folded in."""
+        if not self.linear:
+            raise TypeError("loadings exist only for a linear decoder")
+        block = self.scale_head.layers[0]
+        weight = block["linear"].linear.weight.detach()
+        for layer in block["post"]:
+            if isinstance(layer, nn.BatchNorm1d):
+                gain = layer.weight.detach() / torch.sqrt(layer.running_var + layer.eps)
+                weight = weight * gain[:, None]
+        return weight
