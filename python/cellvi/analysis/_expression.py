@@ -36,9 +36,12 @@ class ExpressionMixin:
             return [None]
         return self.registry.category_codes(C.BATCH_KEY, transform_batch).tolist()
 
-    def _generate(self, tensors: dict, n_samples: int, transform_batch: int | None) -> dict:
-        inf = self.module.inference(**self.module.inference_inputs(tensors), n_samples=n_samples)
-        return self.module.generative(**self.module.generative_inputs(tensors, inf, transform_batch=transform_batch))
+    def _infer(self, tensors: dict, n_samples: int) -> dict:
+        return self.module.inference(**self.module.inference_inputs(tensors), n_samples=n_samples)
+
+    def _generate(self, tensors: dict, inference_out: dict, transform_batch: int | None = None) -> dict:
+        inputs = self.module.generative_inputs(tensors, inference_out, transform_batch=transform_batch)
+        return self.module.generative(**inputs)
 
     @torch.no_grad()
     def get_normalized_expression(
@@ -88,9 +91,10 @@ class ExpressionMixin:
             raise ValueError(f"library_size must be a number or 'latent', got {library_size!r}")
         chunks = []
         for tensors in self._minibatches(adata, indices, batch_size):
+            inf = self._infer(tensors, n_samples)  # the same latent sample for every batch
             total = 0.0
             for b in batches:
-                gen = self._generate(tensors, n_samples, b)
+                gen = self._generate(tensors, inf, b)
                 value = gen["dist"].mu if use_latent else gen["scale"] * float(library_size)
                 total = total + (value if genes is None else value[..., genes])
             total = total / len(batches)
@@ -117,7 +121,7 @@ class ExpressionMixin:
         n_samples = as_count(n_samples, "n_samples")
         parts: dict[str, list] = {}
         for tensors in self._minibatches(adata, indices, batch_size):
-            dist = self._generate(tensors, n_samples, None)["dist"]
+            dist = self._generate(tensors, self._infer(tensors, n_samples))["dist"]
             values = {"mean": dist.mu}
             if hasattr(dist, "theta"):
                 values["dispersions"] = dist.theta.expand_as(dist.mu)
@@ -145,7 +149,7 @@ class ExpressionMixin:
         genes = self._gene_mask(gene_list)
         chunks = []
         for tensors in self._minibatches(adata, indices, batch_size):
-            draw = self._generate(tensors, n_samples, None)["dist"].sample()
+            draw = self._generate(tensors, self._infer(tensors, n_samples))["dist"].sample()
             if genes is not None:
                 draw = draw[..., genes]
             chunks.append(draw.permute(1, 2, 0) if n_samples > 1 else draw)

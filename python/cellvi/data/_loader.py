@@ -88,5 +88,6 @@ def split_minibatches(
         indices = indices[torch.randperm(len(indices), generator=generator)]
     chunks = list(torch.split(indices, batch_size))
     if len(chunks) > 1 and len(chunks[-1]) == 1:
-        chunks[-2] = torch.cat([chunks[-2], chunks.pop()])
+        last = chunks.pop()
+        chunks[-1] = torch.cat([chunks[-1], last])
     return chunks

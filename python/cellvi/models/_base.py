@@ -335,6 +335,7 @@ class BaseModel:
         >>> model.save("my_model/")
         >>> model = cellvi.SCVI.load("my_model/", adata)
         """
+        dir_path = os.fspath(dir_path)
         if os.path.exists(dir_path) and os.listdir(dir_path) and not overwrite:
             raise FileExistsError(f"'{dir_path}' exists and is not empty; pass overwrite=True to replace it")
         tmp = f"{dir_path.rstrip(os.sep)}.tmp-cellvi"
@@ -372,6 +373,7 @@ class BaseModel:
         device
             Where to put the model (``"auto"``, ``"cpu"``, ``"cuda"``).
         """
+        dir_path = os.fspath(dir_path)
         json_path = os.path.join(dir_path, C.MODEL_JSON_FILE)
         if not os.path.exists(json_path):
             raise FileNotFoundError(f"no saved cellvi model in '{dir_path}' ({C.MODEL_JSON_FILE} missing)")

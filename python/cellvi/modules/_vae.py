@@ -26,6 +26,15 @@ NORM_CHOICES = ("none", "encoder", "decoder", "both")
 LATENT_DISTRIBUTIONS = ("normal", "ln")
 
 
+def _normal(mean, var) -> Normal:
+    return Normal(mean, var.sqrt(), validate_args=False)  # NaN must reach the trainer's check
+
+
+def _rsample(mean, var, sample_shape=()) -> torch.Tensor:
+    eps = torch.randn(*sample_shape, *mean.shape, device=mean.device, dtype=mean.dtype)
+    return mean + var.sqrt() * eps
+
+
 def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
@@ -145,7 +154,7 @@ class VAE(BaseModule):
                 x_in = torch.cat([x_in, cont_covs], dim=-1)
         qz_mean, qz_var = self.z_encoder(x_in, cats)
         sample_shape = (n_samples,) if n_samples > 1 else ()
-        untran_z = Normal(qz_mean, qz_var.sqrt()).rsample(sample_shape)
+        untran_z = _rsample(qz_mean, qz_var, sample_shape)
         out = {"qz_mean": qz_mean, "qz_var": qz_var, "untran_z": untran_z,
                "z": self.z_encoder.z_transform(untran_z)}
         if self.use_observed_lib_size:
@@ -154,7 +163,7 @@ class VAE(BaseModule):
         else:
             ql_mean, ql_var = self.l_encoder(x_in, cats)
             out.update(ql_mean=ql_mean, ql_var=ql_var,
-                       library=Normal(ql_mean, ql_var.sqrt()).rsample(sample_shape))
+                       library=_rsample(ql_mean, ql_var, sample_shape))
         return out
 
     def generative(self, z, library, batch, cat_covs=(), cont_covs=None, labels=None) -> dict:
@@ -187,12 +196,15 @@ class VAE(BaseModule):
             dist = Poisson(mu)
         return {"scale": scale, "dist": dist, "theta": theta}
 
+    def _library_prior(self, batch: torch.Tensor) -> Normal:
+        return _normal(self.library_log_means[0, batch].unsqueeze(-1),
+                       self.library_log_vars[0, batch].unsqueeze(-1))
+
     def _kl_library(self, inference_out: dict, batch: torch.Tensor) -> torch.Tensor:
         if self.use_observed_lib_size:
             return torch.zeros((), device=batch.device)
-        prior = Normal(self.library_log_means[0, batch].unsqueeze(-1),
-                       self.library_log_vars[0, batch].sqrt().unsqueeze(-1))
-        posterior = Normal(inference_out["ql_mean"], inference_out["ql_var"].sqrt())
+        prior = self._library_prior(batch)
+        posterior = _normal(inference_out["ql_mean"], inference_out["ql_var"])
         return kl_divergence(posterior, prior).sum(-1)
 
     def loss(self, tensors, inference_out, generative_out, kl_weight: float = 1.0) -> LossOutput:
@@ -211,8 +223,8 @@ class VAE(BaseModule):
     def marginal_ll(self, tensors: dict, n_mc_samples: int = 1000, chunk: int = 100) -> torch.Tensor:
         """Importance-sampled log p(x) per cell, with q(z|x) (and q(l|x)) as the proposal."""
         inf = self.inference(**self.inference_inputs(tensors))
-        qz = Normal(inf["qz_mean"], inf["qz_var"].sqrt())
-        prior_z = Normal(torch.zeros_like(inf["qz_mean"]), torch.ones_like(inf["qz_var"]))
+        qz = _normal(inf["qz_mean"], inf["qz_var"])
+        prior_z = _normal(torch.zeros_like(inf["qz_mean"]), torch.ones_like(inf["qz_var"]))
         x = tensors[C.X_KEY]
         log_w = []
         for start in range(0, n_mc_samples, chunk):
@@ -223,10 +235,8 @@ class VAE(BaseModule):
             if self.use_observed_lib_size:
                 sample["library"] = inf["library"].expand(k, *inf["library"].shape)
             else:
-                ql = Normal(inf["ql_mean"], inf["ql_var"].sqrt())
-                batch = tensors[C.BATCH_KEY]
-                prior_l = Normal(self.library_log_means[0, batch].unsqueeze(-1),
-                                 self.library_log_vars[0, batch].sqrt().unsqueeze(-1))
+                ql = _normal(inf["ql_mean"], inf["ql_var"])
+                prior_l = self._library_prior(tensors[C.BATCH_KEY])
                 lib = ql.sample((k,))
                 sample["library"] = lib
                 lw = lw + (prior_l.log_prob(lib) - ql.log_prob(lib)).sum(-1)

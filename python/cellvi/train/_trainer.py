@@ -3,8 +3,8 @@ progress bar, devices and seeds. A plain loop: per minibatch it does the module'
 nothing else (no per-step host synchronisation, no per-step logging)."""
 from __future__ import annotations
 
+import logging
 import math
-import warnings
 
 import numpy as np
 import torch
@@ -12,6 +12,8 @@ import torch
 from .._settings import settings
 from ..data import DeviceData, split_minibatches
 from ..modules import BaseModule
+
+logger = logging.getLogger("cellvi")
 
 
 class TrainingError(RuntimeError):
@@ -199,8 +201,8 @@ class Trainer:
                     since_best += 1
                     if since_best >= self.patience:
                         bar.close()
-                        warnings.warn(f"early stopping after epoch {epoch + 1}: {monitor} has not "
-                                      f"improved for {self.patience} epochs", UserWarning, stacklevel=3)
+                        logger.info("early stopping after epoch %d: %s has not improved for %d epochs",
+                                    epoch + 1, monitor, self.patience)
                         break
         bar.close()
         self.module.eval()
