@@ -263,6 +263,13 @@ def _per_cell_mean(values) -> float:
     return float(values.mean())
 
 
+def _whole(value):
+    """A whole float as an int (400.0 -> 400), 0 as None (no warm-up)."""
+    if not value:
+        return None
+    return int(value) if float(value).is_integer() else value
+
+
 def worker_cellvi(cfg, train, test) -> dict:
     import cellvi
 
@@ -278,7 +285,7 @@ def worker_cellvi(cfg, train, test) -> dict:
     t0 = time.perf_counter()
     model.train(max_epochs=cfg["epochs"], device=cfg["device"], train_size=1.0,
                 batch_size=cfg["batch_size"], lr=cfg["lr"], eps=cfg["eps"],
-                weight_decay=cfg["weight_decay"], n_epochs_kl_warmup=cfg["kl_warmup_arg"] or None,
+                weight_decay=cfg["weight_decay"], n_epochs_kl_warmup=_whole(cfg["kl_warmup_arg"]),
                 progress_bar=False)
     train_s = time.perf_counter() - t0
     rss_train = _maxrss_mib()
@@ -329,13 +336,19 @@ def worker_scvi(cfg, train, test) -> dict:
     hist = model.history
     out = {"version": scvi.__version__, "setup_s": setup_s, "train_s": train_s,
            "rss_before_train_mib": rss_before, "rss_train_mib": rss_train,
-           "final_elbo_train": float(hist["elbo_train"].iloc[-1, 0])}
+           # scvi-tools logs "elbo_train" as reconstruction loss + KL: the negative ELBO
+           "final_elbo_train": -abs(float(hist["elbo_train"].iloc[-1, 0]))}
     if "kl_weight" in hist:
         out["final_kl_weight"] = float(hist["kl_weight"].iloc[-1, 0])
     if cfg["n_mc_samples"] > 0:
         t0 = time.perf_counter()
-        ll = model.get_marginal_ll(test, n_mc_samples=cfg["n_mc_samples"],
-                                   batch_size=cfg["batch_size"], return_mean=False)
+        # By default scvi-tools runs one forward pass per importance sample; let it draw them
+        # in chunks as cellvi does (the chunk must divide n_mc_samples: scvi-tools divides the
+        # sum over all passes by n_mc_samples).
+        n_mc = cfg["n_mc_samples"]
+        per_pass = max(d for d in range(1, min(n_mc, 100) + 1) if n_mc % d == 0)
+        ll = model.get_marginal_ll(test, n_mc_samples=n_mc, batch_size=cfg["batch_size"],
+                                   return_mean=False, n_mc_samples_per_pass=per_pass)
         out["mll_s"] = time.perf_counter() - t0
         value = _per_cell_mean(ll.cpu().numpy() if hasattr(ll, "cpu") else ll)
         if value > 0:  # an old convention: the negative log-likelihood

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: set up (if needed), then the Python tests (pytest) and the R package
+# tests (testthat, against the same Python environment).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/scripts/setup_env.sh"
+cd "$ROOT"
+VENV="${CELLVI_VENV:-$ROOT/.venv}"
+
+echo "== Python tests"
+"$VENV/bin/python" -m pytest tests/python "$@"
+
+echo "== R tests"
+RLIB="$(mktemp -d)"
+trap 'rm -rf "$RLIB"' EXIT
+R CMD INSTALL --no-multiarch --library="$RLIB" "$ROOT" >"$RLIB/install.log" 2>&1 || { cat "$RLIB/install.log"; exit 1; }
+RETICULATE_PYTHON="$VENV/bin/python" R_LIBS="$RLIB" Rscript -e '
+  res <- testthat::test_dir("tests/testthat", package = "cellvi", load_package = "installed",
+                            reporter = "summary", stop_on_failure = TRUE)
+  invisible(res)'

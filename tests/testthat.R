@@ -1,0 +1,4 @@
+library(testthat)
+library(cellvi)
+
+test_check("cellvi")
