@@ -4,8 +4,8 @@ Each distribution gives ``log_prob(x)`` per entry and ``log_prob_per_cell(x, nz_
 nz_value)``, the per-cell sum used in training. Counts are mostly zeros, and for a zero count
 the terms ``x * log(...)``, ``lgamma(x + theta)`` and ``lgamma(x + 1)`` vanish, so the
 per-cell sum is computed as (log-probability of zero at every entry) + (the difference at the
-non-zero entries only). ``lgamma(x + 1)`` does not depend on the parameters and is computed
-without gradient.
+non-zero entries only), with hand-derived gradients for NB and ZINB (see ``_fused``).
+``lgamma(x + 1)`` does not depend on the parameters and is computed without gradient.
 
 Parameterisation: NB mean ``mu`` and inverse dispersion ``theta`` (variance mu + mu^2/theta);
 ZINB adds ``zi_logits``, the logit of the probability of an extra zero.
@@ -15,17 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._fused import count_log_likelihood_per_cell
+
 EPS = 1e-8
-
-
-def _nz_gather(param: torch.Tensor, shape: torch.Size, nz_index: torch.Tensor) -> torch.Tensor:
-    """Values of ``param`` broadcast to ``shape`` (cells x genes) at flat indices ``nz_index``."""
-    n_genes = shape[-1]
-    if param.shape == shape:
-        return param.reshape(-1)[nz_index]
-    if param.dim() == 1 or param.shape[0] == 1:  # one value per gene
-        return param.reshape(-1)[nz_index % n_genes]
-    return param.expand(shape)[nz_index // n_genes, nz_index % n_genes]
 
 
 def _per_cell(dense_term: torch.Tensor, nz_index: torch.Tensor, nz_term: torch.Tensor) -> torch.Tensor:
@@ -55,7 +47,7 @@ class Poisson:
     def log_prob_per_cell(self, x, nz_index=None, nz_value=None) -> torch.Tensor:
         if nz_index is None:
             return self.log_prob(x).sum(-1)
-        mu_nz = _nz_gather(self.mu, x.shape, nz_index)
+        mu_nz = self.mu.reshape(-1)[nz_index]
         nz_term = nz_value * torch.log(mu_nz + EPS) - _lgamma_x_plus_1(nz_value)
         return _per_cell(-self.mu, nz_index, nz_term)
 
@@ -99,16 +91,7 @@ class NegativeBinomial:
     def log_prob_per_cell(self, x, nz_index=None, nz_value=None) -> torch.Tensor:
         if nz_index is None:
             return self.log_prob(x).sum(-1)
-        ltm = self._log_theta_mu()
-        log_p0 = self.theta * (torch.log(self.theta + EPS) - ltm)
-        shape = x.shape
-        nz_term = self._nonzero_extra(
-            nz_value,
-            _nz_gather(self.mu, shape, nz_index),
-            _nz_gather(self.theta, shape, nz_index),
-            _nz_gather(ltm, shape, nz_index),
-        )
-        return _per_cell(log_p0, nz_index, nz_term)
+        return count_log_likelihood_per_cell(self.mu, self.theta, None, nz_index, nz_value)
 
     @torch.no_grad()
     def sample(self) -> torch.Tensor:
@@ -152,17 +135,7 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
     def log_prob_per_cell(self, x, nz_index=None, nz_value=None) -> torch.Tensor:
         if nz_index is None:
             return self.log_prob(x).sum(-1)
-        log_p0, nb0, ltm = self._zero_parts()
-        shape = x.shape
-        nb0_nz = _nz_gather(nb0, shape, nz_index)
-        # log P(x) - log P(0) at x > 0: nb0 - softplus(nb0) + (log NB(x) - log NB(0)).
-        nz_term = -F.softplus(-nb0_nz) + self._nonzero_extra(
-            nz_value,
-            _nz_gather(self.mu, shape, nz_index),
-            _nz_gather(self.theta, shape, nz_index),
-            _nz_gather(ltm, shape, nz_index),
-        )
-        return _per_cell(log_p0, nz_index, nz_term)
+        return count_log_likelihood_per_cell(self.mu, self.theta, self.zi_logits, nz_index, nz_value)
 
     @torch.no_grad()
     def sample(self) -> torch.Tensor:
