@@ -20,44 +20,66 @@ class DeviceData:
     """An :class:`AnnTensors` moved to ``device``; ``minibatch(idx)`` returns a tensor dict.
 
     With float32 values and int32 indices on the CPU (the usual h5ad layout) the counts are
-    shared with the scipy matrix, not copied.
+    shared with the scipy matrix, not copied. On a GPU the data live in GPU memory for the
+    whole run when they take less than ``gpu_fraction`` of the free memory; otherwise they
+    stay in pinned host memory and each minibatch is cut there and sent over.
     """
 
-    def __init__(self, tensors: AnnTensors, device: torch.device | str = "cpu"):
+    def __init__(self, tensors: AnnTensors, device: torch.device | str = "cpu", gpu_fraction: float = 0.5):
         device = torch.device(device)
         X = tensors.X
         self.device = device
         self.n_obs, self.n_vars = X.shape
-        self.indptr = torch.from_numpy(X.indptr.astype(np.int64, copy=False)).to(device)
-        self.indices = torch.from_numpy(X.indices).to(device)
-        self.values = torch.from_numpy(X.data).to(device)
-        self.obs = {C.BATCH_KEY: torch.from_numpy(tensors.batch).to(device)}
-        self.obs[C.LABELS_KEY] = torch.from_numpy(tensors.labels).to(device)
+        host = {
+            "indptr": torch.from_numpy(X.indptr.astype(np.int64, copy=False)),
+            "indices": torch.from_numpy(X.indices),
+            "values": torch.from_numpy(X.data),
+            C.BATCH_KEY: torch.from_numpy(tensors.batch),
+            C.LABELS_KEY: torch.from_numpy(tensors.labels),
+        }
         for key, arr in (
             (C.CAT_COVS_KEY, tensors.categorical_covariates),
             (C.CONT_COVS_KEY, tensors.continuous_covariates),
             (C.SIZE_FACTOR_KEY, tensors.size_factor),
         ):
             if arr is not None:
-                self.obs[key] = torch.from_numpy(arr).to(device)
+                host[key] = torch.from_numpy(arr)
+        self.storage_device = device
+        if device.type == "cuda":
+            n_bytes = sum(t.numel() * t.element_size() for t in host.values())
+            free, _ = torch.cuda.mem_get_info(device)
+            if n_bytes > gpu_fraction * free:
+                self.storage_device = torch.device("cpu")
+                host = {k: t.pin_memory() for k, t in host.items()}
+        stored = {k: t.to(self.storage_device) for k, t in host.items()}
+        self.indptr, self.indices, self.values = stored.pop("indptr"), stored.pop("indices"), stored.pop("values")
+        self._host_indptr = host["indptr"]  # minibatch sizes are computed here: no device sync
+        self.obs = stored
 
     def minibatch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """Dense counts of rows ``idx`` plus their non-zeros and per-cell covariates."""
-        idx = idx.to(self.device)
+        idx_host = idx.cpu()
+        total = int((self._host_indptr[idx_host + 1] - self._host_indptr[idx_host]).sum())
+        if self.storage_device != self.device:
+            return {k: t.to(self.device, non_blocking=True)
+                    for k, t in self._cut(idx.to(self.storage_device), total).items()}
+        return self._cut(idx.to(self.device), total)
+
+    def _cut(self, idx: torch.Tensor, total: int) -> dict[str, torch.Tensor]:
+        device = idx.device
         starts = self.indptr[idx]
         lengths = self.indptr[idx + 1] - starts
-        total = int(lengths.sum())
         n = idx.shape[0]
-        rows = torch.repeat_interleave(torch.arange(n, device=self.device), lengths, output_size=total)
+        rows = torch.repeat_interleave(torch.arange(n, device=device), lengths, output_size=total)
         # Position of each gathered entry inside the CSR arrays.
         offsets = torch.cumsum(lengths, 0) - lengths
-        pos = torch.arange(total, device=self.device) + (starts - offsets).repeat_interleave(
+        pos = torch.arange(total, device=device) + (starts - offsets).repeat_interleave(
             lengths, output_size=total
         )
         cols = self.indices[pos].long()
         vals = self.values[pos]
         flat = rows * self.n_vars + cols
-        X = torch.zeros(n * self.n_vars, device=self.device, dtype=vals.dtype)
+        X = torch.zeros(n * self.n_vars, device=device, dtype=vals.dtype)
         X[flat] = vals
         out = {key: t[idx] for key, t in self.obs.items()}
         out[C.X_KEY] = X.view(n, self.n_vars)

@@ -154,7 +154,8 @@ class Trainer:
         self.module.train()
         batches = split_minibatches(self.train_indices, self.batch_size, True, self.generator)
         batches = batches[: self._n_batches(len(batches))]
-        sums = torch.zeros(4, device=self.data.device)
+        sums = torch.zeros(3, device=self.data.device)  # summed on the device: no per-step sync
+        n = 0
         kl_weight = 0.0
         for step, idx in enumerate(batches):
             kl_weight = self.kl_weight(epoch, step, len(batches))
@@ -164,10 +165,9 @@ class Trainer:
             out.loss.backward()
             self.optimizer.step()
             with torch.no_grad():
-                n = out.reconstruction_loss.shape[0]
-                sums += torch.stack([out.loss * n, out.reconstruction_loss.sum(), out.kl_local.sum(),
-                                     torch.tensor(float(n), device=sums.device)])
-        loss, rec, kl, n = sums.tolist()
+                sums += torch.stack([out.loss * len(idx), out.reconstruction_loss.sum(), out.kl_local.sum()])
+            n += len(idx)
+        loss, rec, kl = sums.tolist()
         return {"loss_train": loss / n, "elbo_train": -(rec + kl) / n,
                 "reconstruction_loss_train": rec / n, "kl_local_train": kl / n, "kl_weight": kl_weight}
 
