@@ -76,12 +76,12 @@ class DeviceData:
         pos = torch.arange(total, device=device) + (starts - offsets).repeat_interleave(
             lengths, output_size=total
         )
-        cols = self.indices[pos].long()
-        vals = self.values[pos]
+        # index_select and scatter_: several times faster on the CPU than tensor[index].
+        cols = torch.index_select(self.indices, 0, pos).long()
+        vals = torch.index_select(self.values, 0, pos)
         flat = rows * self.n_vars + cols
-        X = torch.zeros(n * self.n_vars, device=device, dtype=vals.dtype)
-        X[flat] = vals
-        out = {key: t[idx] for key, t in self.obs.items()}
+        X = torch.zeros(n * self.n_vars, device=device, dtype=vals.dtype).scatter_(0, flat, vals)
+        out = {key: torch.index_select(t, 0, idx) for key, t in self.obs.items()}
         out[C.X_KEY] = X.view(n, self.n_vars)
         out[C.X_NZ_INDEX_KEY] = flat
         out[C.X_NZ_VALUE_KEY] = vals

@@ -23,12 +23,17 @@ import torch.nn.functional as F
 EPS = 1e-8
 
 
+def _at(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Flat gather (index_select is several times faster on the CPU than ``t[index]``)."""
+    return torch.index_select(t.reshape(-1), 0, index)
+
+
 def _gather(param: torch.Tensor, shape: torch.Size, flat: torch.Tensor, cols: torch.Tensor):
     if param.shape == shape:
-        return param.reshape(-1)[flat]
+        return _at(param, flat)
     if param.dim() == 1 or param.shape[0] == 1:
-        return param.reshape(-1)[cols]
-    return param.expand(shape).reshape(-1)[flat]
+        return _at(param, cols)
+    return _at(param.expand(shape).contiguous(), flat)
 
 
 class _CountLogLikelihood(torch.autograd.Function):
@@ -66,15 +71,15 @@ class _CountLogLikelihood(torch.autograd.Function):
 
             # Corrections at the non-zero entries.
             x = nz_value
-            mu_nz = mu.reshape(-1)[nz_index]
-            r_nz = r.reshape(-1)[nz_index]
-            L_nz = L.reshape(-1)[nz_index]
+            mu_nz = _at(mu, nz_index)
+            r_nz = _at(r, nz_index)
+            L_nz = _at(L, nz_index)
             theta_nz = _gather(theta, shape, nz_index, cols)
             x_theta = x + theta_nz
             if per_gene_theta:  # lgamma and digamma of theta once per gene
                 flat_theta = theta.reshape(-1)
-                lg_theta = torch.lgamma(flat_theta)[cols]
-                dg_theta = torch.digamma(flat_theta)[cols]
+                lg_theta = _at(torch.lgamma(flat_theta), cols)
+                dg_theta = _at(torch.digamma(flat_theta), cols)
             else:
                 lg_theta = torch.lgamma(theta_nz)
                 dg_theta = torch.digamma(theta_nz)
@@ -83,12 +88,12 @@ class _CountLogLikelihood(torch.autograd.Function):
             dmu_nz = x / (mu_nz + EPS) - x_r
             dtheta_nz = torch.digamma(x_theta) - dg_theta - x_r
             if zi_logits is not None:
-                sig_nz = sig.reshape(-1)[nz_index]
-                s_nz = s.reshape(-1)[nz_index]
+                sig_nz = _at(sig, nz_index)
+                s_nz = _at(s, nz_index)
                 one_minus_sig = 1 - sig_nz
                 extra = extra - F.softplus(-s_nz)
                 dmu_nz = dmu_nz - theta_nz * r_nz * one_minus_sig
-                dtheta_nz = dtheta_nz + one_minus_sig * dmr.reshape(-1)[nz_index]
+                dtheta_nz = dtheta_nz + one_minus_sig * _at(dmr, nz_index)
                 dpi.reshape(-1).index_add_(0, nz_index, sig_nz - 1)
             per_cell.index_add_(0, rows, extra)
             dmu.reshape(-1).index_add_(0, nz_index, dmu_nz)
