@@ -41,6 +41,10 @@ Measures, per tool (each tool trains in its own fresh subprocess, ``--worker TOO
                     log-likelihood"); a positive value would be flipped and flagged.
     peak RSS        the worker's resident-memory high-water mark (``getrusage``) after training,
                     and its growth over the mark after imports and data loading.
+    peak over base  the highest RSS sampled (every 100 ms) while the tool set up and trained,
+                    minus the RSS before any data was read; "peak / CSR" divides it by the
+                    size of the training count matrix (CSR data + indices + indptr). The whole
+                    loaded AnnData (train and test) is inside this figure.
 
 Examples
 --------
@@ -254,6 +258,34 @@ def prepare(args, workdir: Path) -> dict:
 # ------------------------------------------------------------------------------------------
 def _maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _rss_now_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakRSS:
+    """Samples the current RSS every 100 ms in a thread; ``peak`` is the highest seen (MiB)."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak = _rss_now_mib()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.1):
+                self.peak = max(self.peak, _rss_now_mib())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_now_mib())
 
 
 def _per_cell_mean(values) -> float:
@@ -500,13 +532,18 @@ def run_as_worker(args) -> None:
 
     cfg = json.loads((args.workdir / "config.json").read_text())
     torch.set_num_threads(cfg["threads"])
+    rss_base = _rss_now_mib()  # interpreter, torch and anndata, before any data
     train = anndata.read_h5ad(args.workdir / "train.h5ad")
     test = anndata.read_h5ad(args.workdir / "test.h5ad")
+    X = train.X
+    csr_mib = (X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) / 2**20
     rss_loaded = _maxrss_mib()
-    out = WORKERS[args.worker](cfg, train, test)
+    with PeakRSS() as peak:
+        out = WORKERS[args.worker](cfg, train, test)
     out.update(tool=args.worker, torch=torch.__version__, threads_after=torch.get_num_threads(),
                rss_loaded_mib=rss_loaded, rss_peak_mib=_maxrss_mib(), n_train=train.n_obs,
-               n_test=test.n_obs, epochs=cfg["epochs"])
+               n_test=test.n_obs, epochs=cfg["epochs"], rss_base_mib=rss_base,
+               train_csr_mib=csr_mib, peak_over_base_mib=peak.peak - rss_base)
     out["cells_per_s"] = train.n_obs * cfg["epochs"] / out["train_s"]
     print(RESULT_MARKER + json.dumps(out), flush=True)
 
@@ -584,7 +621,7 @@ def results_table(results: dict[str, dict], import_s: dict[str, float | None]) -
     ref = results.get("scvi", {}).get("cells_per_s")
     head = ["tool", "version", "import (s)", "train (s)", "cells/s", "vs scvi-tools",
             "test log p(x)/cell", "final train ELBO", "log p(x) time (s)", "peak RSS (MiB)",
-            "RSS growth in train (MiB)"]
+            "RSS growth in train (MiB)", "train CSR (MiB)", "peak over base (MiB)", "peak / CSR"]
     rows = [head, ["---"] * len(head)]
     for tool, r in results.items():
         speed = r.get("cells_per_s")
@@ -595,6 +632,8 @@ def results_table(results: dict[str, dict], import_s: dict[str, float | None]) -
             _fmt(r.get("test_log_px"), ".2f"), _fmt(r.get("final_elbo_train"), ".2f"),
             _fmt(r.get("mll_s"), ".1f"), _fmt(r.get("rss_train_mib"), ",.0f"),
             _fmt(r["rss_train_mib"] - r["rss_loaded_mib"] if "rss_train_mib" in r else None, ",.0f"),
+            _fmt(r.get("train_csr_mib"), ",.0f"), _fmt(r.get("peak_over_base_mib"), ",.0f"),
+            _fmt(r["peak_over_base_mib"] / r["train_csr_mib"] if "peak_over_base_mib" in r else None, ".2f"),
         ])
     return ["| " + " | ".join(row) + " |" for row in rows]
 

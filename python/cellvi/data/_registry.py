@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from .. import _constants as C
 
 _MAX_LISTED = 10
+_CHUNK = 1 << 22  # values per chunk when scanning a count matrix
 
 
 def _preview(values: Sequence[Any], n: int = _MAX_LISTED) -> str:
@@ -81,34 +82,50 @@ def as_csr_float32(X) -> sp.csr_matrix:
 
 
 def check_counts(X: sp.csr_matrix, source: str, obs_names=None) -> None:
-    """Refuse what cannot be counts; warn on non-integers. ``X`` is CSR float32."""
+    """Refuse what cannot be counts; warn on non-integers. ``X`` is CSR float32.
+
+    The stored values are scanned in chunks so that the check's temporaries stay small next
+    to the matrix (it must not double the memory of a large data set).
+    """
     data = X.data
     if X.shape[0] == 0:
         raise ValueError(f"{source} has no cells")
     if X.shape[1] == 0:
         raise ValueError(f"{source} has no genes")
-    if data.size:
-        finite = np.isfinite(data)
+    n_nan = n_inf = n_negative = 0
+    minimum, non_integer = np.inf, None
+    for start in range(0, data.size, _CHUNK):
+        chunk = data[start:start + _CHUNK]
+        finite = np.isfinite(chunk)
         if not finite.all():
-            n_nan = int(np.isnan(data).sum())
-            raise ValueError(
-                f"{source} holds {n_nan} NaN and {int((~finite).sum()) - n_nan} infinite "
-                "values; the model needs raw counts (non-negative integers)"
-            )
-        if data.min() < 0:
-            raise ValueError(
-                f"{source} holds {int((data < 0).sum())} negative values (minimum "
-                f"{data.min():g}); the model needs raw counts: pass the layer that holds them "
-                "with layer=..., not scaled or centred data"
-            )
-        if not np.array_equal(data, np.round(data)):
-            warnings.warn(
-                f"{source} holds non-integer values (e.g. {data[data != np.round(data)][0]:g}); "
-                "the model expects raw counts. This usually means normalized or log-transformed "
-                "data was passed: use the raw counts (layer=... or adata.raw).",
-                UserWarning,
-                stacklevel=4,
-            )
+            n_nan += int(np.isnan(chunk).sum())
+            n_inf += int((~finite).sum()) - int(np.isnan(chunk).sum())
+            chunk = chunk[finite]
+        if chunk.size:
+            minimum = min(minimum, float(chunk.min()))
+            n_negative += int((chunk < 0).sum())
+            if non_integer is None:
+                fractional = chunk[chunk != np.round(chunk)]
+                if fractional.size:
+                    non_integer = float(fractional[0])
+    if n_nan or n_inf:
+        raise ValueError(
+            f"{source} holds {n_nan} NaN and {n_inf} infinite values; the model needs raw "
+            "counts (non-negative integers)"
+        )
+    if n_negative:
+        raise ValueError(
+            f"{source} holds {n_negative} negative values (minimum {minimum:g}); the model needs "
+            "raw counts: pass the layer that holds them with layer=..., not scaled or centred data"
+        )
+    if non_integer is not None:
+        warnings.warn(
+            f"{source} holds non-integer values (e.g. {non_integer:g}); the model expects raw "
+            "counts. This usually means normalized or log-transformed data was passed: use the "
+            "raw counts (layer=... or adata.raw).",
+            UserWarning,
+            stacklevel=4,
+        )
     totals = np.asarray(X.sum(axis=1)).ravel()
     empty = np.flatnonzero(totals <= 0)
     if empty.size:

@@ -202,8 +202,10 @@ class Trainer:
                     "is not raw counts (normalized, scaled or very large values), a learning rate "
                     "that is too high (try lr=1e-4), or too small a batch_size."
                 )
-            bar.set_postfix({"elbo": f"{row['elbo_train']:.4g}", "kl_weight": f"{row['kl_weight']:.2f}"},
-                            refresh=False)
+            postfix = {"loss": f"{row['loss_train']:.4g}", "elbo": f"{row['elbo_train']:.4g}"}
+            if has_validation:
+                postfix["elbo_val"] = f"{row['elbo_validation']:.4g}"
+            bar.set_postfix(postfix, refresh=False)
             if self.early_stopping:
                 if row[monitor] > best + self.min_delta:
                     best, since_best = row[monitor], 0
