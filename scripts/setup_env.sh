@@ -34,6 +34,6 @@ fi
 stamp="$VENV/.cellvi-installed"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   echo "[setup] installing cellvi and its dependencies"
-  $PIP install -q -e "$ROOT[test,plot]" "numpy<2"
+  $PIP install -q -e "$ROOT[test,plot,r]" "numpy<2"
   touch "$stamp"
 fi

@@ -1,8 +1,9 @@
 """cellvi: deep probabilistic models for single-cell omics (the scVI family), for Python and R."""
 __version__ = "0.1.0"
 
+from . import criticism
 from ._settings import settings
 from .models import SCVI, LinearSCVI, load_model
 from .train import TrainingError
 
-__all__ = ["LinearSCVI", "SCVI", "TrainingError", "load_model", "settings", "__version__"]
+__all__ = ["LinearSCVI", "SCVI", "TrainingError", "criticism", "load_model", "settings", "__version__"]

@@ -1,0 +1,236 @@
+"""Bayesian differential expression from a model's normalized expression.
+
+For two groups of cells, normalized expression ("scale", rho) is sampled from the posterior
+for cells drawn at random from each group; random pairs across the groups give samples of
+the log2 fold change per gene. In ``"vanilla"`` mode the evidence is P(rho1 > rho2); in
+``"change"`` mode it is P(|LFC| >= delta), and genes are called DE controlling the posterior
+expected false discovery rate. Nothing is written to the AnnData.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from .. import _constants as C
+from .._settings import settings
+from ..train import as_count, seeded_generator
+
+_EPS = 1e-8
+_GENE_CHUNK = 512
+
+
+def _group_indices(n_obs: int, idx, name: str) -> np.ndarray:
+    idx = np.asarray(idx)
+    if idx.dtype == bool:
+        if idx.shape != (n_obs,):
+            raise ValueError(f"{name} as a boolean mask must have length {n_obs}, got {idx.shape[0]}")
+        idx = np.flatnonzero(idx)
+    elif not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"{name} must be integer indices or a boolean mask, got dtype {idx.dtype}")
+    if idx.size == 0:
+        raise ValueError(f"{name} selects no cells")
+    if idx.min() < 0 or idx.max() >= n_obs:
+        raise IndexError(f"{name} has indices outside 0..{n_obs - 1}")
+    return np.unique(idx)
+
+
+def _comparisons(adata, groupby, group1, group2, idx1, idx2) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(group1 name, group2 name, idx1, idx2) for each comparison asked for."""
+    n = adata.n_obs
+    if groupby is None:
+        if idx1 is None:
+            raise ValueError("pass groupby (an obs column) or idx1 (cells of the first group)")
+        if group1 is not None or group2 is not None:
+            raise ValueError("group1/group2 name groups of `groupby`; pass groupby too")
+        i1 = _group_indices(n, idx1, "idx1")
+        i2 = np.setdiff1d(np.arange(n), i1) if idx2 is None else _group_indices(n, idx2, "idx2")
+        if np.intersect1d(i1, i2).size:
+            raise ValueError(f"idx1 and idx2 overlap in {np.intersect1d(i1, i2).size} cells; the groups must be disjoint")
+        if i2.size == 0:
+            raise ValueError("the second group is empty (idx1 selects every cell)")
+        return [("idx1", "idx2" if idx2 is not None else "rest", i1, i2)]
+    if idx1 is not None or idx2 is not None:
+        raise ValueError("pass either groupby (with group1/group2) or idx1/idx2, not both")
+    if groupby not in adata.obs.columns:
+        raise KeyError(f"obs column '{groupby}' not found; available: {', '.join(map(str, adata.obs.columns[:30]))}")
+    labels = adata.obs[groupby].astype(str).to_numpy()
+    present = pd.unique(labels)
+    if isinstance(adata.obs[groupby].dtype, pd.CategoricalDtype):
+        order = [str(c) for c in adata.obs[groupby].cat.categories if str(c) in set(present)]
+    else:
+        order = sorted(present)
+
+    def cells_of(group) -> np.ndarray:
+        group = str(group)
+        if group not in set(present):
+            raise ValueError(f"group '{group}' not found in obs column '{groupby}'; groups: {', '.join(order[:30])}")
+        return np.flatnonzero(labels == group)
+
+    if isinstance(group1, str) or np.isscalar(group1):
+        group1 = [group1]
+    firsts = order if group1 is None else [str(g) for g in group1]
+    out = []
+    for g1 in firsts:
+        i1 = cells_of(g1)
+        if group2 is None:
+            i2 = np.flatnonzero(labels != g1)
+            g2 = "rest"
+        else:
+            i2 = cells_of(group2)
+            g2 = str(group2)
+            if g2 == g1:
+                raise ValueError(f"group1 and group2 are both '{g1}'")
+        if i2.size == 0:
+            raise ValueError(f"no cells outside group '{g1}' to compare with")
+        out.append((g1, g2, i1, i2))
+    return out
+
+
+def _raw_statistics(X: sp.csr_matrix, idx: np.ndarray, genes: np.ndarray | None) -> dict:
+    sub = X[idx]
+    if genes is not None:
+        library = np.asarray(sub.sum(axis=1)).ravel()
+        sub = sub[:, genes]
+    else:
+        library = np.asarray(sub.sum(axis=1)).ravel()
+    n = sub.shape[0]
+    normalized = sp.diags(1e4 / np.maximum(library, 1)) @ sub
+    return {
+        "raw_mean": np.asarray(sub.sum(axis=0)).ravel() / n,
+        "non_zeros_proportion": np.asarray((sub > 0).sum(axis=0)).ravel() / n,
+        "raw_normalized_mean": np.asarray(normalized.sum(axis=0)).ravel() / n,
+    }
+
+
+def _sample_scales(model, adata, cells: np.ndarray, batches, n_samples: int, genes, rng) -> np.ndarray:
+    """Posterior normalized expression of ``n_samples`` cells drawn with replacement."""
+    drawn = rng.choice(cells, size=n_samples, replace=True)
+    return model.get_normalized_expression(
+        adata, indices=drawn, transform_batch=batches, gene_list=genes, return_numpy=True
+    )
+
+
+def _pair_statistics(s1: np.ndarray, s2: np.ndarray, mode: str, delta: float, pseudocounts: float,
+                     m_permutation: int, generator: torch.Generator) -> dict:
+    """Per-gene statistics over ``m_permutation`` random cross-group pairs, in gene chunks."""
+    a = torch.randint(len(s1), (m_permutation,), generator=generator)
+    b = torch.randint(len(s2), (m_permutation,), generator=generator)
+    t1 = torch.from_numpy(s1)[a]
+    t2 = torch.from_numpy(s2)[b]
+    parts: dict[str, list] = {}
+    for start in range(0, t1.shape[1], _GENE_CHUNK):
+        x1, x2 = t1[:, start:start + _GENE_CHUNK], t2[:, start:start + _GENE_CHUNK]
+        lfc = torch.log2(x1 + pseudocounts + _EPS) - torch.log2(x2 + pseudocounts + _EPS)
+        stats = {
+            "lfc_mean": lfc.mean(0), "lfc_median": lfc.median(0).values, "lfc_std": lfc.std(0),
+            "lfc_min": lfc.min(0).values, "lfc_max": lfc.max(0).values,
+        }
+        if mode == "change":
+            stats["proba_de"] = (lfc.abs() >= delta).double().mean(0)
+        else:
+            stats["proba_m1"] = (x1 > x2).double().mean(0)
+            stats["proba_m2"] = (x1 < x2).double().mean(0)
+        for k, v in stats.items():
+            parts.setdefault(k, []).append(v)
+    return {k: torch.cat(v).numpy().astype(np.float64) for k, v in parts.items()}
+
+
+def fdr_calls(proba_de: np.ndarray, fdr_target: float) -> np.ndarray:
+    """Genes called DE so that the posterior expected FDR stays at or below ``fdr_target``.
+
+    Genes are ranked by P(DE); the expected FDR of the top k is the mean of (1 - P(DE)) over
+    them, which grows with k; the largest k within the target is called.
+    """
+    order = np.argsort(-proba_de, kind="stable")
+    expected_fdr = np.cumsum(1 - proba_de[order]) / np.arange(1, len(order) + 1)
+    n_called = int(np.sum(expected_fdr <= fdr_target))
+    is_de = np.zeros(len(proba_de), dtype=bool)
+    is_de[order[:n_called]] = True
+    return is_de
+
+
+def differential_expression(
+    model,
+    adata=None,
+    groupby: str | None = None,
+    group1=None,
+    group2=None,
+    idx1=None,
+    idx2=None,
+    mode: str = "vanilla",
+    delta: float = 0.25,
+    fdr_target: float = 0.05,
+    batch_correction: bool = False,
+    batchid1: Sequence[str] | None = None,
+    batchid2: Sequence[str] | None = None,
+    n_samples: int = 5000,
+    m_permutation: int = 10000,
+    pseudocounts: float = 0.0,
+    gene_list: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """See :meth:`cellvi.analysis.ExpressionMixin.differential_expression`."""
+    if mode not in ("vanilla", "change"):
+        raise ValueError(f"mode must be 'vanilla' or 'change', got {mode!r}")
+    if mode == "change" and (delta is None or not float(delta) > 0):
+        raise ValueError(f"delta must be a positive log2 fold change threshold, got {delta!r}")
+    if not 0 < fdr_target < 1:
+        raise ValueError(f"fdr_target must be in (0, 1), got {fdr_target}")
+    n_samples = as_count(n_samples, "n_samples")
+    m_permutation = as_count(m_permutation, "m_permutation")
+    data_adata = model.adata if adata is None else adata
+    if data_adata is None:
+        raise ValueError("this model holds no AnnData (it was loaded without one); pass adata=...")
+    registry = model.registry
+    if (batchid1 is not None or batchid2 is not None) and not batch_correction:
+        raise ValueError("batchid1/batchid2 choose batches to generate in; pass batch_correction=True too")
+    if batch_correction:
+        batches1 = registry.batch_categories if batchid1 is None else [str(b) for b in np.atleast_1d(batchid1)]
+        batches2 = registry.batch_categories if batchid2 is None else [str(b) for b in np.atleast_1d(batchid2)]
+        registry.category_codes(C.BATCH_KEY, batches1 + batches2)  # unknown batch ids fail here
+    else:
+        batches1 = batches2 = None
+    genes = model._gene_mask(gene_list)
+    gene_names = registry.var_names if genes is None else [registry.var_names[i] for i in genes]
+    comparisons = _comparisons(data_adata, groupby, group1, group2, idx1, idx2)
+    X = registry.counts(data_adata) if adata is not None else model._tensors().X
+    rng = np.random.default_rng(settings.seed)
+    generator = seeded_generator(3)
+
+    frames = []
+    for name1, name2, i1, i2 in comparisons:
+        s1 = _sample_scales(model, adata, i1, batches1, n_samples, gene_list, rng)
+        s2 = _sample_scales(model, adata, i2, batches2, n_samples, gene_list, rng)
+        stats = _pair_statistics(s1, s2, mode, delta, pseudocounts, m_permutation, generator)
+        frame = pd.DataFrame(index=pd.Index(gene_names, name="gene"))
+        if mode == "change":
+            frame["proba_de"] = stats.pop("proba_de")
+            frame["proba_not_de"] = 1.0 - frame["proba_de"]
+            p, q = frame["proba_de"], frame["proba_not_de"]
+        else:
+            frame["proba_m1"] = stats.pop("proba_m1")
+            frame["proba_m2"] = stats.pop("proba_m2")
+            p, q = frame["proba_m1"], frame["proba_m2"]
+        frame["bayes_factor"] = np.log(p + _EPS) - np.log(q + _EPS)
+        frame["scale1"] = s1.mean(0)
+        frame["scale2"] = s2.mean(0)
+        frame["pseudocounts"] = pseudocounts
+        frame["delta"] = delta if mode == "change" else np.nan
+        for k, v in stats.items():
+            frame[k] = v
+        for suffix, idx in (("1", i1), ("2", i2)):
+            for k, v in _raw_statistics(X, idx, genes).items():
+                frame[k + suffix] = v
+        if mode == "change":
+            frame[f"is_de_fdr_{fdr_target}"] = fdr_calls(frame["proba_de"].to_numpy(), fdr_target)
+            frame = frame.sort_values("proba_de", ascending=False, kind="stable")
+        else:
+            frame = frame.sort_values("bayes_factor", ascending=False, kind="stable")
+        frame["comparison"] = f"{name1} vs {name2}"
+        frame["group1"] = name1
+        frame["group2"] = name2
+        frames.append(frame)
+    return pd.concat(frames) if len(frames) > 1 else frames[0]

@@ -1,0 +1,113 @@
+"""Differential expression: known biology on real data, a calibrated null, error messages,
+and that the AnnData is left alone."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cellvi
+from cellvi.analysis._differential import fdr_calls
+from conftest import shared_data
+
+ISGS = ["ISG15", "IFI6", "IFIT1", "IFIT3", "MX1", "ISG20", "IFIT2", "LY6E", "IFITM3", "OAS1"]
+
+
+@pytest.fixture(scope="module")
+def stim_model():
+    adata = shared_data("harmony_pbmc_ctrl_stim_2000.h5ad")
+    cellvi.settings.seed = 0
+    cellvi.SCVI.setup_anndata(adata)
+    model = cellvi.SCVI(adata)
+    model.train(max_epochs=30)
+    return adata, model
+
+
+def test_interferon_genes_top_stim_vs_ctrl_and_null_is_quiet(stim_model):
+    adata, model = stim_model
+    obs_before = adata.obs.copy()
+    cellvi.settings.seed = 0
+    de = model.differential_expression(groupby="condition", group1="stim", group2="ctrl", mode="change")
+    pd.testing.assert_frame_equal(adata.obs, obs_before)
+    assert len(de) == adata.n_vars and de.index.is_unique
+    hits = set(ISGS) & set(de.index[:50])
+    assert len(hits) >= 5, hits
+    assert de.loc["ISG15", "lfc_mean"] > 1 and de.loc["ISG15", "raw_mean1"] > de.loc["ISG15", "raw_mean2"]
+    assert (de["proba_de"] + de["proba_not_de"]).round(6).eq(1).all()
+    assert de["proba_de"].is_monotonic_decreasing
+    for column in ["bayes_factor", "scale1", "scale2", "lfc_median", "lfc_std", "lfc_min", "lfc_max",
+                   "non_zeros_proportion1", "raw_normalized_mean2", "is_de_fdr_0.05"]:
+        assert column in de.columns
+    assert (de["comparison"] == "stim vs ctrl").all()
+
+    ctrl = np.flatnonzero(adata.obs["condition"] == "ctrl")
+    rng = np.random.default_rng(1)
+    rng.shuffle(ctrl)
+    null = model.differential_expression(idx1=ctrl[:500], idx2=ctrl[500:], mode="change")
+    assert null["is_de_fdr_0.05"].mean() <= 0.01
+
+
+def test_one_vs_rest_vanilla_and_masks(stim_model):
+    adata, model = stim_model
+    genes = ISGS[:4] + ["ACTB", "GAPDH"]
+    de = model.differential_expression(groupby="condition", gene_list=genes, n_samples=300,
+                                       m_permutation=1000)
+    assert list(pd.unique(de["group1"])) == ["ctrl", "stim"] and len(de) == 2 * len(genes)
+    assert {"proba_m1", "proba_m2", "bayes_factor"} <= set(de.columns)
+    stim = de[de["group1"] == "stim"]
+    assert (stim.loc[ISGS[:4], "proba_m1"] > 0.9).all()
+    mask = (adata.obs["condition"] == "stim").to_numpy()
+    by_mask = model.differential_expression(idx1=mask, gene_list=genes, n_samples=300, m_permutation=1000)
+    assert set(by_mask.index) == set(genes)
+    assert (by_mask["group2"] == "rest").all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(groupby="condition", group1="stimulated"), ValueError, "group 'stimulated' not found"),
+        (dict(groupby="cond"), KeyError, "obs column 'cond' not found"),
+        (dict(idx1=[0, 1, 2], idx2=[2, 3]), ValueError, "overlap"),
+        (dict(idx1=np.array([], dtype=int)), ValueError, "selects no cells"),
+        (dict(groupby="condition", group1="stim", group2="stim"), ValueError, "both 'stim'"),
+        (dict(groupby="condition", group1="stim", batch_correction=True, batchid1=["b9"]), ValueError,
+         "unknown batch category"),
+        (dict(groupby="condition", group1="stim", mode="fast"), ValueError, "mode must be"),
+        (dict(), ValueError, "pass groupby"),
+    ],
+)
+def test_bad_requests_are_refused(stim_model, kwargs, error, message):
+    _, model = stim_model
+    with pytest.raises(error, match=message):
+        model.differential_expression(**kwargs)
+
+
+def test_fdr_calls_control_the_expected_fdr():
+    p = np.array([0.99, 0.2, 0.97, 0.9, 0.5])
+    calls = fdr_calls(p, 0.05)
+    # Top three (0.99, 0.97, 0.9): expected FDR (0.01 + 0.03 + 0.1) / 3 = 0.047 <= 0.05.
+    np.testing.assert_array_equal(calls, [True, False, True, True, False])
+    assert not fdr_calls(np.array([0.5, 0.4]), 0.05).any()
+
+
+def test_batch_corrected_markers_on_kang():
+    adata = shared_data("kang_se_12261.h5ad")
+    cellvi.settings.seed = 0
+    cellvi.SCVI.setup_anndata(adata, batch_key="sample_id")
+    model = cellvi.SCVI(adata)
+    model.train(max_epochs=8)
+    symbols = adata.var["feature"].astype(str)
+    de = model.differential_expression(groupby="cluster_id", batch_correction=True, n_samples=400,
+                                       m_permutation=2000, mode="change")
+    de["symbol"] = symbols.reindex(de.index).to_numpy()
+
+    def top(group, n=30):
+        return set(de[de["group1"] == group].head(n)["symbol"])
+
+    groups = set(de["group1"])
+    mono = next(g for g in groups if "CD14" in g)
+    b_cells = next(g for g in groups if g.lower().startswith("b"))
+    nk = next(g for g in groups if "NK" in g)
+    assert {"CD14", "LYZ"} & top(mono)
+    assert "CD79A" in top(b_cells)
+    assert {"NKG7", "GNLY"} & top(nk)
