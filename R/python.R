@@ -1,20 +1,86 @@
 # Access to the Python core. Loading the R package never starts Python: the core is imported
-# lazily, on the first call that needs it.
+# on the first call that needs it.
 
 .cellvi_env <- new.env(parent = emptyenv())
 
+# The virtualenv that install_cellvi() creates by default.
+.default_envname <- "r-cellvi"
+
+#' Install the cellvi Python core for R
+#'
+#' Creates (or reuses) a Python virtual environment and installs the cellvi core and its
+#' dependencies into it, with versions that the installed reticulate can load: reticulate
+#' older than 1.36 cannot load NumPy 2, so `numpy<2` is added for it.
+#'
+#' @param envname Name of (or path to) the virtual environment.
+#' @param source Where to install the core from: `NULL` installs `cellvi` at the version of
+#'   this R package from the package index; a local path (a checkout of the cellvi
+#'   repository) installs from there.
+#' @param torch pip requirement for PyTorch. On Linux the package index's default build
+#'   carries CUDA libraries (several GB); pass a CPU build or a pinned local wheel when you
+#'   have no GPU.
+#' @param python Python interpreter to build the environment from (`NULL`: reticulate's
+#'   choice).
+#' @param extra_packages Further pip requirements.
+#' @return The environment's path, invisibly.
+#' @examples
+#' \dontrun{
+#' install_cellvi(source = "~/src/cellvi")   # a local checkout
+#' }
+#' @export
+install_cellvi <- function(envname = .default_envname, source = NULL, torch = "torch>=2.2",
+                           python = NULL, extra_packages = NULL) {
+  requirements <- .cellvi_requirements(source, torch, extra_packages)
+  if (!reticulate::virtualenv_exists(envname)) {
+    reticulate::virtualenv_create(envname, python = python)
+  }
+  reticulate::virtualenv_install(envname, requirements, ignore_installed = FALSE)
+  message("cellvi's Python core is installed in '", envname, "'. In a new R session it is ",
+          "used automatically (or set RETICULATE_PYTHON to its python).")
+  invisible(reticulate::virtualenv_python(envname))
+}
+
+# The pip requirements install_cellvi() installs, in order (torch first, so that the core's
+# own `torch>=2.2` is already satisfied and pulls nothing else).
+.cellvi_requirements <- function(source = NULL, torch = "torch>=2.2", extra_packages = NULL,
+                                 reticulate_version = utils::packageVersion("reticulate")) {
+  core <- if (is.null(source)) {
+    paste0("cellvi==", utils::packageVersion("cellvi"))
+  } else {
+    if (!dir.exists(source) || !file.exists(file.path(source, "pyproject.toml"))) {
+      stop("source '", source, "' is not a cellvi checkout (no pyproject.toml there)",
+           call. = FALSE)
+    }
+    normalizePath(source)
+  }
+  numpy <- if (reticulate_version < "1.36") "numpy<2" else NULL
+  c(torch, core, numpy, extra_packages)
+}
+
 #' Is the cellvi Python core available?
 #'
-#' Checks, without error, whether the Python that reticulate uses (set with
-#' `RETICULATE_PYTHON` or `reticulate::use_virtualenv()`) can import the `cellvi` module.
-#' This starts Python if it is not running yet.
+#' Checks, without error, whether the Python that reticulate uses can import `cellvi`.
+#' Python is chosen as follows: `RETICULATE_PYTHON` when set, the Python already running in
+#' this session when there is one, else the environment made by [install_cellvi()] when it
+#' exists. This starts Python if it is not running yet.
 #'
 #' @return `TRUE` or `FALSE`.
 #' @examples
 #' if (cellvi_available()) message("cellvi core found")
 #' @export
 cellvi_available <- function() {
+  .choose_python()
   isTRUE(tryCatch(reticulate::py_module_available("cellvi"), error = function(e) FALSE))
+}
+
+.choose_python <- function() {
+  if (nzchar(Sys.getenv("RETICULATE_PYTHON")) || reticulate::py_available(initialize = FALSE)) {
+    return(invisible())
+  }
+  if (reticulate::virtualenv_exists(.default_envname)) {
+    reticulate::use_virtualenv(.default_envname, required = TRUE)
+  }
+  invisible()
 }
 
 #' The cellvi Python module
@@ -32,10 +98,10 @@ cellvi_available <- function() {
 cellvi_python_module <- function() {
   if (is.null(.cellvi_env$module)) {
     if (!cellvi_available()) {
-      stop("the cellvi Python core is not available to reticulate (Python: ",
-           tryCatch(reticulate::py_config()$python, error = function(e) "none found"), "). ",
-           "Point RETICULATE_PYTHON to a Python environment with cellvi installed, ",
-           "e.g. the .venv made by scripts/setup_env.sh.", call. = FALSE)
+      python <- tryCatch(reticulate::py_config()$python, error = function(e) "none found")
+      stop("the cellvi Python core is not available to reticulate (Python: ", python, "). ",
+           "Run cellvi::install_cellvi(), or set RETICULATE_PYTHON to a Python that has ",
+           "cellvi installed, then restart R.", call. = FALSE)
     }
     .cellvi_env$module <- reticulate::import("cellvi", delay_load = FALSE)
   }

@@ -11,10 +11,16 @@ echo "== Python tests"
 "$VENV/bin/python" -m pytest tests/python "$@"
 
 echo "== R tests"
-RLIB="$(mktemp -d)"
+RLIB="$(mktemp -d)"; export RLIB
 trap 'rm -rf "$RLIB"' EXIT
 R CMD INSTALL --no-multiarch --library="$RLIB" "$ROOT" >"$RLIB/install.log" 2>&1 || { cat "$RLIB/install.log"; exit 1; }
-RETICULATE_PYTHON="$VENV/bin/python" R_LIBS="$RLIB" Rscript -e '
+export RETICULATE_PYTHON="$VENV/bin/python" R_LIBS="$RLIB"
+Rscript -e '
   res <- testthat::test_dir("tests/testthat", package = "cellvi", load_package = "installed",
                             reporter = "summary", stop_on_failure = TRUE)
   invisible(res)'
+
+echo "== Vignette"
+Rscript -e 'rmarkdown::render("vignettes/cellvi.Rmd", output_dir = Sys.getenv("RLIB"), quiet = TRUE)'
+test -s "$RLIB/cellvi.html"
+echo "vignette rendered"

@@ -1,0 +1,796 @@
+# Conversion between R single-cell objects (Seurat, SingleCellExperiment) and Python AnnData.
+#
+# Layout rules (see DESIGN.md, "The R package"):
+# - Sparse stays sparse. A genes x cells dgCMatrix (compressed sparse columns) has exactly the
+#   memory layout of a cells x genes CSR matrix, so the three slots @x, @i, @p become
+#   scipy.sparse.csr_matrix((data, indices, indptr), shape = (n_cells, n_genes)) with no
+#   transposition, and the way back reuses CSR data/indices/indptr as @x/@i/@p.
+# - Metadata columns travel one by one as numpy arrays / pandas extension arrays, so that factor
+#   levels (and their order), NA and the logical/integer/double/character types survive.
+# - Python is imported lazily (.cellvi_py()), never at package load.
+
+# ---- Python modules -------------------------------------------------------------------------
+
+.cellvi_py_cache <- new.env(parent = emptyenv())
+
+# numpy, scipy.sparse, pandas, anndata and the builtins, imported once with convert = FALSE.
+.cellvi_py <- function() {
+  if (is.null(.cellvi_py_cache$mods)) {
+    # the same Python choice as cellvi_available() (R/python.R), when that helper is there
+    if (exists(".choose_python", mode = "function")) .choose_python()
+    mods <- c(np = "numpy", sp = "scipy.sparse", pd = "pandas", ad = "anndata")
+    handles <- lapply(mods, function(m) {
+      tryCatch(reticulate::import(m, convert = FALSE), error = function(e) {
+        stop("Python module '", m, "' could not be imported (Python: ",
+             tryCatch(reticulate::py_config()$python, error = function(e2) "none found"),
+             "): ", conditionMessage(e), ". Point RETICULATE_PYTHON to an environment with ",
+             "numpy, scipy, pandas and anndata, e.g. the .venv made by scripts/setup_env.sh.",
+             call. = FALSE)
+      })
+    })
+    handles$bi <- reticulate::import_builtins(convert = FALSE)
+    .cellvi_py_cache$mods <- handles
+  }
+  .cellvi_py_cache$mods
+}
+
+# ---- small R helpers ------------------------------------------------------------------------
+
+.or_default <- function(x, y) if (is.null(x)) y else x
+
+.require_pkg <- function(pkg, why) {
+  if (!requireNamespace(pkg, quietly = TRUE)) {
+    stop("package '", pkg, "' is needed to ", why, "; install it (CRAN or Bioconductor; ",
+         "on Debian: apt-get install r-cran-", tolower(pkg), " or r-bioc-", tolower(pkg), ").",
+         call. = FALSE)
+  }
+}
+
+.no_dots <- function(...) {
+  if (...length()) {
+    nms <- names(list(...))
+    nms <- if (is.null(nms)) rep("", ...length()) else nms
+    nms[!nzchar(nms)] <- "<unnamed>"
+    stop("unused argument(s): ", paste(nms, collapse = ", "), call. = FALSE)
+  }
+}
+
+.show_some <- function(x, n = 5) {
+  x <- as.character(x)
+  s <- paste(utils::head(x, n), collapse = ", ")
+  if (length(x) > n) s <- paste0(s, ", ... (", length(x), " in all)")
+  if (!length(x)) s <- "(none)"
+  s
+}
+
+# Resolve TRUE / FALSE / NULL / character names against what is available.
+.select_names <- function(request, available, what) {
+  if (is.null(request) || isFALSE(request)) return(character(0))
+  if (isTRUE(request)) return(available)
+  if (!is.character(request)) {
+    stop(what, " must be TRUE, FALSE or a character vector of names", call. = FALSE)
+  }
+  missing <- setdiff(request, available)
+  if (length(missing)) {
+    stop(what, " '", paste(missing, collapse = "', '"), "' not found; available: ",
+         .show_some(available, 20), call. = FALSE)
+  }
+  unique(request)
+}
+
+# ---- R -> Python ----------------------------------------------------------------------------
+
+# Any matrix-like (dense matrix, any Matrix class, DelayedArray) -> dgCMatrix. Sparse input is
+# never densified; dense input becomes sparse here, before anything goes to Python.
+.as_dgc <- function(m, what) {
+  if (methods::is(m, "dgCMatrix")) return(m)
+  out <- tryCatch({
+    if (is.matrix(m) || methods::is(m, "Matrix")) {
+      m <- methods::as(m, "CsparseMatrix")
+      m <- methods::as(m, "generalMatrix")
+      if (!methods::is(m, "dMatrix")) m <- methods::as(m, "dMatrix")
+      m
+    } else {
+      methods::as(m, "dgCMatrix")
+    }
+  }, error = function(e) {
+    stop(what, " (class ", class(m)[1], ") could not be turned into a sparse dgCMatrix: ",
+         conditionMessage(e), call. = FALSE)
+  })
+  if (!methods::is(out, "dgCMatrix")) out <- methods::as(out, "dgCMatrix")
+  out
+}
+
+# Small Python helpers, compiled once (numpy only; no cellvi import, so no torch start-up).
+.cellvi_py_helpers <- function() {
+  if (is.null(.cellvi_py_cache$helpers)) {
+    code <- paste(
+      "def first_non_integer(x, chunk=1 << 16):",
+      "    \"\"\"First value of the 1-d float array x that is not a whole number, or None.",
+      "    Scans in chunks into one reused buffer: no temporary as large as x.\"\"\"",
+      "    import numpy as np",
+      "    buf = np.empty(min(chunk, x.size), dtype=x.dtype)",
+      "    for start in range(0, x.size, chunk):",
+      "        c = x[start:start + chunk]",
+      "        b = buf[:c.size]",
+      "        np.trunc(c, out=b)",
+      "        bad = np.flatnonzero(b != c)",
+      "        if bad.size:",
+      "            return float(c[bad[0]])",
+      "    return None",
+      "helpers = __import__('types').SimpleNamespace(first_non_integer=first_non_integer)",
+      sep = "\n")
+    scope <- reticulate::py_run_string(code, local = TRUE, convert = FALSE)
+    .cellvi_py_cache$helpers <- scope$`__getitem__`("helpers")
+  }
+  .cellvi_py_cache$helpers
+}
+
+# Checks the stored values of a count matrix: x is @x of a dgCMatrix (R), x_py the same values
+# as a float64 numpy array (the buffer the transfer to Python makes anyway). NaN, infinite and
+# negative values are found in R with single passes that allocate nothing (anyNA, min, max);
+# the non-integer scan runs in numpy, in chunks, because in R it allocates temporaries as
+# large as x (measured on 10M values: +226 MiB and 0.19 s in R; ~0.02 s and no growth in numpy).
+.check_counts <- function(x, x_py, allow_non_counts, what, hint) {
+  if (!length(x)) return(invisible(TRUE))
+  if (anyNA(x)) {
+    stop(what, " contains ", sum(is.na(x)), " NaN/NA value(s); counts must be finite. ",
+         "Remove or fix them before converting.", call. = FALSE)
+  }
+  lo <- min(x)
+  hi <- max(x)
+  if (is.infinite(lo) || is.infinite(hi)) {
+    stop(what, " contains infinite values (range ", lo, " to ", hi, "); counts must be finite.",
+         call. = FALSE)
+  }
+  if (allow_non_counts) return(invisible(TRUE))
+  if (lo < 0) {
+    stop(what, " has negative values (min ", signif(lo, 4), "), so it does not hold raw counts: ",
+         "normalized or scaled data was probably passed. ", hint,
+         " (or set allow_non_counts = TRUE to convert it anyway).", call. = FALSE)
+  }
+  bad <- reticulate::py_to_r(.cellvi_py_helpers()$first_non_integer(x_py))
+  if (!is.null(bad)) {
+    stop(what, " has non-integer values (e.g. ", signif(bad, 6), "), so it does not hold raw ",
+         "counts: normalized data was probably passed. ", hint,
+         " (or set allow_non_counts = TRUE to convert it anyway).", call. = FALSE)
+  }
+  invisible(TRUE)
+}
+
+# genes x cells dgCMatrix -> scipy CSR, cells x genes, float32 data and int32 indices, after
+# the count checks. The dgCMatrix slots are reused as they are (no transposition).
+# reticulate 1.28 hands numpy a read-only view of a private copy of each R vector; data then
+# becomes float32 (a new, writable array); indices/indptr are copied once more so that the
+# CSR is writable (torch.from_numpy warns on read-only arrays, and scipy's in-place methods
+# such as eliminate_zeros() fail on them).
+.dgc_to_py_csr <- function(m, allow_non_counts = TRUE, what = "the matrix", hint = "") {
+  py <- .cellvi_py()
+  x64 <- reticulate::np_array(m@x)
+  .check_counts(m@x, x64, allow_non_counts, what, hint)
+  x <- x64$astype("float32")
+  rm(x64)
+  i <- reticulate::np_array(m@i, dtype = "int32")$copy()
+  p <- reticulate::np_array(m@p, dtype = "int32")$copy()
+  py$sp$csr_matrix(reticulate::tuple(x, i, p, convert = FALSE),
+                   shape = reticulate::tuple(ncol(m), nrow(m), convert = FALSE), copy = FALSE)
+}
+
+# character vector -> numpy object array of str, with None where NA.
+.py_str_array <- function(v) {
+  py <- .cellvi_py()
+  v <- as.character(v)
+  na <- is.na(v)
+  if (!length(v)) return(py$np$array(list(), dtype = "object"))
+  arr <- reticulate::np_array(ifelse(na, "", v), dtype = "object")
+  if (any(na)) arr <- py$np$where(reticulate::np_array(na), NULL, arr)
+  arr
+}
+
+.py_index <- function(names) {
+  .cellvi_py()$pd$Index(.py_str_array(names), dtype = "object")
+}
+
+.is_convertible_column <- function(v) {
+  is.factor(v) || (is.atomic(v) && !is.null(v) && is.null(dim(v)))
+}
+
+# One R metadata column -> numpy array or pandas (extension) array of the same length:
+# factor -> Categorical (levels and order kept, ordered flag kept, NA -> code -1);
+# logical -> bool (with NA: pandas nullable "boolean"); integer -> int32 (with NA: nullable
+# "Int32"); double -> float64 (NA -> NaN); character -> object array of str (NA -> None);
+# Date/POSIXt and other atomic types -> strings.
+.r_column_to_py <- function(v) {
+  py <- .cellvi_py()
+  np_copy <- function(x, dtype) reticulate::np_array(x, dtype = dtype)$copy()
+  if (is.factor(v)) {
+    codes <- as.integer(v) - 1L
+    codes[is.na(codes)] <- -1L
+    return(py$pd$Categorical$from_codes(np_copy(codes, "int32"),
+                                        categories = .py_index(levels(v)),
+                                        ordered = is.ordered(v)))
+  }
+  if (inherits(v, c("Date", "POSIXt", "difftime")) || is.complex(v) || is.raw(v)) {
+    v <- as.character(v)
+  }
+  na <- is.na(v)
+  if (is.logical(v)) {
+    vals <- np_copy(!na & v, "bool")
+    if (!any(na)) return(vals)
+    return(py$pd$arrays$BooleanArray(vals, np_copy(na, "bool")))
+  }
+  if (is.integer(v)) {
+    if (!any(na)) return(np_copy(v, "int32"))
+    v[na] <- 0L
+    return(py$pd$arrays$IntegerArray(np_copy(v, "int32"), np_copy(na, "bool")))
+  }
+  if (is.double(v)) return(np_copy(as.vector(v), "float64"))
+  .py_str_array(v)
+}
+
+# Named list of equal-length R columns -> pandas DataFrame with the given index.
+.py_dataframe <- function(cols, index) {
+  py <- .cellvi_py()
+  idx <- .py_index(index)
+  if (!length(cols)) return(py$pd$DataFrame(index = idx))
+  arrays <- lapply(cols, .r_column_to_py)
+  data <- reticulate::py_dict(as.list(names(cols)), unname(arrays), convert = FALSE)
+  py$pd$DataFrame(data, index = idx)
+}
+
+# Metadata (data.frame or S4Vectors DataFrame) -> named list of convertible columns, selected
+# by `request` (TRUE / FALSE / names). Unconvertible columns (lists, matrices, nested
+# DataFrames) are dropped with a warning when everything was asked for, an error when named.
+.metadata_columns <- function(df, request, what, rows = NULL) {
+  available <- colnames(df)
+  if (is.null(available)) available <- character(0)
+  keep <- .select_names(request, available, paste(what, "column(s)"))
+  cols <- lapply(keep, function(nm) df[[nm]])
+  names(cols) <- keep
+  ok <- vapply(cols, .is_convertible_column, logical(1))
+  if (any(!ok)) {
+    msg <- paste0(what, " column(s) '", paste(keep[!ok], collapse = "', '"),
+                  "' are not plain vectors (lists, matrices or nested tables) and cannot ",
+                  "be converted")
+    if (isTRUE(request)) warning(msg, "; they were left out.", call. = FALSE)
+    else stop(msg, ".", call. = FALSE)
+    cols <- cols[ok]
+  }
+  if (!is.null(rows)) cols <- lapply(cols, function(v) v[rows])
+  cols
+}
+
+.select_features <- function(features, available) {
+  if (is.null(features)) return(NULL)
+  features <- as.character(features)
+  idx <- match(features, available)
+  if (anyNA(idx)) {
+    miss <- unique(features[is.na(idx)])
+    stop(length(miss), " of ", length(features), " requested feature(s) not found: ",
+         .show_some(miss), "; available features include: ", .show_some(available),
+         call. = FALSE)
+  }
+  if (anyDuplicated(idx)) stop("features contains duplicated names: ",
+                               .show_some(unique(features[duplicated(idx)])), call. = FALSE)
+  idx
+}
+
+# Reductions (named list of cells x k matrices) aligned to `cells`.
+.align_reductions <- function(reds, cells) {
+  out <- list()
+  for (nm in names(reds)) {
+    emb <- as.matrix(reds[[nm]])
+    if (!is.numeric(emb)) {
+      warning("reduction '", nm, "' is not numeric; it was left out.", call. = FALSE)
+      next
+    }
+    if (!is.null(rownames(emb))) {
+      idx <- match(cells, rownames(emb))
+      if (anyNA(idx)) {
+        warning("reduction '", nm, "' lacks ", sum(is.na(idx)), " of the cells; it was left out.",
+                call. = FALSE)
+        next
+      }
+      emb <- emb[idx, , drop = FALSE]
+    } else if (nrow(emb) != length(cells)) {
+      warning("reduction '", nm, "' has ", nrow(emb), " rows for ", length(cells),
+              " cells; it was left out.", call. = FALSE)
+      next
+    }
+    out[[nm]] <- emb
+  }
+  out
+}
+
+# The common path: counts (genes x cells, any matrix-like), obs/var column lists, reductions.
+.build_anndata <- function(counts, obs_cols, var_cols, reductions, features, allow_non_counts,
+                           what, hint) {
+  py <- .cellvi_py()
+  m <- .as_dgc(counts, what)
+  genes <- .or_default(rownames(m), as.character(seq_len(nrow(m))))
+  cells <- .or_default(colnames(m), as.character(seq_len(ncol(m))))
+  fidx <- .select_features(features, genes)
+  if (!is.null(fidx)) {
+    m <- m[fidx, , drop = FALSE]
+    genes <- genes[fidx]
+    var_cols <- lapply(var_cols, function(v) v[fidx])
+  }
+  adata <- py$ad$AnnData(X = .dgc_to_py_csr(m, allow_non_counts, what, hint),
+                         obs = .py_dataframe(obs_cols, cells),
+                         var = .py_dataframe(var_cols, genes))
+  reductions <- .align_reductions(reductions, cells)
+  for (nm in names(reductions)) {
+    emb <- reductions[[nm]]
+    dimnames(emb) <- NULL
+    adata$obsm$`__setitem__`(paste0("X_", nm),
+                             reticulate::np_array(emb, dtype = "float64", order = "C"))
+  }
+  adata
+}
+
+#' Convert a Seurat or SingleCellExperiment object to a Python AnnData
+#'
+#' Builds an `anndata.AnnData` (a reticulate handle to the Python object) holding the raw
+#' counts as a `scipy.sparse.csr_matrix` (cells x genes, float32 values, int32 indices), the
+#' cell metadata as `obs`, the feature metadata as `var` and the reductions as
+#' `obsm["X_<name>"]` (float64 arrays). The sparse matrix is never densified or transposed: a
+#' genes x cells `dgCMatrix` already has the memory layout of a cells x genes CSR matrix, and
+#' its `@x`, `@i`, `@p` slots are handed over as they are.
+#'
+#' The counts are checked first: NaN and infinite values are always refused; negative or
+#' non-integer values (normalized data) are refused unless `allow_non_counts = TRUE`.
+#'
+#' Metadata column types map as follows (and back, with [as_sce()] / [as_seurat()]):
+#' factor -> pandas `Categorical` with the same levels in the same order (unused levels and
+#' the ordered flag kept); logical -> `bool` (with NA: pandas nullable `boolean`); integer ->
+#' `int32` (with NA: pandas nullable `Int32`); double -> `float64` (NA becomes NaN, and NaN
+#' comes back as NA); character -> `object` array of `str` (NA -> `None`); Date/POSIXt and
+#' other atomic types -> strings. Columns that are lists, matrices or nested tables are left
+#' out with a warning.
+#'
+#' @param object A `Seurat` object, a `SingleCellExperiment` (or `SummarizedExperiment`), or a
+#'   genes x cells matrix (`dgCMatrix`, any `Matrix`, or a base `matrix`).
+#' @param assay Seurat: the assay to convert (default: `DefaultAssay(object)`).
+#' @param slot Seurat: the slot (SeuratObject 5: layer) holding the raw counts, `"counts"`.
+#'   `"data"` and `"scale.data"` are refused unless `allow_non_counts = TRUE`.
+#' @param assay.type SingleCellExperiment: the assay holding the raw counts, `"counts"`.
+#' @param features `NULL` (all features) or a character vector of feature names to keep, in
+#'   that order.
+#' @param metadata `TRUE` (all cell metadata columns), `FALSE` (none), or a character vector
+#'   of column names.
+#' @param reductions `TRUE` (all reductions / reducedDims, as `obsm["X_<name>"]`), `FALSE`
+#'   (none), or a character vector of reduction names.
+#' @param allow_non_counts `FALSE`: refuse negative or non-integer values (normalized data).
+#'   `TRUE`: convert them anyway.
+#' @param obs,var Matrix method: optional data.frames of cell (rows = columns of `object`)
+#'   and feature (rows = rows of `object`) metadata.
+#' @param ... Not used; an error if given.
+#' @return A Python `anndata.AnnData` (reticulate object, not converted to R).
+#' @seealso [as_sce()], [as_seurat()], [read_h5ad()]
+#' @examples
+#' if (cellvi_available() && requireNamespace("SeuratObject", quietly = TRUE)) {
+#'   adata <- as_anndata(SeuratObject::pbmc_small)
+#'   print(adata)                  # AnnData object with n_obs x n_vars = 80 x 230
+#'   print(adata$obsm$keys())      # X_pca, X_tsne
+#' }
+#' if (cellvi_available() && requireNamespace("SingleCellExperiment", quietly = TRUE)) {
+#'   counts <- matrix(rpois(200, 3), nrow = 20,
+#'                    dimnames = list(paste0("gene", 1:20), paste0("cell", 1:10)))
+#'   sce <- SingleCellExperiment::SingleCellExperiment(
+#'     assays = list(counts = counts),
+#'     colData = data.frame(batch = factor(rep(c("b", "a"), 5), levels = c("b", "a"))))
+#'   as_anndata(sce, features = c("gene1", "gene5"))
+#' }
+#' @export
+as_anndata <- function(object, ...) {
+  UseMethod("as_anndata")
+}
+
+#' @rdname as_anndata
+#' @export
+as_anndata.default <- function(object, ...) {
+  stop("as_anndata() does not know objects of class '", paste(class(object), collapse = "/"),
+       "'; it converts Seurat, SingleCellExperiment (or SummarizedExperiment) objects and ",
+       "genes x cells matrices.", call. = FALSE)
+}
+
+#' @rdname as_anndata
+#' @export
+as_anndata.Seurat <- function(object, assay = NULL, slot = "counts", features = NULL,
+                              metadata = TRUE, reductions = TRUE, allow_non_counts = FALSE,
+                              ...) {
+  .no_dots(...)
+  .require_pkg("SeuratObject", "convert a Seurat object")
+  assays <- SeuratObject::Assays(object)
+  assay <- .or_default(assay, SeuratObject::DefaultAssay(object))
+  if (!is.character(assay) || length(assay) != 1 || !assay %in% assays) {
+    stop("assay '", paste(assay, collapse = ", "), "' not found; available: ",
+         .show_some(assays), call. = FALSE)
+  }
+  if (!is.character(slot) || length(slot) != 1) stop("slot must be one string, e.g. \"counts\"",
+                                                     call. = FALSE)
+  if (slot %in% c("data", "scale.data") && !allow_non_counts) {
+    stop("slot = \"", slot, "\" holds normalized or scaled values, not raw counts; the models ",
+         "need raw counts: use slot = \"counts\" (or set allow_non_counts = TRUE).",
+         call. = FALSE)
+  }
+  counts <- .seurat_matrix(object, assay, slot)
+  cells <- colnames(counts)
+  meta <- object[[]]
+  obs_cols <- .metadata_columns(meta, metadata, "metadata", rows = match(cells, rownames(meta)))
+  fmeta <- object[[assay]][[]]
+  var_cols <- if (is.data.frame(fmeta) && ncol(fmeta)) {
+    .metadata_columns(fmeta, TRUE, "feature metadata", rows = match(rownames(counts),
+                                                                    rownames(fmeta)))
+  } else list()
+  red_names <- .select_names(reductions, SeuratObject::Reductions(object), "reduction(s)")
+  reds <- lapply(red_names, function(r) SeuratObject::Embeddings(object, reduction = r))
+  names(reds) <- red_names
+  .build_anndata(counts, obs_cols, var_cols, reds, features, allow_non_counts,
+                 what = paste0("Seurat assay '", assay, "' (", slot, ")"),
+                 hint = "Pass the raw counts: slot = \"counts\"")
+}
+
+.seuratobject_v5 <- function() {
+  utils::packageVersion("SeuratObject") >= "5.0.0"
+}
+
+# The genes x cells matrix of one slot/layer: GetAssayData for SeuratObject 4, LayerData for
+# SeuratObject >= 5 (split layers must be joined first).
+.seurat_matrix <- function(object, assay, slot) {
+  if (.seuratobject_v5()) {
+    layers <- tryCatch(SeuratObject::Layers(object[[assay]], search = slot),
+                       error = function(e) character(0))
+    if (!length(layers)) {
+      stop("layer '", slot, "' not found in assay '", assay, "'; available: ",
+           .show_some(SeuratObject::Layers(object[[assay]])), call. = FALSE)
+    }
+    if (length(layers) > 1) {
+      stop("assay '", assay, "' has ", length(layers), " layers matching '", slot, "' (",
+           .show_some(layers), "); join them first with SeuratObject::JoinLayers().",
+           call. = FALSE)
+    }
+    m <- SeuratObject::LayerData(object, assay = assay, layer = layers)
+    if (is.null(dimnames(m)[[1]]) || is.null(dimnames(m)[[2]])) {
+      dimnames(m) <- list(SeuratObject::Features(object[[assay]], layer = layers),
+                          SeuratObject::Cells(object[[assay]], layer = layers))
+    }
+    return(m)
+  }
+  SeuratObject::GetAssayData(object, slot = slot, assay = assay)
+}
+
+#' @rdname as_anndata
+#' @export
+as_anndata.SummarizedExperiment <- function(object, assay.type = "counts", features = NULL,
+                                            metadata = TRUE, reductions = TRUE,
+                                            allow_non_counts = FALSE, ...) {
+  .no_dots(...)
+  .require_pkg("SummarizedExperiment", "convert a SingleCellExperiment")
+  an <- SummarizedExperiment::assayNames(object)
+  if (is.character(assay.type) && !assay.type %in% an || length(assay.type) != 1) {
+    stop("assay.type '", paste(assay.type, collapse = ", "), "' not found; available: ",
+         .show_some(an), call. = FALSE)
+  }
+  counts <- SummarizedExperiment::assay(object, assay.type, withDimnames = TRUE)
+  obs_cols <- .metadata_columns(SummarizedExperiment::colData(object), metadata, "colData")
+  var_cols <- .metadata_columns(SummarizedExperiment::rowData(object), TRUE, "rowData")
+  reds <- list()
+  if (methods::is(object, "SingleCellExperiment")) {
+    .require_pkg("SingleCellExperiment", "convert a SingleCellExperiment")
+    red_names <- .select_names(reductions, SingleCellExperiment::reducedDimNames(object),
+                               "reducedDim(s)")
+    reds <- lapply(red_names, function(r) SingleCellExperiment::reducedDim(object, r))
+    names(reds) <- red_names
+    cells <- colnames(object)
+    if (!is.null(cells)) reds <- lapply(reds, function(e) { rownames(e) <- cells; e })
+  } else if (is.character(reductions) && length(reductions)) {
+    stop("a SummarizedExperiment has no reducedDims", call. = FALSE)
+  }
+  .build_anndata(counts, obs_cols, var_cols, reds, features, allow_non_counts,
+                 what = paste0("assay '", assay.type, "'"),
+                 hint = "Pass the raw counts: assay.type = \"counts\"")
+}
+
+#' @rdname as_anndata
+#' @export
+as_anndata.SingleCellExperiment <- as_anndata.SummarizedExperiment
+
+#' @rdname as_anndata
+#' @export
+as_anndata.Matrix <- function(object, features = NULL, obs = NULL, var = NULL,
+                              allow_non_counts = FALSE, ...) {
+  .no_dots(...)
+  obs_cols <- if (is.null(obs)) list() else .metadata_columns(obs, TRUE, "obs")
+  var_cols <- if (is.null(var)) list() else .metadata_columns(var, TRUE, "var")
+  for (x in list(list(obs_cols, ncol(object), "obs", "columns"),
+                 list(var_cols, nrow(object), "var", "rows"))) {
+    bad <- vapply(x[[1]], length, integer(1)) != x[[2]]
+    if (any(bad)) stop(x[[3]], " must have one row per matrix ", x[[4]], " (", x[[2]], ")",
+                       call. = FALSE)
+  }
+  .build_anndata(object, obs_cols, var_cols, list(), features, allow_non_counts,
+                 what = "the count matrix", hint = "Pass the raw counts")
+}
+
+#' @rdname as_anndata
+#' @export
+as_anndata.matrix <- as_anndata.Matrix
+
+# ---- Python -> R ----------------------------------------------------------------------------
+
+# numpy/pandas 1-d array-like -> R character vector (dim dropped).
+.py_to_chr <- function(x) {
+  v <- reticulate::py_to_r(.cellvi_py()$np$asarray(x, dtype = "str"))
+  dim(v) <- NULL
+  as.character(v)
+}
+
+.py_vec <- function(x) {
+  v <- reticulate::py_to_r(x)
+  dim(v) <- NULL
+  v
+}
+
+# One pandas Series -> R vector (the inverse of .r_column_to_py; NaN in floats becomes NA).
+.py_column_to_r <- function(s) {
+  py <- .cellvi_py()
+  dt <- s$dtype
+  dname <- reticulate::py_to_r(py$bi$str(dt))
+  kind <- reticulate::py_to_r(dt$kind)
+  na <- .py_vec(s$isna()$to_numpy(dtype = "bool"))
+  if (identical(dname, "category")) {
+    codes <- .py_vec(s$cat$codes$to_numpy()$astype("int32"))
+    codes[codes < 0L] <- NA_integer_
+    lv <- .py_to_chr(s$cat$categories)
+    ordered <- reticulate::py_to_r(s$cat$ordered)
+    return(structure(codes + 1L, levels = lv,
+                     class = if (isTRUE(ordered)) c("ordered", "factor") else "factor"))
+  }
+  if (kind == "b") {
+    v <- .py_vec(s$to_numpy(dtype = "bool", na_value = FALSE))
+    v[na] <- NA
+    return(v)
+  }
+  if (kind %in% c("i", "u")) {
+    fits <- all(na) || {
+      lo <- reticulate::py_to_r(py$bi$float(s$min()))
+      hi <- reticulate::py_to_r(py$bi$float(s$max()))
+      lo > -.Machine$integer.max - 1 && hi <= .Machine$integer.max
+    }
+    v <- if (fits) .py_vec(s$to_numpy(dtype = "int32", na_value = 0L))
+         else .py_vec(s$to_numpy(dtype = "float64", na_value = NaN))
+    v[na] <- NA
+    return(v)
+  }
+  if (kind == "f") {
+    v <- .py_vec(s$to_numpy(dtype = "float64", na_value = NaN))
+    v[na] <- NA
+    return(v)
+  }
+  if (kind %in% c("M", "m")) s <- s$astype("str")  # dates and times as pandas prints them
+  v <- .py_to_chr(s$to_numpy(dtype = "str", na_value = ""))
+  v[na] <- NA
+  v
+}
+
+# pandas DataFrame -> data.frame (row names from the index, column names kept as they are).
+.py_df_to_r <- function(df) {
+  py <- .cellvi_py()
+  rn <- .py_to_chr(df$index)
+  cn <- .py_to_chr(df$columns)
+  cols <- lapply(seq_along(cn), function(j) {
+    .py_column_to_r(df$iloc$`__getitem__`(reticulate::tuple(py$bi$slice(NULL), j - 1L,
+                                                            convert = FALSE)))
+  })
+  names(cols) <- cn
+  if (anyDuplicated(rn)) {
+    warning("the index has duplicated names; they were made unique with make.unique()",
+            call. = FALSE)
+    rn <- make.unique(rn)
+  }
+  structure(cols, class = "data.frame", row.names = rn)
+}
+
+# AnnData X / a layer (cells x genes: CSR, CSC or dense) -> genes x cells dgCMatrix.
+# A cells x genes CSR is a genes x cells CSC: data/indices/indptr become @x/@i/@p directly.
+.py_matrix_to_dgc <- function(X, genes, cells, what) {
+  py <- .cellvi_py()
+  if (reticulate::py_is_null_xptr(X) || inherits(X, "python.builtin.NoneType")) {
+    stop(what, " is empty (None)", call. = FALSE)
+  }
+  if (reticulate::py_to_r(py$sp$issparse(X))) {
+    if (!identical(reticulate::py_to_r(X$format), "csr")) X <- X$tocsr()
+  } else if (reticulate::py_has_attr(X, "to_memory")) {
+    X <- X$to_memory()
+    if (!reticulate::py_to_r(py$sp$issparse(X))) X <- py$sp$csr_matrix(py$np$asarray(X))
+    else X <- X$tocsr()
+  } else {
+    X <- py$sp$csr_matrix(py$np$asarray(X))
+  }
+  nnz <- reticulate::py_to_r(X$nnz)
+  if (nnz > .Machine$integer.max) {
+    stop(what, " has ", nnz, " non-zero values; a dgCMatrix holds at most 2^31 - 1.",
+         call. = FALSE)
+  }
+  if (!reticulate::py_to_r(X$has_canonical_format)) {
+    X <- X$copy()
+    X$sum_duplicates()  # sorts indices too
+  }
+  shape <- reticulate::py_to_r(X$shape)
+  methods::new("dgCMatrix",
+               i = .py_vec(X$indices$astype("int32", copy = FALSE)),
+               p = .py_vec(X$indptr$astype("int32", copy = FALSE)),
+               x = as.double(.py_vec(X$data)),
+               Dim = c(as.integer(shape[[2]]), as.integer(shape[[1]])),
+               Dimnames = list(genes, cells))
+}
+
+# obsm -> named list of cells x k matrices (rows named by cell). "X_pca" becomes "pca".
+# Numeric arrays and DataFrames are converted; sparse or non-numeric entries are left out.
+.py_obsm_to_r <- function(adata, cells) {
+  py <- .cellvi_py()
+  keys <- .py_to_chr(py$bi$list(adata$obsm$keys()))
+  out <- list()
+  for (k in keys) {
+    v <- adata$obsm$`__getitem__`(k)
+    if (reticulate::py_to_r(py$sp$issparse(v))) {
+      warning("obsm '", k, "' is sparse; it was left out.", call. = FALSE)
+      next
+    }
+    cn <- if (reticulate::py_has_attr(v, "columns")) .py_to_chr(v$columns) else NULL
+    arr <- py$np$asarray(v)
+    if (!reticulate::py_to_r(arr$dtype$kind) %in% c("b", "i", "u", "f") ||
+        reticulate::py_to_r(arr$ndim) != 2L) {
+      warning("obsm '", k, "' is not a 2-d numeric array; it was left out.", call. = FALSE)
+      next
+    }
+    m <- reticulate::py_to_r(arr$astype("float64"))
+    dimnames(m) <- list(cells, cn)
+    out[[sub("^X_", "", k)]] <- m
+  }
+  out
+}
+
+.check_anndata <- function(adata) {
+  if (!inherits(adata, "python.builtin.object") ||
+      !reticulate::py_has_attr(adata, "obs") || !reticulate::py_has_attr(adata, "var") ||
+      !reticulate::py_has_attr(adata, "obsm")) {
+    stop("expected a Python AnnData (e.g. from read_h5ad() or as_anndata()), got an object of ",
+         "class '", class(adata)[1], "'", call. = FALSE)
+  }
+  invisible(adata)
+}
+
+#' Convert a Python AnnData to a SingleCellExperiment
+#'
+#' The way back from [as_anndata()] or [read_h5ad()]: `X` (cells x genes; CSR, CSC or dense)
+#' becomes the genes x cells `dgCMatrix` assay `X_name` (a CSR matrix is reused without
+#' transposing: its indptr/indices/data are the `@p`/`@i`/`@x` slots), every `layers` entry
+#' becomes another assay, `obs` becomes `colData` and `var` becomes `rowData` (types restored
+#' as described in [as_anndata()]: Categorical -> factor with the levels in order, bool ->
+#' logical, integers -> integer (double beyond the integer range), floats -> double with NaN as
+#' NA, strings -> character), and numeric `obsm` entries become `reducedDims`, named without
+#' their `X_` prefix (`X_scVI` -> `scVI`).
+#'
+#' @param adata A Python `anndata.AnnData` (reticulate object).
+#' @param X_name Name of the assay that receives `X` (default `"counts"`; if a layer has that
+#'   name too, `X` is stored as `"X"`).
+#' @return A `SingleCellExperiment`.
+#' @seealso [as_seurat()], [as_anndata()], [read_h5ad()]
+#' @examples
+#' if (cellvi_available() && requireNamespace("SingleCellExperiment", quietly = TRUE) &&
+#'     requireNamespace("SeuratObject", quietly = TRUE)) {
+#'   adata <- as_anndata(SeuratObject::pbmc_small)
+#'   sce <- as_sce(adata)
+#'   print(sce)
+#'   levels(sce$RNA_snn_res.1)
+#' }
+#' @export
+as_sce <- function(adata, X_name = "counts") {
+  .check_anndata(adata)
+  .require_pkg("SingleCellExperiment", "build a SingleCellExperiment")
+  .require_pkg("S4Vectors", "build a SingleCellExperiment")
+  py <- .cellvi_py()
+  obs <- .py_df_to_r(adata$obs)
+  var <- .py_df_to_r(adata$var)
+  cells <- rownames(obs)
+  genes <- rownames(var)
+  layer_names <- .py_to_chr(py$bi$list(adata$layers$keys()))
+  if (X_name %in% layer_names) X_name <- "X"
+  assays <- list()
+  assays[[X_name]] <- .py_matrix_to_dgc(adata$X, genes, cells, "AnnData X")
+  for (ln in layer_names) {
+    assays[[ln]] <- .py_matrix_to_dgc(adata$layers$`__getitem__`(ln), genes, cells,
+                                      paste0("layer '", ln, "'"))
+  }
+  SingleCellExperiment::SingleCellExperiment(
+    assays = assays,
+    colData = S4Vectors::DataFrame(obs, check.names = FALSE),
+    rowData = S4Vectors::DataFrame(var, check.names = FALSE),
+    reducedDims = .py_obsm_to_r(adata, cells)
+  )
+}
+
+# "X_scVI" / "scVI" -> "scVI_"; Seurat keys are letters and digits followed by "_".
+.seurat_key <- function(name) {
+  k <- gsub("[^[:alnum:]]", "", name)
+  if (!nzchar(k) || grepl("^[0-9]", k)) k <- paste0("DR", k)
+  paste0(k, "_")
+}
+
+#' Convert a Python AnnData to a Seurat object
+#'
+#' The way back from [as_anndata()] or [read_h5ad()] for Seurat users: `X` (cells x genes;
+#' CSR, CSC or dense, expected to hold raw counts) becomes the `counts` of assay `assay` as a
+#' genes x cells `dgCMatrix` (no transposition: a CSR matrix's indptr/indices/data are the
+#' `@p`/`@i`/`@x` slots), `obs` becomes `meta.data` (types restored as described in
+#' [as_anndata()]), `var` becomes the assay's feature metadata, and each numeric `obsm` entry
+#' becomes a `DimReduc` named without its `X_` prefix, with a key made from the name
+#' (`X_scVI` -> reduction `scVI`, key `scVI_`). `layers` are not carried over. If `obs` has an
+#' `orig.ident` column it also sets the identities. Seurat itself replaces underscores in
+#' feature names with dashes.
+#'
+#' @param adata A Python `anndata.AnnData` (reticulate object).
+#' @param assay Name of the assay to create (default `"RNA"`).
+#' @return A `Seurat` object.
+#' @seealso [as_sce()], [as_anndata()], [read_h5ad()]
+#' @examples
+#' if (cellvi_available() && requireNamespace("SeuratObject", quietly = TRUE)) {
+#'   adata <- as_anndata(SeuratObject::pbmc_small)
+#'   seu <- as_seurat(adata)
+#'   print(seu)
+#'   SeuratObject::Reductions(seu)   # "pca" "tsne"
+#' }
+#' @export
+as_seurat <- function(adata, assay = "RNA") {
+  .check_anndata(adata)
+  .require_pkg("SeuratObject", "build a Seurat object")
+  obs <- .py_df_to_r(adata$obs)
+  var <- .py_df_to_r(adata$var)
+  cells <- rownames(obs)
+  counts <- .py_matrix_to_dgc(adata$X, rownames(var), cells, "AnnData X")
+  object <- SeuratObject::CreateSeuratObject(counts = counts, assay = assay,
+                                             meta.data = if (ncol(obs)) obs)
+  if ("orig.ident" %in% colnames(obs)) SeuratObject::Idents(object) <- "orig.ident"
+  if (ncol(var)) {
+    rownames(var) <- rownames(object[[assay]])
+    object[[assay]] <- SeuratObject::AddMetaData(object[[assay]], metadata = var)
+  }
+  reds <- .py_obsm_to_r(adata, colnames(object))
+  for (nm in names(reds)) {
+    emb <- reds[[nm]]
+    key <- .seurat_key(nm)
+    colnames(emb) <- paste0(key, seq_len(ncol(emb)))
+    object[[nm]] <- SeuratObject::CreateDimReducObject(embeddings = emb, key = key,
+                                                       assay = assay)
+  }
+  object
+}
+
+#' Read an .h5ad file into a Python AnnData
+#'
+#' Calls Python's `anndata.read_h5ad()` and returns the reticulate handle, ready for
+#' [as_sce()] or [as_seurat()].
+#'
+#' @param path Path to an `.h5ad` file.
+#' @return A Python `anndata.AnnData` (reticulate object).
+#' @seealso [as_sce()], [as_seurat()], [as_anndata()]
+#' @examples
+#' path <- file.path(tempdir(), "example.h5ad")
+#' if (cellvi_available() && requireNamespace("SeuratObject", quietly = TRUE)) {
+#'   as_anndata(SeuratObject::pbmc_small)$write_h5ad(path)
+#'   adata <- read_h5ad(path)
+#'   adata$shape
+#' }
+#' @export
+read_h5ad <- function(path) {
+  if (!is.character(path) || length(path) != 1 || is.na(path)) {
+    stop("path must be one file name", call. = FALSE)
+  }
+  if (!file.exists(path)) {
+    stop("file not found: '", path, "' (working directory: ", getwd(), ")", call. = FALSE)
+  }
+  if (dir.exists(path)) stop("'", path, "' is a directory, not an .h5ad file", call. = FALSE)
+  .cellvi_py()$ad$read_h5ad(normalizePath(path))
+}

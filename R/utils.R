@@ -1,0 +1,70 @@
+# Argument checks at the R boundary: R passes doubles (2, 400) where Python wants integers,
+# so every numeric argument is coerced and validated here, with messages in R's terms.
+
+.as_count <- function(x, name, minimum = 1L, null_ok = FALSE) {
+  if (is.null(x) && null_ok) return(NULL)
+  if (!is.numeric(x) || length(x) != 1L || is.na(x) || !is.finite(x)) {
+    stop("`", name, "` must be a single whole number, not ", .show(x), call. = FALSE)
+  }
+  if (x != round(x)) stop("`", name, "` must be a whole number, not ", x, call. = FALSE)
+  if (x < minimum) stop("`", name, "` must be at least ", minimum, ", not ", x, call. = FALSE)
+  as.integer(x)
+}
+
+.as_number <- function(x, name, lower = -Inf, upper = Inf, null_ok = FALSE) {
+  if (is.null(x) && null_ok) return(NULL)
+  if (!is.numeric(x) || length(x) != 1L || is.na(x)) {
+    stop("`", name, "` must be a single number, not ", .show(x), call. = FALSE)
+  }
+  if (x < lower || x > upper) {
+    stop("`", name, "` must be between ", lower, " and ", upper, ", not ", x, call. = FALSE)
+  }
+  as.numeric(x)
+}
+
+.as_flag <- function(x, name) {
+  if (!is.logical(x) || length(x) != 1L || is.na(x)) {
+    stop("`", name, "` must be TRUE or FALSE, not ", .show(x), call. = FALSE)
+  }
+  x
+}
+
+.as_choice <- function(x, name, choices) {
+  if (!is.character(x) || length(x) != 1L || !x %in% choices) {
+    stop("`", name, "` must be one of ", paste0('"', choices, '"', collapse = ", "),
+         ", not ", .show(x), call. = FALSE)
+  }
+  x
+}
+
+.as_names <- function(x, name, null_ok = TRUE) {
+  if (is.null(x) && null_ok) return(NULL)
+  if (!is.character(x) || anyNA(x) || length(x) == 0L) {
+    stop("`", name, "` must be a character vector of column names, not ", .show(x),
+         call. = FALSE)
+  }
+  x
+}
+
+.show <- function(x) {
+  if (is.null(x)) return("NULL")
+  text <- paste(utils::capture.output(dput(x)), collapse = "")
+  if (nchar(text) > 60) paste0(substr(text, 1, 57), "...") else text
+}
+
+# Runs `expr` (a Python call) and turns a Python exception into an R error carrying the
+# Python message only (no traceback noise).
+.py_call <- function(expr) {
+  tryCatch(expr, python.builtin.BaseException = function(e) {
+    stop(conditionMessage(e), call. = FALSE)
+  }, error = function(e) {
+    msg <- conditionMessage(e)
+    msg <- sub("(?s)\nRun `reticulate::py_last_error\\(\\)`.*$", "", msg, perl = TRUE)
+    stop(msg, call. = FALSE)
+  })
+}
+
+# An R value from a Python object (reticulate handles made with convert = FALSE stay Python).
+.py_value <- function(x) {
+  if (inherits(x, "python.builtin.object")) reticulate::py_to_r(x) else x
+}

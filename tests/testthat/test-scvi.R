@@ -1,0 +1,108 @@
+skip_if_no_core <- function() {
+  skip_if_not(cellvi_available(), "cellvi Python core not available")
+  skip_if_not_installed("Seurat")
+}
+
+kang_path <- function() {
+  candidates <- c(file.path("..", "..", "..", "shared", "data", "kang_se_12261.h5ad"),
+                  file.path(Sys.getenv("CELLVI_SHARED_DATA", "/nonexistent"), "kang_se_12261.h5ad"))
+  hit <- candidates[file.exists(candidates)]
+  if (length(hit)) normalizePath(hit[1]) else NULL
+}
+
+test_that("numeric arguments are checked at the R boundary", {
+  expect_identical(cellvi:::.as_count(400, "max_epochs"), 400L)
+  expect_error(cellvi:::.as_count(2.5, "max_epochs"), "`max_epochs` must be a whole number")
+  expect_error(cellvi:::.as_count(0, "max_epochs"), "at least 1")
+  expect_error(cellvi:::.as_count("a", "n_latent"), "single whole number")
+  expect_error(cellvi:::.as_choice("gauss", "gene_likelihood", c("zinb", "nb")), "must be one of")
+  expect_error(cellvi:::.check_setup(c("a", "b"), NULL, NULL, NULL), "one column name")
+})
+
+test_that("install_cellvi asks for numpy<2 with an old reticulate and installs torch first", {
+  src <- normalizePath(file.path("..", ".."), mustWork = FALSE)
+  skip_if_not(file.exists(file.path(src, "pyproject.toml")), "not run from a source checkout")
+  req <- cellvi:::.cellvi_requirements(src, "torch==2.13.0", reticulate_version = "1.28")
+  expect_equal(req, c("torch==2.13.0", normalizePath(src), "numpy<2"))
+  req <- cellvi:::.cellvi_requirements(NULL, "torch", reticulate_version = "1.40")
+  expect_equal(req[2], paste0("cellvi==", utils::packageVersion("cellvi")))
+  expect_false("numpy<2" %in% req)
+  expect_error(cellvi:::.cellvi_requirements(tempdir()), "not a cellvi checkout")
+})
+
+test_that("RunSCVI adds a reduction and the model answers later, also in a new session", {
+  skip_if_no_core()
+  pbmc <- SeuratObject::pbmc_small
+  dir <- file.path(tempdir(), "pbmc_scvi")
+  out <- RunSCVI(pbmc, batch_key = "groups", max_epochs = 3, seed = 1, model_dir = dir,
+                 verbose = FALSE)
+  expect_true("scvi" %in% SeuratObject::Reductions(out))
+  emb <- SeuratObject::Embeddings(out[["scvi"]])
+  expect_equal(dim(emb), c(80L, 10L))
+  expect_equal(rownames(emb), colnames(pbmc))
+  expect_equal(colnames(emb)[1], "scVI_1")
+  expect_true(all(is.finite(emb)))
+  misc <- SeuratObject::Misc(out[["scvi"]])
+  expect_equal(misc$model_dir, normalizePath(dir))
+  expect_equal(misc$setup$batch_key, "groups")
+  # Everything else of the object is as it was.
+  expect_equal(out[["RNA"]]@counts, pbmc[["RNA"]]@counts)
+  expect_equal(out@meta.data, pbmc@meta.data)
+
+  normed <- NormalizeSCVI(out, features = c("CD3E", "MS4A1"), verbose = FALSE)
+  expr <- SeuratObject::GetAssayData(normed, assay = "SCVI", slot = "data")
+  expect_equal(dim(expr), c(2L, 80L))
+  expect_true(all(expr > 0))
+
+  # A new R session finds the saved model through the object alone.
+  rds <- tempfile(fileext = ".rds")
+  saveRDS(out, rds)
+  script <- tempfile(fileext = ".R")
+  writeLines(c(
+    "suppressMessages(library(cellvi))",
+    sprintf("obj <- readRDS('%s')", rds),
+    "obj <- NormalizeSCVI(obj, features = 'CD3E', verbose = FALSE)",
+    "cat(dim(SeuratObject::GetAssayData(obj, assay = 'SCVI', slot = 'data')))"
+  ), script)
+  res <- system2(file.path(R.home("bin"), "Rscript"), script, stdout = TRUE, stderr = FALSE)
+  expect_equal(tail(res, 1), "1 80")
+})
+
+test_that("RunLinearSCVI stores loadings; bad input gets a clear message", {
+  skip_if_no_core()
+  pbmc <- SeuratObject::pbmc_small
+  out <- RunLinearSCVI(pbmc, n_latent = 4, max_epochs = 2, seed = 1,
+                       model_dir = file.path(tempdir(), "ldvae"), verbose = FALSE)
+  loadings <- SeuratObject::Loadings(out[["ldvae"]])
+  expect_equal(dim(loadings), c(230L, 4L))
+  expect_equal(rownames(loadings), rownames(pbmc))
+  expect_error(RunSCVI(pbmc, batch_key = "donor", max_epochs = 1, verbose = FALSE), "donor")
+  expect_error(RunSCVI(pbmc, max_epochs = 1.5, verbose = FALSE), "whole number")
+  expect_error(RunSCVI(pbmc, gene_likelihood = "normal", verbose = FALSE), "must be one of")
+})
+
+test_that("verbose = FALSE is silent", {
+  skip_if_no_core()
+  expect_silent(RunSCVI(SeuratObject::pbmc_small, max_epochs = 1, verbose = FALSE,
+                        model_dir = file.path(tempdir(), "quiet")))
+})
+
+test_that("runSCVI and normalizeSCVI on a SingleCellExperiment (kang)", {
+  skip_if_no_core()
+  skip_if_not_installed("SingleCellExperiment")
+  path <- kang_path()
+  skip_if(is.null(path), "kang_se_12261.h5ad not found")
+  sce <- as_sce(read_h5ad(path))
+  sce <- runSCVI(sce, batch_key = "sample_id", max_epochs = 1, seed = 0,
+                 model_dir = file.path(tempdir(), "kang"), verbose = FALSE)
+  latent <- SingleCellExperiment::reducedDim(sce, "scVI")
+  expect_equal(dim(latent), c(ncol(sce), 10L))
+  expect_equal(rownames(latent), colnames(sce))
+  genes <- rownames(sce)[1:3]
+  sce <- normalizeSCVI(sce, features = genes, verbose = FALSE)
+  alt <- SingleCellExperiment::altExp(sce, "scVI_normalized")
+  expect_equal(dim(alt), c(3L, ncol(sce)))
+  sce2 <- runLinearSCVI(sce[, 1:500], n_latent = 3, max_epochs = 1, verbose = FALSE,
+                        model_dir = file.path(tempdir(), "kang_ldvae"))
+  expect_equal(dim(attr(SingleCellExperiment::reducedDim(sce2, "LDVAE"), "rotation")), c(nrow(sce), 3L))
+})
