@@ -107,3 +107,13 @@ cellvi_python_module <- function() {
   }
   .cellvi_env$module
 }
+
+# The core for the package's own calls: no automatic conversion, so every result is converted
+# explicitly where it is used (reticulate 1.28's pandas conversion is slow and warns).
+.core <- function() {
+  if (is.null(.cellvi_env$core)) {
+    cellvi_python_module()
+    .cellvi_env$core <- reticulate::import("cellvi", convert = FALSE)
+  }
+  .cellvi_env$core
+}

@@ -76,7 +76,7 @@
 # Trains a model on an AnnData handle and saves it; returns the model, its directory and the
 # latent space (cells x n_latent, rownames = cells).
 .fit_model <- function(adata, model_class, args, seed, model_dir, verbose) {
-  cv <- cellvi_python_module()
+  cv <- .core()
   if (!is.null(seed)) cv$settings$seed <- .as_count(seed, "seed", minimum = 0L)
   cls <- cv[[model_class]]
   .py_call(do.call(cls$setup_anndata, c(list(adata), args$setup)))
@@ -90,7 +90,7 @@
   model_dir <- normalizePath(model_dir)
   .cellvi_env$models[[model_dir]] <- model
   if (verbose) message("Model saved in ", model_dir)
-  latent <- .py_call(model$get_latent_representation())
+  latent <- .py_value(.py_call(model$get_latent_representation()))
   rownames(latent) <- unlist(.py_value(adata$obs_names$tolist()))
   list(model = model, dir = model_dir, latent = latent)
 }
@@ -101,11 +101,12 @@
 #' Python's `model.save()`.
 #'
 #' @param model_dir The model's directory.
-#' @return The Python model (a reticulate handle).
+#' @return The Python model (a reticulate handle without automatic conversion: wrap results
+#'   in `reticulate::py_to_r()`).
 #' @examples
 #' \dontrun{
 #' model <- load_cellvi_model(Misc(seurat[["scvi"]])$model_dir)
-#' model$history
+#' reticulate::py_to_r(model$history)
 #' }
 #' @export
 load_cellvi_model <- function(model_dir) {
@@ -114,9 +115,40 @@ load_cellvi_model <- function(model_dir) {
   }
   model_dir <- normalizePath(model_dir)
   if (is.null(.cellvi_env$models[[model_dir]])) {
-    .cellvi_env$models[[model_dir]] <- .py_call(cellvi_python_module()$load_model(model_dir))
+    .cellvi_env$models[[model_dir]] <- .py_call(.core()$load_model(model_dir))
   }
   .cellvi_env$models[[model_dir]]
+}
+
+.reduction_model <- function(object, reduction) {
+  if (!reduction %in% SeuratObject::Reductions(object)) {
+    stop("reduction '", reduction, "' not found; run RunSCVI() first (reductions: ",
+         paste(SeuratObject::Reductions(object), collapse = ", "), ")", call. = FALSE)
+  }
+  misc <- SeuratObject::Misc(object[[reduction]])
+  if (is.null(misc$model_dir)) {
+    stop("reduction '", reduction, "' was not made by cellvi (no model_dir in its misc)",
+         call. = FALSE)
+  }
+  load_cellvi_model(misc$model_dir)
+}
+
+# The object's cells as the model's input: its genes (in order) and obs columns.
+.query_anndata <- function(x, model, ...) {
+  as_anndata(x, ..., features = .model_genes(model), metadata = .model_obs_columns(model),
+             reductions = FALSE)
+}
+
+# The model recorded for a SingleCellExperiment's reducedDim, and the object's cells as its
+# input (list(model, adata)).
+.dimred_model <- function(x, dimred) {
+  record <- S4Vectors::metadata(x)$cellvi[[dimred]]
+  if (is.null(record)) {
+    stop("no cellvi model recorded for reducedDim '", dimred, "'; run runSCVI() first",
+         call. = FALSE)
+  }
+  model <- load_cellvi_model(record$model_dir)
+  list(model = model, adata = .query_anndata(x, model, assay.type = record$assay.type))
 }
 
 .loadings <- function(model, key) {
@@ -129,22 +161,22 @@ load_cellvi_model <- function(model_dir) {
 .settings_record <- function(fit, args) {
   list(model = fit$model_class, model_dir = fit$dir, setup = args$setup,
        model_args = args$model_args, train_args = args$train_args,
-       cellvi_version = .py_call(cellvi_python_module()$`__version__`))
+       cellvi_version = .py_value(.core()$`__version__`))
 }
 
 # Normalized expression of `adata` (genes x cells, dense) for the chosen genes.
 .normalized_expression <- function(model, adata, features, library_size, n_samples,
                                    transform_batch) {
-  expr <- .py_call(model$get_normalized_expression(
+  expr <- .py_value(.py_call(model$get_normalized_expression(
     adata, gene_list = if (is.null(features)) NULL else as.list(features),
     library_size = .as_number(library_size, "library_size", 0),
     n_samples = .as_count(n_samples, "n_samples"),
     transform_batch = if (is.null(transform_batch)) NULL else as.list(transform_batch),
-    return_numpy = TRUE))
+    return_numpy = TRUE)))
   t(expr)
 }
 
-.model_genes <- function(model) unlist(.py_call(model$var_names))
+.model_genes <- function(model) unlist(.py_value(model$var_names))
 
 .model_obs_columns <- function(model) {
   reg <- model$registry
@@ -267,19 +299,8 @@ RunLinearSCVI <- function(object, assay = NULL, features = NULL, batch_key = NUL
 NormalizeSCVI <- function(object, reduction = "scvi", features = NULL, assay.name = "SCVI",
                           library_size = 1e4, n_samples = 1, transform_batch = NULL,
                           verbose = TRUE) {
-  if (!reduction %in% SeuratObject::Reductions(object)) {
-    stop("reduction '", reduction, "' not found; run RunSCVI() first (reductions: ",
-         paste(SeuratObject::Reductions(object), collapse = ", "), ")", call. = FALSE)
-  }
-  misc <- SeuratObject::Misc(object[[reduction]])
-  if (is.null(misc$model_dir)) {
-    stop("reduction '", reduction, "' was not made by cellvi (no model_dir in its misc)",
-         call. = FALSE)
-  }
-  model <- load_cellvi_model(misc$model_dir)
-  assay <- SeuratObject::DefaultAssay(object[[reduction]])
-  adata <- as_anndata(object, assay = assay, features = .model_genes(model),
-                      metadata = .model_obs_columns(model), reductions = FALSE)
+  model <- .reduction_model(object, reduction)
+  adata <- .query_anndata(object, model, assay = SeuratObject::DefaultAssay(object[[reduction]]))
   expr <- .normalized_expression(model, adata, features, library_size, n_samples,
                                  transform_batch)
   dimnames(expr) <- list(features %||% .model_genes(model), colnames(object))
@@ -381,15 +402,9 @@ runLinearSCVI <- function(x, assay.type = "counts", features = NULL, batch_key =
 normalizeSCVI <- function(x, dimred = "scVI", features = NULL, name = "scVI_normalized",
                           library_size = 1e4, n_samples = 1, transform_batch = NULL,
                           verbose = TRUE) {
-  record <- S4Vectors::metadata(x)$cellvi[[dimred]]
-  if (is.null(record)) {
-    stop("no cellvi model recorded for reducedDim '", dimred, "'; run runSCVI() first",
-         call. = FALSE)
-  }
-  model <- load_cellvi_model(record$model_dir)
-  adata <- as_anndata(x, assay.type = record$assay.type, features = .model_genes(model),
-                      metadata = .model_obs_columns(model), reductions = FALSE)
-  expr <- .normalized_expression(model, adata, features, library_size, n_samples,
+  fit <- .dimred_model(x, dimred)
+  model <- fit$model
+  expr <- .normalized_expression(model, fit$adata, features, library_size, n_samples,
                                  transform_batch)
   genes <- features %||% .model_genes(model)
   dimnames(expr) <- list(genes, colnames(x))

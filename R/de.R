@@ -1,0 +1,148 @@
+# Differential expression with a trained model, shaped like Seurat's FindMarkers output:
+# FindMarkersSCVI (Seurat) and findMarkersSCVI (SingleCellExperiment).
+
+# Runs the model's differential_expression for cell index sets (1-based R indices) and
+# returns a data.frame: Seurat's columns first, then the model's own.
+.de_table <- function(model, adata, idx1, idx2, a) {
+  np <- .cellvi_py()$np
+  mode <- .as_choice(a$mode, "mode", c("change", "vanilla"))
+  de <- .py_call(model$differential_expression(
+    adata, idx1 = np$asarray(as.integer(idx1 - 1L)), idx2 = np$asarray(as.integer(idx2 - 1L)),
+    mode = mode, delta = .as_number(a$delta, "delta", 0), fdr_target = .as_number(a$fdr_target, "fdr_target", 0, 1),
+    batch_correction = .as_flag(a$batch_correction, "batch_correction"),
+    batchid1 = if (is.null(a$batchid1)) NULL else as.list(as.character(a$batchid1)),
+    batchid2 = if (is.null(a$batchid2)) NULL else as.list(as.character(a$batchid2)),
+    n_samples = .as_count(a$n_samples, "n_samples"),
+    gene_list = if (is.null(a$features)) NULL else as.list(a$features)))
+  de <- .py_df_to_r(de)
+  fdr_column <- grep("^is_de_fdr_", names(de), value = TRUE)
+  evidence <- if (mode == "change") c("proba_de", "proba_not_de") else c("proba_m1", "proba_m2")
+  out <- data.frame(avg_log2FC = de$lfc_mean, pct.1 = de$non_zeros_proportion1,
+                    pct.2 = de$non_zeros_proportion2, row.names = rownames(de))
+  own <- c(evidence, "bayes_factor", "lfc_median", "lfc_std", "lfc_min", "lfc_max", "scale1",
+           "scale2", "raw_mean1", "raw_mean2", "raw_normalized_mean1", "raw_normalized_mean2")
+  out <- cbind(out, de[, own, drop = FALSE])
+  if (length(fdr_column)) out$is_de_fdr <- de[[fdr_column]]
+  out
+}
+
+#' Differentially expressed genes with scVI (Seurat)
+#'
+#' Bayesian differential expression from the scVI model stored by [RunSCVI()] or
+#' [RunLinearSCVI()], between the cells of `ident.1` and `ident.2` (default: all other
+#' cells). Like [Seurat::FindMarkers()], the result has one row per gene with `avg_log2FC`,
+#' `pct.1` and `pct.2`; instead of p-values it has the model's evidence: `proba_de` (posterior
+#' probability that |log2 fold change| >= `delta`), `bayes_factor` (its log odds), `lfc_std`
+#' and the other posterior LFC summaries, and `is_de_fdr` (called DE at posterior expected
+#' FDR `fdr_target`). Rows are sorted by evidence.
+#'
+#' @param object A Seurat object on which [RunSCVI()] has run.
+#' @param ident.1,ident.2 Groups to compare: identity classes (or values of `group.by`).
+#'   `ident.2 = NULL` compares with all other cells.
+#' @param group.by Metadata column defining the groups (default: the identities, `Idents()`).
+#' @param reduction The reduction whose model to use.
+#' @param features Genes to test (default: all genes of the model).
+#' @param mode `"change"` (evidence P(|LFC| >= delta), with FDR calls) or `"vanilla"`
+#'   (evidence P(expression 1 > expression 2): columns `proba_m1`, `proba_m2`).
+#' @param delta LFC threshold of `"change"` mode.
+#' @param fdr_target Target posterior expected false discovery rate.
+#' @param batch_correction Generate every sampled cell in each batch (`batchid1`, `batchid2`:
+#'   which batches for each side; default all) and average.
+#' @param batchid1,batchid2 Batches to generate the two groups in.
+#' @param n_samples Cells sampled from each group's posterior.
+#' @param verbose Show messages.
+#' @return A data.frame, one row per gene (rownames).
+#' @examples
+#' \dontrun{
+#' pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 100)
+#' markers <- FindMarkersSCVI(pbmc, ident.1 = "0", ident.2 = "1")
+#' head(markers[markers$is_de_fdr, ])
+#' }
+#' @export
+FindMarkersSCVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL, reduction = "scvi",
+                            features = NULL, mode = "change", delta = 0.25, fdr_target = 0.05,
+                            batch_correction = FALSE, batchid1 = NULL, batchid2 = NULL,
+                            n_samples = 5000, verbose = TRUE) {
+  groups <- if (is.null(group.by)) {
+    SeuratObject::Idents(object)
+  } else {
+    if (!group.by %in% colnames(object[[]])) {
+      stop("metadata column '", group.by, "' not found; available: ",
+           paste(utils::head(colnames(object[[]]), 20), collapse = ", "), call. = FALSE)
+    }
+    object[[group.by, drop = TRUE]]
+  }
+  idx <- .group_cells(as.character(groups), ident.1, ident.2)
+  model <- .reduction_model(object, reduction)
+  adata <- .query_anndata(object, model, assay = SeuratObject::DefaultAssay(object[[reduction]]))
+  if (verbose) message("Comparing ", length(idx$idx1), " cells with ", length(idx$idx2), " cells")
+  .de_table(model, adata, idx$idx1, idx$idx2, environment())
+}
+
+#' Differentially expressed genes with scVI (SingleCellExperiment)
+#'
+#' As [FindMarkersSCVI()], for a SingleCellExperiment on which [runSCVI()] has run. With
+#' `group1 = NULL`, every group is compared with all other cells (one-vs-rest, as
+#' `scran::findMarkers()` does), and the tables are stacked with `group` and `gene` columns.
+#'
+#' @param x A SingleCellExperiment.
+#' @param groups A vector of group labels, one per cell, or the name of a `colData` column.
+#' @param group1,group2 Groups to compare (`group2 = NULL`: all other cells).
+#' @param dimred The reducedDim whose model to use.
+#' @inheritParams FindMarkersSCVI
+#' @return A data.frame (rownames = genes for one comparison).
+#' @examples
+#' \dontrun{
+#' sce <- runSCVI(sce, batch_key = "sample_id", max_epochs = 50)
+#' markers <- findMarkersSCVI(sce, "cluster_id", group1 = "B cells")
+#' }
+#' @export
+findMarkersSCVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "scVI",
+                            features = NULL, mode = "change", delta = 0.25, fdr_target = 0.05,
+                            batch_correction = FALSE, batchid1 = NULL, batchid2 = NULL,
+                            n_samples = 5000, verbose = TRUE) {
+  if (is.character(groups) && length(groups) == 1L && ncol(x) != 1L) {
+    if (!groups %in% colnames(SummarizedExperiment::colData(x))) {
+      stop("colData column '", groups, "' not found; available: ",
+           paste(utils::head(colnames(SummarizedExperiment::colData(x)), 20), collapse = ", "),
+           call. = FALSE)
+    }
+    groups <- SummarizedExperiment::colData(x)[[groups]]
+  }
+  if (length(groups) != ncol(x)) {
+    stop("`groups` must have one label per cell (", ncol(x), "), not ", length(groups), call. = FALSE)
+  }
+  groups <- as.character(groups)
+  fit <- .dimred_model(x, dimred)
+  model <- fit$model
+  adata <- fit$adata
+  firsts <- if (is.null(group1)) sort(unique(groups)) else group1
+  a <- environment()
+  tables <- lapply(firsts, function(g) {
+    idx <- .group_cells(groups, g, group2)
+    if (verbose) message("Group ", g, ": ", length(idx$idx1), " vs ", length(idx$idx2), " cells")
+    table <- .de_table(model, adata, idx$idx1, idx$idx2, a)
+    if (is.null(group1)) table <- cbind(group = g, gene = rownames(table), table)
+    table
+  })
+  if (length(tables) == 1L) return(tables[[1]])
+  out <- do.call(rbind, tables)
+  rownames(out) <- NULL
+  out
+}
+
+# 1-based indices of the cells of `ident.1` and of `ident.2` (or of the rest).
+.group_cells <- function(groups, ident.1, ident.2) {
+  present <- unique(groups)
+  for (g in c(ident.1, ident.2)) {
+    if (!g %in% present) {
+      stop("group '", g, "' not found; groups: ", paste(utils::head(sort(present), 20), collapse = ", "),
+           call. = FALSE)
+    }
+  }
+  idx1 <- which(groups %in% ident.1)
+  idx2 <- if (is.null(ident.2)) which(!groups %in% ident.1) else which(groups %in% ident.2)
+  if (length(intersect(ident.1, ident.2))) stop("ident.1 and ident.2 overlap", call. = FALSE)
+  if (!length(idx2)) stop("no cells to compare with", call. = FALSE)
+  list(idx1 = idx1, idx2 = idx2)
+}
