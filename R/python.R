@@ -104,8 +104,25 @@ cellvi_python_module <- function() {
            "cellvi installed, then restart R.", call. = FALSE)
     }
     .cellvi_env$module <- reticulate::import("cellvi", delay_load = FALSE)
+    .check_blas()
   }
   .cellvi_env$module
+}
+
+# torch's matrix products call the BLAS that R loaded first. With R's reference BLAS they are
+# some 30x slower than in Python; say so once, with the fix.
+.check_blas <- function() {
+  ms <- reticulate::py_eval(paste0(
+    "(lambda t, time: (lambda a: (a @ a, time.perf_counter(), [a @ a for _ in range(20)], ",
+    "time.perf_counter()))(t.randn(256, 256)))(__import__('torch'), __import__('time'))"))
+  per_product <- (ms[[4]] - ms[[2]]) / 20 * 1000
+  if (per_product > 5) {
+    warning(sprintf(paste0(
+      "torch's matrix products take %.0f ms here (about 0.3 ms with a fast BLAS): R's reference ",
+      "BLAS is in use and training will be slow. Install OpenBLAS (Debian/Ubuntu: apt install ",
+      "libopenblas0-pthread) and restart R."), per_product), call. = FALSE)
+  }
+  invisible(per_product)
 }
 
 # The core for the package's own calls: no automatic conversion, so every result is converted

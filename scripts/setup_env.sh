@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what cellvi needs on a fresh Debian machine; safe to run again (it skips what is there).
-#   - Debian's R 4.2 with reticulate, testthat, Seurat and SingleCellExperiment
+#   - Debian's R 4.2 with reticulate, testthat, Seurat and SingleCellExperiment, and OpenBLAS:
+#     torch, loaded inside R, calls the BLAS that R loaded; R's reference BLAS makes torch's
+#     matrix products ~30x slower
+
 #   - a Python virtual environment (.venv) with the CPU torch wheel and cellvi (editable)
 # The venv is also the Python that R uses through reticulate, so it holds numpy<2: Debian's
 # reticulate 1.28 cannot load NumPy 2. (The core itself works with NumPy 1.26 and 2.x.)
@@ -10,7 +13,7 @@ VENV="${CELLVI_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${CELLVI_TORCH_SPEC:-torch==2.13.0}"  # the CPU wheel; unpinned torch pulls CUDA
 
-R_PACKAGES="r-base-core r-cran-reticulate r-cran-testthat r-cran-seurat r-bioc-singlecellexperiment r-cran-matrix r-cran-rmarkdown r-cran-knitr pandoc"
+R_PACKAGES="libopenblas0-pthread r-base-core r-cran-reticulate r-cran-testthat r-cran-seurat r-bioc-singlecellexperiment r-cran-matrix r-cran-rmarkdown r-cran-knitr pandoc"
 missing=""
 for p in $R_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -19,6 +19,7 @@ from ..data import AnnTensors, DeviceData, Registry
 from ..data._registry import recall_setup, remember_setup
 from ..modules import BaseModule
 from ..train import Trainer, as_count, resolve_device, split_indices
+from ..train._trainer import single_threaded_global_openblas
 
 logger = logging.getLogger("cellvi")
 
@@ -164,7 +165,8 @@ class BaseModel:
         data = self._data(adata)
         self.module.eval()
         batch_size = as_count(batch_size, "batch_size") if batch_size is not None else 1024
-        yield from data.iterate(self._indices(data.n_obs, indices), batch_size)
+        with single_threaded_global_openblas():
+            yield from data.iterate(self._indices(data.n_obs, indices), batch_size)
 
     def _obs_names(self, adata, indices) -> pd.Index:
         adata = self.adata if adata is None else adata

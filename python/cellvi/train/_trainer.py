@@ -3,6 +3,8 @@ progress bar, devices and seeds. A plain loop: per minibatch it does the module'
 nothing else (no per-step host synchronisation, no per-step logging)."""
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import math
 
@@ -76,6 +78,28 @@ def split_indices(n_obs: int, train_size: float, validation_size: float | None =
     n_val = min(math.floor(validation_size * n_obs), n_obs - n_train)
     perm = torch.randperm(n_obs, generator=seeded_generator(1)).numpy()
     return np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_val])
+
+
+@contextlib.contextmanager
+def single_threaded_global_openblas():
+    """Run with one thread in an OpenBLAS that the host process loaded globally, if any.
+
+    Inside R, torch's matrix products resolve to the BLAS that R loaded (its symbols come
+    first); with OpenBLAS's own thread pool spinning beside torch's threads, training runs at
+    half speed. A plain Python process has no such global OpenBLAS, and nothing changes.
+    """
+    try:
+        lib = ctypes.CDLL(None)
+        get, set_ = lib.openblas_get_num_threads, lib.openblas_set_num_threads
+    except (AttributeError, OSError):
+        yield
+        return
+    before = get()
+    set_(1)
+    try:
+        yield
+    finally:
+        set_(before)
 
 
 def make_adam(params, **kwargs) -> torch.optim.Adam:
@@ -187,9 +211,16 @@ class Trainer:
 
         has_validation = len(self.validation_indices) > 0
         monitor = "elbo_validation" if has_validation else "elbo_train"
-        best, since_best = -math.inf, 0
         bar = tqdm(range(self.max_epochs), desc="Training", unit="epoch", disable=not self.progress_bar,
                    dynamic_ncols=True)
+        with single_threaded_global_openblas():
+            self._run_epochs(bar, has_validation, monitor)
+        bar.close()
+        self.module.eval()
+        return self.history
+
+    def _run_epochs(self, bar, has_validation: bool, monitor: str) -> None:
+        best, since_best = -math.inf, 0
         for epoch in bar:
             row = {"epoch": epoch, **self._train_epoch(epoch)}
             if has_validation:
@@ -212,10 +243,6 @@ class Trainer:
                 else:
                     since_best += 1
                     if since_best >= self.patience:
-                        bar.close()
                         logger.info("early stopping after epoch %d: %s has not improved for %d epochs",
                                     epoch + 1, monitor, self.patience)
-                        break
-        bar.close()
-        self.module.eval()
-        return self.history
+                        return
