@@ -1,8 +1,8 @@
 """Bayesian differential expression from a model's normalized expression.
 
 For two groups of cells, normalized expression ("scale", rho) is sampled from the posterior
-for cells drawn at random from each group; random pairs across the groups give samples of
-the log2 fold change per gene. In ``"vanilla"`` mode the evidence is P(rho1 > rho2); in
+for cells drawn at random from each group; pairs across the groups (one to one, or
+``m_permutation`` random pairs) give samples of the log2 fold change per gene. In ``"vanilla"`` mode the evidence is P(rho1 > rho2); in
 ``"change"`` mode it is P(|LFC| >= delta), and genes are called DE controlling the posterior
 expected false discovery rate. Nothing is written to the AnnData.
 """
@@ -115,15 +115,23 @@ def _sample_scales(model, adata, cells: np.ndarray, batches, n_samples: int, gen
 
 
 def _pair_statistics(s1: np.ndarray, s2: np.ndarray, mode: str, delta: float, pseudocounts: float,
-                     m_permutation: int, generator: torch.Generator) -> dict:
-    """Per-gene statistics over ``m_permutation`` random cross-group pairs, in gene chunks."""
-    a = torch.randint(len(s1), (m_permutation,), generator=generator)
-    b = torch.randint(len(s2), (m_permutation,), generator=generator)
-    t1 = torch.from_numpy(s1)[a]
-    t2 = torch.from_numpy(s2)[b]
+                     m_permutation: int | None, generator: torch.Generator) -> dict:
+    """Per-gene statistics over cross-group pairs, in gene chunks (bounded memory).
+
+    The samples of the two groups (cells drawn at random) are paired one to one, or, with
+    ``m_permutation``, that many random pairs are drawn.
+    """
+    t1, t2 = torch.from_numpy(s1), torch.from_numpy(s2)
+    pairs = None
+    if m_permutation is not None:
+        pairs = (torch.randint(len(s1), (m_permutation,), generator=generator),
+                 torch.randint(len(s2), (m_permutation,), generator=generator))
     parts: dict[str, list] = {}
     for start in range(0, t1.shape[1], _GENE_CHUNK):
-        x1, x2 = t1[:, start:start + _GENE_CHUNK], t2[:, start:start + _GENE_CHUNK]
+        x1 = t1[:, start:start + _GENE_CHUNK]
+        x2 = t2[:, start:start + _GENE_CHUNK]
+        if pairs is not None:
+            x1, x2 = x1[pairs[0]], x2[pairs[1]]
         lfc = torch.log2(x1 + pseudocounts + _EPS) - torch.log2(x2 + pseudocounts + _EPS)
         stats = {
             "lfc_mean": lfc.mean(0), "lfc_median": lfc.median(0).values, "lfc_std": lfc.std(0),
@@ -168,7 +176,7 @@ def differential_expression(
     batchid1: Sequence[str] | None = None,
     batchid2: Sequence[str] | None = None,
     n_samples: int = 5000,
-    m_permutation: int = 10000,
+    m_permutation: int | None = None,
     pseudocounts: float = 0.0,
     gene_list: Sequence[str] | None = None,
 ) -> pd.DataFrame:
@@ -180,7 +188,8 @@ def differential_expression(
     if not 0 < fdr_target < 1:
         raise ValueError(f"fdr_target must be in (0, 1), got {fdr_target}")
     n_samples = as_count(n_samples, "n_samples")
-    m_permutation = as_count(m_permutation, "m_permutation")
+    if m_permutation is not None:
+        m_permutation = as_count(m_permutation, "m_permutation")
     data_adata = model.adata if adata is None else adata
     if data_adata is None:
         raise ValueError("this model holds no AnnData (it was loaded without one); pass adata=...")

@@ -124,15 +124,16 @@ class ExpressionMixin:
         batchid1=None,
         batchid2=None,
         n_samples: int = 5000,
-        m_permutation: int = 10000,
+        m_permutation: int | None = None,
         pseudocounts: float = 0.0,
         gene_list: Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """Bayesian differential expression between groups of cells.
 
         Normalized expression is sampled from the posterior for ``n_samples`` cells drawn from
-        each group; ``m_permutation`` random cross-group pairs give samples of each gene's log2
-        fold change (LFC). The AnnData is never modified.
+        each group; the draws of the two groups, paired one to one (or ``m_permutation``
+        random pairs), give samples of each gene's log2 fold change (LFC). The AnnData is never
+        modified.
 
         Parameters
         ----------
@@ -157,7 +158,8 @@ class ExpressionMixin:
             compare conditions across batches; pick ``batchid1``/``batchid2`` when the batch
             is confounded with the condition.
         n_samples, m_permutation
-            Cells sampled per group; cross-group pairs for the LFC distribution.
+            Cells sampled per group; random cross-group pairs for the LFC distribution
+            (``None``: the ``n_samples`` draws paired one to one, as scvi-tools does by default).
         pseudocounts
             Added to the normalized expression before the log.
         gene_list
