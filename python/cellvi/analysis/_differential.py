@@ -108,7 +108,7 @@ def _raw_statistics(X: sp.csr_matrix, idx: np.ndarray, genes: np.ndarray | None)
 
 def _sample_scales(model, adata, cells: np.ndarray, batches, n_samples: int, genes, rng) -> np.ndarray:
     """Posterior normalized expression of ``n_samples`` cells drawn with replacement."""
-    drawn = rng.choice(cells, size=n_samples, replace=True)
+    drawn = np.sort(rng.choice(cells, size=n_samples, replace=True))
     return model.get_normalized_expression(
         adata, indices=drawn, transform_batch=batches, gene_list=genes, return_numpy=True
     )
@@ -132,16 +132,17 @@ def _pair_statistics(s1: np.ndarray, s2: np.ndarray, mode: str, delta: float, ps
         x2 = t2[:, start:start + _GENE_CHUNK]
         if pairs is not None:
             x1, x2 = x1[pairs[0]], x2[pairs[1]]
-        lfc = torch.log2(x1 + pseudocounts + _EPS) - torch.log2(x2 + pseudocounts + _EPS)
-        stats = {
-            "lfc_mean": lfc.mean(0), "lfc_median": lfc.median(0).values, "lfc_std": lfc.std(0),
-            "lfc_min": lfc.min(0).values, "lfc_max": lfc.max(0).values,
-        }
+        offset = pseudocounts + _EPS
+        lfc = torch.add(x1, offset).log2_().sub_(torch.add(x2, offset).log2_())
+        std, mean = torch.std_mean(lfc, 0)
+        lo, hi = torch.aminmax(lfc, dim=0)
+        stats = {"lfc_mean": mean, "lfc_median": lfc.median(0).values, "lfc_std": std,
+                 "lfc_min": lo, "lfc_max": hi}
         if mode == "change":
-            stats["proba_de"] = (lfc.abs() >= delta).double().mean(0)
+            stats["proba_de"] = (lfc.abs_() >= delta).mean(0, dtype=torch.float64)
         else:
-            stats["proba_m1"] = (x1 > x2).double().mean(0)
-            stats["proba_m2"] = (x1 < x2).double().mean(0)
+            stats["proba_m1"] = (x1 > x2).mean(0, dtype=torch.float64)
+            stats["proba_m2"] = (x1 < x2).mean(0, dtype=torch.float64)
         for k, v in stats.items():
             parts.setdefault(k, []).append(v)
     return {k: torch.cat(v).numpy().astype(np.float64) for k, v in parts.items()}

@@ -2,7 +2,8 @@
 parameters and posterior predictive samples. Written once, for every such model.
 
 The mixin relies on the model's Module returning, from ``generative``, the normalised
-expression ``"scale"`` (sums to one over genes) and the count distribution ``"dist"``.
+expression ``"scale"`` (sums to one over genes) and the count distribution ``"dist"``; with
+``likelihood=False`` the Module may skip the distribution (only ``"scale"`` is read).
 """
 from __future__ import annotations
 
@@ -39,9 +40,10 @@ class ExpressionMixin:
     def _infer(self, tensors: dict, n_samples: int) -> dict:
         return self.module.inference(**self.module.inference_inputs(tensors), n_samples=n_samples)
 
-    def _generate(self, tensors: dict, inference_out: dict, transform_batch: int | None = None) -> dict:
+    def _generate(self, tensors: dict, inference_out: dict, transform_batch: int | None = None,
+                  likelihood: bool = True) -> dict:
         inputs = self.module.generative_inputs(tensors, inference_out, transform_batch=transform_batch)
-        return self.module.generative(**inputs)
+        return self.module.generative(**inputs, likelihood=likelihood)
 
     @torch.no_grad()
     def get_normalized_expression(
@@ -89,19 +91,28 @@ class ExpressionMixin:
         use_latent = isinstance(library_size, str)
         if use_latent and library_size != "latent":
             raise ValueError(f"library_size must be a number or 'latent', got {library_size!r}")
-        chunks = []
+        n_cells = len(self._indices((self.adata if adata is None else adata).n_obs, indices))
+        n_genes = self.registry.n_vars if genes is None else len(genes)
+        shape = (n_cells, n_genes) if n_samples == 1 or return_mean else (n_samples, n_cells, n_genes)
+        out = np.empty(shape, dtype=np.float32)  # filled chunk by chunk: no concatenation
+        start = 0
         for tensors in self._minibatches(adata, indices, batch_size):
             inf = self._infer(tensors, n_samples)  # the same latent sample for every batch
-            total = 0.0
+            total = None
             for b in batches:
-                gen = self._generate(tensors, inf, b)
-                value = gen["dist"].mu if use_latent else gen["scale"] * float(library_size)
-                total = total + (value if genes is None else value[..., genes])
-            total = total / len(batches)
+                gen = self._generate(tensors, inf, b, likelihood=use_latent)
+                value = gen["dist"].mu if use_latent else gen["scale"]
+                value = value if genes is None else value[..., genes]
+                total = value if total is None else total + value
+            if len(batches) > 1:
+                total = total / len(batches)
+            if not use_latent and float(library_size) != 1.0:
+                total = total * float(library_size)
             if n_samples > 1 and return_mean:
                 total = total.mean(0)
-            chunks.append(total.cpu())
-        out = torch.cat(chunks, dim=-2).numpy()
+            stop = start + tensors[C.X_KEY].shape[0]
+            out[..., start:stop, :] = total.cpu().numpy()
+            start = stop
         if return_numpy or (return_numpy is None and out.ndim == 3):
             return out
         if out.ndim == 3:

@@ -166,7 +166,10 @@ class VAE(BaseModule):
                        library=_rsample(ql_mean, ql_var, sample_shape))
         return out
 
-    def generative(self, z, library, batch, cat_covs=(), cont_covs=None, labels=None) -> dict:
+    def generative(self, z, library, batch, cat_covs=(), cont_covs=None, labels=None,
+                   likelihood: bool = True) -> dict:
+        """Likelihood parameters; ``likelihood=False`` returns only ``"scale"`` (cheaper: the
+        dispersion and zero-inflation heads are skipped)."""
         # Leading sample dimensions are folded into the cell dimension for the decoder.
         lead = z.shape[:-1]
         z2 = z.reshape(-1, z.shape[-1])
@@ -177,8 +180,11 @@ class VAE(BaseModule):
 
         dec_in = z2 if cont_covs is None else torch.cat([z2, rep(cont_covs)], dim=-1)
         cats = [rep(batch), *[rep(c) for c in cat_covs]]
-        scale, log_theta, zi_logits = self.decoder(dec_in, cats, with_zi=self.gene_likelihood == "zinb")
+        scale, log_theta, zi_logits = self.decoder(dec_in, cats, with_zi=likelihood and self.gene_likelihood == "zinb",
+                                                   with_theta=likelihood)
         scale = scale.reshape(*lead, -1)
+        if not likelihood:
+            return {"scale": scale}
         mu = scale * torch.exp(library)
         if self.dispersion == "gene":
             theta = torch.exp(self.px_r)

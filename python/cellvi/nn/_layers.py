@@ -150,7 +150,8 @@ class ExpressionDecoder(nn.Module):
             self.zi_head = nn.Linear(n_hidden, n_out)
             self.theta_head = nn.Linear(n_hidden, n_out) if dispersion_per_cell else None
 
-    def forward(self, z: torch.Tensor, cats: Sequence[torch.Tensor] = (), with_zi: bool = True):
+    def forward(self, z: torch.Tensor, cats: Sequence[torch.Tensor] = (), with_zi: bool = True,
+                with_theta: bool = True):
         if self.linear:
             def run(head):
                 return head(z, cats)
@@ -161,7 +162,7 @@ class ExpressionDecoder(nn.Module):
                 return head(h)
         scale = torch.softmax(run(self.scale_head), dim=-1)
         zi_logits = run(self.zi_head) if with_zi else None
-        log_theta = run(self.theta_head) if self.theta_head is not None else None
+        log_theta = run(self.theta_head) if with_theta and self.theta_head is not None else None
         return scale, log_theta, zi_logits
 
     def loadings(self) -> torch.Tensor:
