@@ -31,13 +31,20 @@
 install_cellvi <- function(envname = .default_envname, source = NULL, torch = "torch>=2.2",
                            python = NULL, extra_packages = NULL) {
   requirements <- .cellvi_requirements(source, torch, extra_packages)
+  # R's LD_LIBRARY_PATH can make a shared-library Python load another Python's libpython
+  # (then pip has no ssl); the Python and pip that run here need none of R's libraries.
+  old <- Sys.getenv("LD_LIBRARY_PATH", unset = NA)
+  Sys.unsetenv("LD_LIBRARY_PATH")
+  on.exit(if (!is.na(old)) Sys.setenv(LD_LIBRARY_PATH = old), add = TRUE)
   if (!reticulate::virtualenv_exists(envname)) {
     reticulate::virtualenv_create(envname, python = python)
   }
   reticulate::virtualenv_install(envname, requirements, ignore_installed = FALSE)
-  message("cellvi's Python core is installed in '", envname, "'. In a new R session it is ",
-          "used automatically (or set RETICULATE_PYTHON to its python).")
-  invisible(reticulate::virtualenv_python(envname))
+  python <- reticulate::virtualenv_python(envname)
+  message("cellvi's Python core is installed in '", envname, "'. ",
+          if (identical(envname, .default_envname)) "A new R session uses it by itself." else
+            paste0("In a new R session, set RETICULATE_PYTHON=", python, " before loading cellvi."))
+  invisible(python)
 }
 
 # The pip requirements install_cellvi() installs, in order (torch first, so that the core's

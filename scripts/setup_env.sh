@@ -30,13 +30,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PIP="$VENV/bin/python -m pip"
+# pip warns about every missing entry of this machine's extra local index: keep the log readable.
+quiet_pip() { $PIP "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   echo "[setup] installing $TORCH_SPEC"
-  $PIP install -q "$TORCH_SPEC"
+  quiet_pip install -q "$TORCH_SPEC"
 fi
 stamp="$VENV/.cellvi-installed"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   echo "[setup] installing cellvi and its dependencies"
-  $PIP install -q -e "$ROOT[test,plot,r]" "numpy<2"
+  quiet_pip install -q -e "$ROOT[test,plot,r]" "numpy<2"
   touch "$stamp"
 fi
