@@ -181,7 +181,59 @@ def differential_expression(
     pseudocounts: float = 0.0,
     gene_list: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """See :meth:`cellvi.analysis.ExpressionMixin.differential_expression`."""
+    """Bayesian differential expression between groups of cells.
+
+    Normalized expression is sampled from the posterior for ``n_samples`` cells drawn from
+    each group; the draws of the two groups, paired one to one (or ``m_permutation``
+    random pairs), give samples of each gene's log2 fold change (LFC). The AnnData is never
+    modified.
+
+    Parameters
+    ----------
+    model
+        A trained model with an expression decoder (called as ``model.differential_expression``).
+    adata
+        Cells to use (default: the model's own).
+    groupby, group1, group2
+        obs column and group names: ``group1`` vs ``group2`` (default: the rest); with no
+        ``group1``, every group against the rest (one-vs-rest), concatenated.
+    idx1, idx2
+        Instead of ``groupby``: integer indices or boolean masks of the two groups
+        (``idx2`` default: all other cells).
+    mode
+        ``"vanilla"``: evidence P(rho1 > rho2) (``proba_m1``); ``"change"``: evidence
+        P(|LFC| >= ``delta``) (``proba_de``) with genes called at ``fdr_target``.
+    delta
+        LFC threshold of ``"change"`` mode.
+    fdr_target
+        Posterior expected false discovery rate for ``is_de_fdr_<target>``.
+    batch_correction
+        Generate each sampled cell in every batch (``batchid1`` for group 1, ``batchid2``
+        for group 2; default all) and average, instead of in its own batch. Use it to
+        compare conditions across batches; pick ``batchid1``/``batchid2`` when the batch
+        is confounded with the condition.
+    n_samples, m_permutation
+        Cells sampled per group; random cross-group pairs for the LFC distribution
+        (``None``: the ``n_samples`` draws paired one to one, as scvi-tools does by default).
+    pseudocounts
+        Added to the normalized expression before the log.
+    gene_list
+        Genes to test (default: all).
+
+    Returns
+    -------
+    DataFrame indexed by gene, sorted by evidence: ``proba_de``/``proba_not_de`` (change)
+    or ``proba_m1``/``proba_m2`` (vanilla), ``bayes_factor`` (log odds), ``scale1``,
+    ``scale2``, ``lfc_mean``, ``lfc_median``, ``lfc_std``, ``lfc_min``, ``lfc_max``,
+    ``raw_mean1/2``, ``non_zeros_proportion1/2``, ``raw_normalized_mean1/2`` (counts per
+    10,000), ``is_de_fdr_<target>`` (change), ``comparison``, ``group1``, ``group2``.
+
+    Examples
+    --------
+    >>> de = model.differential_expression(groupby="condition", group1="stim", group2="ctrl",
+    ...                                    mode="change")
+    >>> de[de["is_de_fdr_0.05"]].head()
+    """
     if mode not in ("vanilla", "change"):
         raise ValueError(f"mode must be 'vanilla' or 'change', got {mode!r}")
     if mode == "change" and (delta is None or not float(delta) > 0):

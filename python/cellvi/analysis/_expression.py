@@ -15,6 +15,7 @@ import torch
 
 from .. import _constants as C
 from ..train import as_count
+from ._differential import differential_expression
 
 
 class ExpressionMixin:
@@ -120,82 +121,8 @@ class ExpressionMixin:
         columns = self.registry.var_names if genes is None else [self.registry.var_names[i] for i in genes]
         return pd.DataFrame(out, index=self._obs_names(adata, indices), columns=columns)
 
-    def differential_expression(
-        self,
-        adata=None,
-        groupby: str | None = None,
-        group1=None,
-        group2=None,
-        idx1=None,
-        idx2=None,
-        mode: str = "vanilla",
-        delta: float = 0.25,
-        fdr_target: float = 0.05,
-        batch_correction: bool = False,
-        batchid1=None,
-        batchid2=None,
-        n_samples: int = 5000,
-        m_permutation: int | None = None,
-        pseudocounts: float = 0.0,
-        gene_list: Sequence[str] | None = None,
-    ) -> pd.DataFrame:
-        """Bayesian differential expression between groups of cells.
-
-        Normalized expression is sampled from the posterior for ``n_samples`` cells drawn from
-        each group; the draws of the two groups, paired one to one (or ``m_permutation``
-        random pairs), give samples of each gene's log2 fold change (LFC). The AnnData is never
-        modified.
-
-        Parameters
-        ----------
-        adata
-            Cells to use (default: the model's own).
-        groupby, group1, group2
-            obs column and group names: ``group1`` vs ``group2`` (default: the rest); with no
-            ``group1``, every group against the rest (one-vs-rest), concatenated.
-        idx1, idx2
-            Instead of ``groupby``: integer indices or boolean masks of the two groups
-            (``idx2`` default: all other cells).
-        mode
-            ``"vanilla"``: evidence P(rho1 > rho2) (``proba_m1``); ``"change"``: evidence
-            P(|LFC| >= ``delta``) (``proba_de``) with genes called at ``fdr_target``.
-        delta
-            LFC threshold of ``"change"`` mode.
-        fdr_target
-            Posterior expected false discovery rate for ``is_de_fdr_<target>``.
-        batch_correction
-            Generate each sampled cell in every batch (``batchid1`` for group 1, ``batchid2``
-            for group 2; default all) and average, instead of in its own batch. Use it to
-            compare conditions across batches; pick ``batchid1``/``batchid2`` when the batch
-            is confounded with the condition.
-        n_samples, m_permutation
-            Cells sampled per group; random cross-group pairs for the LFC distribution
-            (``None``: the ``n_samples`` draws paired one to one, as scvi-tools does by default).
-        pseudocounts
-            Added to the normalized expression before the log.
-        gene_list
-            Genes to test (default: all).
-
-        Returns
-        -------
-        DataFrame indexed by gene, sorted by evidence: ``proba_de``/``proba_not_de`` (change)
-        or ``proba_m1``/``proba_m2`` (vanilla), ``bayes_factor`` (log odds), ``scale1``,
-        ``scale2``, ``lfc_mean``, ``lfc_median``, ``lfc_std``, ``lfc_min``, ``lfc_max``,
-        ``raw_mean1/2``, ``non_zeros_proportion1/2``, ``raw_normalized_mean1/2`` (counts per
-        10,000), ``is_de_fdr_<target>`` (change), ``comparison``, ``group1``, ``group2``.
-
-        Examples
-        --------
-        >>> de = model.differential_expression(groupby="condition", group1="stim", group2="ctrl",
-        ...                                    mode="change")
-        >>> de[de["is_de_fdr_0.05"]].head()
-        """
-        from ._differential import differential_expression
-
-        return differential_expression(
-            self, adata, groupby, group1, group2, idx1, idx2, mode, delta, fdr_target,
-            batch_correction, batchid1, batchid2, n_samples, m_permutation, pseudocounts, gene_list,
-        )
+    # Written once in ._differential (its first argument is the model).
+    differential_expression = differential_expression
 
     @torch.no_grad()
     def get_likelihood_parameters(self, adata=None, indices=None, n_samples: int = 1,
