@@ -116,11 +116,7 @@ def posterior_predictive_check(model, adata=None, indices=None, n_samples: int =
 
 
 def _plot(per_gene: pd.DataFrame, per_cell: pd.DataFrame):
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        pass  # keep the user's backend
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # imported here: `import cellvi` does not load matplotlib
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 8))
     for ax, stat, log in ((axes[0, 0], "mean", True), (axes[0, 1], "variance", True),

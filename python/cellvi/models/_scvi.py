@@ -55,8 +55,6 @@ class SCVI(ExpressionMixin, BaseModel):
     >>> adata.obsm["X_scVI"] = model.get_latent_representation()
     """
 
-    
-
     def __init__(self, adata=None, n_hidden: int = 128, n_latent: int = 10, n_layers: int = 1,
                  dropout_rate: float = 0.1, dispersion: str = "gene", gene_likelihood: str = "zinb",
                  latent_distribution: str = "normal", **kwargs):
@@ -68,7 +66,7 @@ class SCVI(ExpressionMixin, BaseModel):
         )
 
     def _module_kwargs(self) -> dict:
-        """Arguments of the Module; the private ``_registry``/``_tensors`` are not among them."""
+        """The VAE's settings: the model's own (saved with it), plus what a subclass fixes."""
         return dict(self.init_kwargs)
 
     def _build_module(self) -> VAE:
