@@ -34,18 +34,21 @@ def _preview(values: Sequence[Any], n: int = _MAX_LISTED) -> str:
 # Kept outside the AnnData on purpose: writing to ``uns`` of a view would turn the view into a
 # full copy of the data, and the user's object must stay as it was. Entries go away with the
 # AnnData they belong to.
-_SETUPS: dict[int, "Registry"] = {}
+# The tensors checked by the setup wait here for the first model built on the AnnData, so
+# that the data are converted and checked once, not twice.
+_SETUPS: dict[int, tuple["Registry", "AnnTensors | None"]] = {}
 
 
-def remember_setup(adata, registry: "Registry") -> None:
+def remember_setup(adata, registry: "Registry", tensors: "AnnTensors | None" = None) -> None:
     key = id(adata)
     if key not in _SETUPS:
         weakref.finalize(adata, _SETUPS.pop, key, None)
-    _SETUPS[key] = registry
+    _SETUPS[key] = (registry, tensors)
 
 
-def recall_setup(adata, model_name: str) -> "Registry":
-    registry = _SETUPS.get(id(adata))
+def recall_setup(adata, model_name: str) -> tuple["Registry", "AnnTensors | None"]:
+    """The setup of ``adata``, and its checked tensors if no model has taken them yet."""
+    registry, tensors = _SETUPS.get(id(adata), (None, None))
     if registry is None:
         raise ValueError(
             f"this AnnData has not been set up for {model_name}; call "
@@ -56,7 +59,8 @@ def recall_setup(adata, model_name: str) -> "Registry":
             f"this AnnData was set up with {registry.model}.setup_anndata, not "
             f"{model_name}.setup_anndata; call cellvi.{model_name}.setup_anndata(adata, ...)"
         )
-    return registry
+    _SETUPS[id(adata)] = (registry, None)  # the model keeps them now
+    return registry, tensors
 
 
 # ----------------------------------------------------------------------------------------
@@ -260,8 +264,12 @@ class Registry:
         categorical_covariate_keys: Sequence[str] | None = None,
         continuous_covariate_keys: Sequence[str] | None = None,
         extra: dict | None = None,
-    ) -> "Registry":
-        """Validate the setup against ``adata`` and record it. Does not modify ``adata``."""
+        return_tensors: bool = False,
+    ) -> "Registry | tuple[Registry, AnnTensors]":
+        """Validate the setup against ``adata`` and record it. Does not modify ``adata``.
+
+        With ``return_tensors``, also return the tensors that the checks built.
+        """
         if not hasattr(adata, "obs") or not hasattr(adata, "var_names"):
             raise TypeError(f"expected an AnnData, got {type(adata).__name__}")
         if adata.n_obs == 0:
@@ -297,8 +305,8 @@ class Registry:
                 _obs_column(adata, key, "categorical covariate")
             )[1]
         # Building the tensors runs every remaining check (layer, counts, covariates).
-        reg.tensors(adata)
-        return reg
+        tensors = reg.tensors(adata)
+        return (reg, tensors) if return_tensors else reg
 
     # -- applying the setup ----------------------------------------------------------------
     def check_genes(self, adata) -> None:

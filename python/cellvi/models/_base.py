@@ -81,17 +81,19 @@ class BaseModel:
         >>> adata = anndata.read_h5ad("pbmc.h5ad")
         >>> cellvi.SCVI.setup_anndata(adata, batch_key="donor")
         """
-        registry = Registry.from_anndata(
+        registry, tensors = Registry.from_anndata(
             adata, cls.__name__, layer=layer, batch_key=batch_key, labels_key=labels_key,
             size_factor_key=size_factor_key, categorical_covariate_keys=categorical_covariate_keys,
-            continuous_covariate_keys=continuous_covariate_keys,
+            continuous_covariate_keys=continuous_covariate_keys, return_tensors=True,
         )
-        remember_setup(adata, registry)
+        remember_setup(adata, registry, tensors)
 
     # -- construction ------------------------------------------------------------------------
     def __init__(self, adata=None, *, _registry: Registry | None = None,
                  _tensors: AnnTensors | None = None, **init_kwargs):
-        self.registry = _registry if _registry is not None else recall_setup(adata, type(self).__name__)
+        if _registry is None:
+            _registry, _tensors = recall_setup(adata, type(self).__name__)
+        self.registry = _registry
         self.adata = adata
         self.init_kwargs = init_kwargs
         self._own_tensors = _tensors  # the model's AnnData as tensors (CPU), checked once

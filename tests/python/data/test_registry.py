@@ -182,3 +182,12 @@ def test_category_codes_error(sim):
     np.testing.assert_array_equal(reg.category_codes("batch", ["b1", "b0"]), [1, 0])
     with pytest.raises(ValueError, match="unknown batch category"):
         reg.category_codes("batch", "b7")
+
+
+def test_setup_checks_the_data_once_and_models_still_build(sim):
+    cellvi.SCVI.setup_anndata(sim, batch_key="batch")
+    first = cellvi.SCVI(sim)
+    assert first._own_tensors is not None  # handed over by the setup, not rebuilt
+    second = cellvi.SCVI(sim)  # the next model checks the data again itself
+    assert second._own_tensors is None
+    np.testing.assert_array_equal(second._tensors().batch, first._own_tensors.batch)
