@@ -68,7 +68,7 @@ FindMarkersSCVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL, re
   } else {
     if (!group.by %in% colnames(object[[]])) {
       stop("metadata column '", group.by, "' not found; available: ",
-           paste(utils::head(colnames(object[[]]), 20), collapse = ", "), call. = FALSE)
+           .show_some(colnames(object[[]]), 20), call. = FALSE)
     }
     object[[group.by, drop = TRUE]]
   }
@@ -104,7 +104,7 @@ findMarkersSCVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "s
   if (is.character(groups) && length(groups) == 1L && ncol(x) != 1L) {
     if (!groups %in% colnames(SummarizedExperiment::colData(x))) {
       stop("colData column '", groups, "' not found; available: ",
-           paste(utils::head(colnames(SummarizedExperiment::colData(x)), 20), collapse = ", "),
+           .show_some(colnames(SummarizedExperiment::colData(x)), 20),
            call. = FALSE)
     }
     groups <- SummarizedExperiment::colData(x)[[groups]]
@@ -136,7 +136,7 @@ findMarkersSCVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "s
   present <- unique(groups)
   for (g in c(ident.1, ident.2)) {
     if (!g %in% present) {
-      stop("group '", g, "' not found; groups: ", paste(utils::head(sort(present), 20), collapse = ", "),
+      stop("group '", g, "' not found; groups: ", .show_some(sort(present), 20),
            call. = FALSE)
     }
   }

@@ -119,10 +119,13 @@ cellvi_python_module <- function() {
 # torch's matrix products call the BLAS that R loaded first. With R's reference BLAS they are
 # some 30x slower than in Python; say so once, with the fix.
 .check_blas <- function() {
-  ms <- reticulate::py_eval(paste0(
-    "(lambda t, time: (lambda a: (a @ a, time.perf_counter(), [a @ a for _ in range(20)], ",
-    "time.perf_counter()))(t.randn(256, 256)))(__import__('torch'), __import__('time'))"))
-  per_product <- (ms[[4]] - ms[[2]]) / 20 * 1000
+  timing <- reticulate::py_run_string(paste(
+    "import time, torch",
+    "a = torch.randn(256, 256); a @ a",
+    "start = time.perf_counter()",
+    "for _ in range(20): a @ a",
+    "per_product = (time.perf_counter() - start) / 20 * 1000", sep = "\n"), local = TRUE)
+  per_product <- timing$per_product
   if (per_product > 5) {
     warning(sprintf(paste0(
       "torch's matrix products take %.0f ms here (about 0.3 ms with a fast BLAS): R's reference ",

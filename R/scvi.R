@@ -2,8 +2,6 @@
 # SingleCellExperiment (runSCVI, runLinearSCVI, normalizeSCVI). Training, saving and querying
 # are shared; only the write-back differs between the two ecosystems.
 
-`%||%` <- function(a, b) if (is.null(a)) b else a
-
 # ---- shared: train, save, reload ---------------------------------------------------------
 
 .setup_columns <- function(setup) {
@@ -84,7 +82,7 @@
   if (verbose) message("Training ", model_class, " on ", .py_value(adata$n_obs), " cells x ",
                        .py_value(adata$n_vars), " genes")
   .py_call(do.call(model$train, args$train_args))
-  model_dir <- model_dir %||% .new_model_dir(model_class)
+  model_dir <- .or_default(model_dir, .new_model_dir(model_class))
   dir.create(dirname(model_dir), recursive = TRUE, showWarnings = FALSE)
   .py_call(model$save(model_dir, overwrite = TRUE))
   model_dir <- normalizePath(model_dir)
@@ -123,7 +121,7 @@ load_cellvi_model <- function(model_dir) {
 .reduction_model <- function(object, reduction) {
   if (!reduction %in% SeuratObject::Reductions(object)) {
     stop("reduction '", reduction, "' not found; run RunSCVI() first (reductions: ",
-         paste(SeuratObject::Reductions(object), collapse = ", "), ")", call. = FALSE)
+         .show_some(SeuratObject::Reductions(object), 20), ")", call. = FALSE)
   }
   misc <- SeuratObject::Misc(object[[reduction]])
   if (is.null(misc$model_dir)) {
@@ -259,7 +257,7 @@ RunLinearSCVI <- function(object, assay = NULL, features = NULL, batch_key = NUL
 
 .run_seurat <- function(object, model_class, a) {
   if (!inherits(object, "Seurat")) stop("`object` must be a Seurat object", call. = FALSE)
-  assay <- a$assay %||% SeuratObject::DefaultAssay(object)
+  assay <- .or_default(a$assay, SeuratObject::DefaultAssay(object))
   args <- .verb_args(a)
   adata <- as_anndata(object, assay = assay, features = a$features,
                       metadata = args$columns, reductions = FALSE)
@@ -303,7 +301,7 @@ NormalizeSCVI <- function(object, reduction = "scvi", features = NULL, assay.nam
   adata <- .query_anndata(object, model, assay = SeuratObject::DefaultAssay(object[[reduction]]))
   expr <- .normalized_expression(model, adata, features, library_size, n_samples,
                                  transform_batch)
-  dimnames(expr) <- list(features %||% .model_genes(model), colnames(object))
+  dimnames(expr) <- list(.or_default(features, .model_genes(model)), colnames(object))
   object[[assay.name]] <- SeuratObject::CreateAssayObject(data = expr)
   if (verbose) message("Added assay '", assay.name, "' (", nrow(expr), " genes)")
   object
@@ -406,7 +404,7 @@ normalizeSCVI <- function(x, dimred = "scVI", features = NULL, name = "scVI_norm
   model <- fit$model
   expr <- .normalized_expression(model, fit$adata, features, library_size, n_samples,
                                  transform_batch)
-  genes <- features %||% .model_genes(model)
+  genes <- .or_default(features, .model_genes(model))
   dimnames(expr) <- list(genes, colnames(x))
   if (is.null(features) && identical(genes, rownames(x))) {
     SummarizedExperiment::assay(x, name) <- expr

@@ -70,7 +70,7 @@ def _comparisons(adata, groupby, group1, group2, idx1, idx2) -> list[tuple[str, 
             raise ValueError(f"group '{group}' not found in obs column '{groupby}'; groups: {', '.join(order[:30])}")
         return np.flatnonzero(labels == group)
 
-    if isinstance(group1, str) or np.isscalar(group1):
+    if np.isscalar(group1):
         group1 = [group1]
     firsts = order if group1 is None else [str(g) for g in group1]
     out = []
@@ -92,11 +92,9 @@ def _comparisons(adata, groupby, group1, group2, idx1, idx2) -> list[tuple[str, 
 
 def _raw_statistics(X: sp.csr_matrix, idx: np.ndarray, genes: np.ndarray | None) -> dict:
     sub = X[idx]
+    library = np.asarray(sub.sum(axis=1)).ravel()  # over all genes, before any gene subset
     if genes is not None:
-        library = np.asarray(sub.sum(axis=1)).ravel()
         sub = sub[:, genes]
-    else:
-        library = np.asarray(sub.sum(axis=1)).ravel()
     n = sub.shape[0]
     normalized = sp.diags(1e4 / np.maximum(library, 1)) @ sub
     return {
@@ -243,9 +241,7 @@ def differential_expression(
     n_samples = as_count(n_samples, "n_samples")
     if m_permutation is not None:
         m_permutation = as_count(m_permutation, "m_permutation")
-    data_adata = model.adata if adata is None else adata
-    if data_adata is None:
-        raise ValueError("this model holds no AnnData (it was loaded without one); pass adata=...")
+    data_adata = model._anndata(adata)
     registry = model.registry
     if (batchid1 is not None or batchid2 is not None) and not batch_correction:
         raise ValueError("batchid1/batchid2 choose batches to generate in; pass batch_correction=True too")

@@ -92,7 +92,7 @@ class ExpressionMixin:
         use_latent = isinstance(library_size, str)
         if use_latent and library_size != "latent":
             raise ValueError(f"library_size must be a number or 'latent', got {library_size!r}")
-        n_cells = len(self._indices((self.adata if adata is None else adata).n_obs, indices))
+        n_cells = len(self._indices(self._anndata(adata).n_obs, indices))
         n_genes = self.registry.n_vars if genes is None else len(genes)
         shape = (n_cells, n_genes) if n_samples == 1 or return_mean else (n_samples, n_cells, n_genes)
         out = np.empty(shape, dtype=np.float32)  # filled chunk by chunk: no concatenation

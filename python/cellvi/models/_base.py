@@ -129,12 +129,18 @@ class BaseModel:
                 f"{state}")
 
     # -- data --------------------------------------------------------------------------------
-    def _tensors(self) -> AnnTensors:
-        """The model's own AnnData as tensors (CPU), built once."""
+    def _anndata(self, adata=None):
+        """``adata``, or the model's own AnnData when it is None."""
+        if adata is not None:
+            return adata
         if self.adata is None:
             raise ValueError("this model holds no AnnData (it was loaded without one); pass adata=...")
+        return self.adata
+
+    def _tensors(self) -> AnnTensors:
+        """The model's own AnnData as tensors (CPU), built once."""
         if self._own_tensors is None:
-            self._own_tensors = self.registry.tensors(self.adata)
+            self._own_tensors = self.registry.tensors(self._anndata())
         return self._own_tensors
 
     def _data(self, adata=None) -> DeviceData:
@@ -171,7 +177,7 @@ class BaseModel:
             yield from data.iterate(self._indices(data.n_obs, indices), batch_size)
 
     def _obs_names(self, adata, indices) -> pd.Index:
-        adata = self.adata if adata is None else adata
+        adata = self._anndata(adata)
         return adata.obs_names[self._indices(adata.n_obs, indices)]
 
     # -- training ------------------------------------------------------------------------------

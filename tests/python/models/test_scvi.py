@@ -250,6 +250,8 @@ def test_save_load_gives_identical_outputs(sim_trained, tmp_path):
     np.testing.assert_array_equal(bare.get_latent_representation(adata), model.get_latent_representation())
     with pytest.raises(ValueError, match="pass adata"):
         bare.get_latent_representation()
+    with pytest.raises(ValueError, match="pass adata"):
+        bare.get_normalized_expression()
 
 
 def test_load_refuses_other_genes(sim_trained, tmp_path):
