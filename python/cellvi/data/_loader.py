@@ -113,3 +113,19 @@ def split_minibatches(
         last = chunks.pop()
         chunks[-1] = torch.cat([chunks[-1], last])
     return chunks
+
+
+def cycle_minibatches(indices, batch_size: int, generator: torch.Generator | None = None
+                      ) -> Iterator[torch.Tensor]:
+    """Endless shuffled minibatches of ``indices``, reshuffled at every pass.
+
+    A small set of cells (the labelled ones) is cycled beside the full data, one of its
+    minibatches per training step.
+    """
+    indices = np.asarray(indices)
+    if len(indices) == 0:
+        raise ValueError("no cells to cycle through")
+    if len(indices) == 1:  # BatchNorm needs two cells
+        indices = np.repeat(indices, 2)
+    while True:
+        yield from split_minibatches(indices, batch_size, True, generator)

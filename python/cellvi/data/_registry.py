@@ -7,6 +7,7 @@ consumes) and is saved as JSON next to a model's weights.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 import weakref
@@ -220,6 +221,9 @@ class Registry:
     categorical_covariate_categories: dict[str, list[str]] = dataclasses.field(
         default_factory=dict
     )
+    # Label models: the value of the labels column that means "no label". It is not one of
+    # ``label_categories``; unlabelled cells get the code ``n_labels``.
+    unlabeled_category: str | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # model-specific
 
     # -- sizes the modules need ------------------------------------------------------------
@@ -263,12 +267,15 @@ class Registry:
         size_factor_key: str | None = None,
         categorical_covariate_keys: Sequence[str] | None = None,
         continuous_covariate_keys: Sequence[str] | None = None,
+        unlabeled_category: str | None = None,
         extra: dict | None = None,
         return_tensors: bool = False,
     ) -> "Registry | tuple[Registry, AnnTensors]":
         """Validate the setup against ``adata`` and record it. Does not modify ``adata``.
 
-        With ``return_tensors``, also return the tensors that the checks built.
+        With ``unlabeled_category``, cells whose label is that value are unlabelled; the
+        other values are the label categories. With ``return_tensors``, also return the
+        tensors that the checks built.
         """
         if not hasattr(adata, "obs") or not hasattr(adata, "var_names"):
             raise TypeError(f"expected an AnnData, got {type(adata).__name__}")
@@ -297,9 +304,9 @@ class Registry:
         if batch_key is not None:
             reg.batch_categories = _category_strings(_obs_column(adata, batch_key, "batch_key"))[1]
         if labels_key is not None:
-            reg.label_categories = _category_strings(
-                _obs_column(adata, labels_key, "labels_key")
-            )[1]
+            reg._set_labels(adata, labels_key, unlabeled_category)
+        elif unlabeled_category is not None:
+            raise ValueError("unlabeled_category needs labels_key (the obs column of the labels)")
         for key in cat_keys:
             reg.categorical_covariate_categories[key] = _category_strings(
                 _obs_column(adata, key, "categorical covariate")
@@ -307,6 +314,75 @@ class Registry:
         # Building the tensors runs every remaining check (layer, counts, covariates).
         tensors = reg.tensors(adata)
         return (reg, tensors) if return_tensors else reg
+
+    def _set_labels(self, adata, labels_key: str, unlabeled_category) -> None:
+        categories = _category_strings(_obs_column(adata, labels_key, "labels_key"))[1]
+        self.labels_key = labels_key
+        if unlabeled_category is not None:
+            unlabeled_category = str(unlabeled_category)
+            if unlabeled_category in categories:
+                categories.remove(unlabeled_category)
+            else:
+                warnings.warn(
+                    f"unlabeled_category '{unlabeled_category}' does not occur in obs column "
+                    f"'{labels_key}': every cell is labelled, and training is fully supervised",
+                    UserWarning, stacklevel=4,
+                )
+            if not categories:
+                raise ValueError(
+                    f"obs column '{labels_key}' holds no label other than the unlabeled category "
+                    f"'{unlabeled_category}'; at least one labelled cell type is needed"
+                )
+        self.label_categories = categories
+        self.unlabeled_category = unlabeled_category
+
+    def with_labels(self, adata, labels_key: str | None, unlabeled_category, model: str) -> "Registry":
+        """A copy of this setup for ``model`` with the labels of ``adata`` (default: the
+        registry's own labels column) and an unlabeled category."""
+        reg = Registry.from_dict(copy.deepcopy(self.to_dict()))
+        reg.model = model
+        labels_key = labels_key if labels_key is not None else self.labels_key
+        if labels_key is None:
+            raise ValueError("no labels column: pass labels_key= (the obs column of the cell labels)")
+        reg._set_labels(adata, labels_key, unlabeled_category)
+        return reg
+
+    def extended_for_query(self, adata) -> "Registry":
+        """A copy of this (reference) setup that also knows the query's new batches and
+        covariate categories, appended after the reference's so that reference codes stay.
+
+        A query batch may not share a name with a reference batch (its cells would be taken
+        for the reference's, through frozen weights); query labels must be known labels.
+        """
+        reg = Registry.from_dict(copy.deepcopy(self.to_dict()))
+        if self.batch_key is not None:
+            query = _category_strings(_obs_column(adata, self.batch_key, "batch_key"))[1]
+            shared = [b for b in query if b in self.batch_categories]
+            if shared:
+                raise ValueError(
+                    f"query batch{'es' if len(shared) > 1 else ''} {_preview(shared)} in obs column "
+                    f"'{self.batch_key}' also name{'' if len(shared) > 1 else 's'} a reference batch; "
+                    "query batches must be new. Rename them, e.g. "
+                    f"query.obs['{self.batch_key}'] = 'query_' + query.obs['{self.batch_key}'].astype(str)"
+                )
+            reg.batch_categories = self.batch_categories + query
+        for key in self.categorical_covariate_keys:
+            query = _category_strings(_obs_column(adata, key, "categorical covariate"))[1]
+            known = self.categorical_covariate_categories[key]
+            reg.categorical_covariate_categories[key] = known + [c for c in query if c not in known]
+        if self.labels_key is not None and self.labels_key in adata.obs.columns:
+            query = _category_strings(_obs_column(adata, self.labels_key, "labels_key"))[1]
+            allowed = set(self.label_categories) | {self.unlabeled_category}
+            unknown = [c for c in query if c not in allowed]
+            if unknown:
+                hint = (f"; mark cells of unknown type as '{self.unlabeled_category}'"
+                        if self.unlabeled_category is not None else "")
+                raise ValueError(
+                    f"the query's obs column '{self.labels_key}' has label categories the reference "
+                    f"never saw: {_preview(unknown)}; reference labels: "
+                    f"{_preview(self.label_categories, 30)}{hint}"
+                )
+        return reg
 
     # -- applying the setup ----------------------------------------------------------------
     def check_genes(self, adata) -> None:
@@ -356,11 +432,7 @@ class Registry:
             if self.batch_key is not None
             else np.zeros(n, dtype=np.int64)
         )
-        labels = (
-            _codes(adata, self.labels_key, "labels_key", self.label_categories)
-            if self.labels_key is not None
-            else np.zeros(n, dtype=np.int64)
-        )
+        labels = self._label_codes(adata)
         cat = None
         if self.categorical_covariate_keys:
             cat = np.stack(
@@ -396,6 +468,18 @@ class Registry:
                     f"size factor column '{self.size_factor_key}' must be positive and finite"
                 )
         return AnnTensors(X, batch, labels, cat, cont, size_factor)
+
+    def _label_codes(self, adata) -> np.ndarray:
+        n = adata.n_obs
+        if self.labels_key is None:
+            return np.zeros(n, dtype=np.int64)
+        if self.unlabeled_category is None:
+            return _codes(adata, self.labels_key, "labels_key", self.label_categories)
+        if self.labels_key not in adata.obs.columns:  # new data to classify: no labels yet
+            return np.full(n, self.n_labels, dtype=np.int64)
+        # Unlabelled cells get the code n_labels, one past the label categories.
+        return _codes(adata, self.labels_key, "labels_key",
+                      self.label_categories + [self.unlabeled_category])
 
     def category_codes(self, field: str, values) -> np.ndarray:
         """Codes of category names (e.g. a ``transform_batch``) for a registry field."""

@@ -1,5 +1,6 @@
 """User-facing models."""
 from ._base import BaseModel, load_model
+from ._scanvi import SCANVI
 from ._scvi import SCVI, LinearSCVI
 
-__all__ = ["BaseModel", "LinearSCVI", "SCVI", "load_model"]
+__all__ = ["BaseModel", "LinearSCVI", "SCANVI", "SCVI", "load_model"]

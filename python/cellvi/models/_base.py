@@ -7,10 +7,12 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from .. import _constants as C
@@ -81,11 +83,14 @@ class BaseModel:
         >>> adata = anndata.read_h5ad("pbmc.h5ad")
         >>> cellvi.SCVI.setup_anndata(adata, batch_key="donor")
         """
-        registry, tensors = Registry.from_anndata(
-            adata, cls.__name__, layer=layer, batch_key=batch_key, labels_key=labels_key,
-            size_factor_key=size_factor_key, categorical_covariate_keys=categorical_covariate_keys,
-            continuous_covariate_keys=continuous_covariate_keys, return_tensors=True,
-        )
+        cls._setup(adata, layer=layer, batch_key=batch_key, labels_key=labels_key,
+                   size_factor_key=size_factor_key, categorical_covariate_keys=categorical_covariate_keys,
+                   continuous_covariate_keys=continuous_covariate_keys)
+
+    @classmethod
+    def _setup(cls, adata, **fields) -> None:
+        """Check and remember the setup (the registry's ``fields``) of ``adata`` for this class."""
+        registry, tensors = Registry.from_anndata(adata, cls.__name__, return_tensors=True, **fields)
         remember_setup(adata, registry, tensors)
 
     # -- construction ------------------------------------------------------------------------
@@ -102,6 +107,8 @@ class BaseModel:
         self.module.eval()
         self.is_trained = False
         self._history: list[dict] = []
+        # Set by load_query_data: which weights the query may train (saved with the model).
+        self._query: dict | None = None
 
     def _build_module(self) -> BaseModule:
         raise NotImplementedError
@@ -244,6 +251,8 @@ class BaseModel:
             n_epochs_kl_warmup=n_epochs_kl_warmup, early_stopping=early_stopping,
             early_stopping_patience=early_stopping_patience,
             limit_train_batches=limit_train_batches, progress_bar=progress_bar,
+            optimizer_params=self._query_optimizer_params(),
+            labelled_indices=self._labelled_indices(train_idx),
         )
         self.train_indices, self.validation_indices = train_idx, val_idx
         self._history = []
@@ -253,6 +262,162 @@ class BaseModel:
             self._history = trainer.history
         self.is_trained = True
         return self
+
+    def _labelled_indices(self, train_indices: np.ndarray) -> np.ndarray | None:
+        """Cells to cycle through as labelled minibatches (semi-supervised models only)."""
+        return None
+
+    # -- reference mapping (scArches-style architecture surgery) -------------------------------
+    @classmethod
+    def prepare_query_anndata(cls, adata, reference, min_gene_fraction: float = 0.5):
+        """A copy of ``adata`` with exactly the reference model's genes, in its order.
+
+        Genes the reference does not know are dropped; reference genes absent from the query
+        are filled with zeros (a warning says how many). ``adata`` itself is not modified.
+
+        Parameters
+        ----------
+        adata
+            The query AnnData (raw counts in the reference's layer, or in ``X``).
+        reference
+            A trained model, or the directory of a saved one.
+        min_gene_fraction
+            Refuse when fewer than this fraction of the reference's genes are in the query
+            (usually a sign of different gene identifiers, e.g. symbols vs Ensembl ids).
+
+        Returns
+        -------
+        A new AnnData (obs and obsm copied) ready for :meth:`load_query_data`.
+
+        Examples
+        --------
+        >>> query = cellvi.SCVI.prepare_query_anndata(query, "reference_model/")
+        >>> model = cellvi.SCVI.load_query_data(query, "reference_model/")
+        """
+        import anndata
+
+        from ..data._registry import as_csr_float32
+        registry = _reference_registry(reference)
+        names = pd.Index([str(v) for v in adata.var_names])
+        if names.has_duplicates:
+            raise ValueError(f"the query's gene names (var_names) are duplicated, e.g. "
+                             f"{list(names[names.duplicated()][:5])}; make them unique first")
+        position = names.get_indexer(registry.var_names)  # query column of each reference gene
+        present = position >= 0
+        n_ref, n_shared = registry.n_vars, int(present.sum())
+        if n_shared < min_gene_fraction * n_ref:
+            raise ValueError(
+                f"only {n_shared} of the reference's {n_ref} genes are in the query "
+                f"({100 * n_shared / n_ref:.0f}%, less than min_gene_fraction={min_gene_fraction}); "
+                f"check that both use the same gene identifiers (e.g. reference genes "
+                f"{registry.var_names[:3]}, query genes {list(names[:3])})"
+            )
+        if registry.layer is not None and registry.layer not in adata.layers:
+            raise KeyError(f"the reference reads its counts from layer '{registry.layer}', which the "
+                           f"query lacks; available layers: {list(adata.layers.keys())}")
+        X = as_csr_float32(adata.X if registry.layer is None else adata.layers[registry.layer])
+        # Select the shared columns in reference order, then place them among zero columns.
+        shared = X[:, position[present]].tocsr()
+        target = np.flatnonzero(present)
+        counts = sp.csr_matrix((shared.data, target[shared.indices], shared.indptr), shape=(X.shape[0], n_ref))
+        counts.sort_indices()
+        if n_shared < n_ref:
+            warnings.warn(f"{n_ref - n_shared} of the reference's {n_ref} genes are missing from the query "
+                          "and were filled with zeros", UserWarning, stacklevel=2)
+        query = anndata.AnnData(
+            X=counts if registry.layer is None else None, obs=adata.obs.copy(),
+            var=pd.DataFrame(index=pd.Index(registry.var_names)),
+            layers={registry.layer: counts} if registry.layer is not None else None,
+            obsm={k: v for k, v in adata.obsm.items()},
+        )
+        query.uns["cellvi_query"] = {"n_genes_missing": n_ref - n_shared, "n_genes_shared": n_shared,
+                                     "n_genes_dropped": int(len(names) - n_shared)}
+        return query
+
+    @classmethod
+    def load_query_data(cls, adata, reference, freeze_dropout: bool = False, unfrozen: bool = False,
+                        device: str = "auto") -> "BaseModel":
+        """A model of the query ``adata`` built on a trained reference (architecture surgery).
+
+        The network gets rows for the query's new batches (and new categories of other
+        categorical covariates); the reference's weights are copied and frozen, BatchNorm
+        running statistics included, and :meth:`train` then trains only the new rows, with
+        no weight decay. The reference cells' latent representation is therefore exactly the
+        reference model's.
+
+        Parameters
+        ----------
+        adata
+            Query AnnData with the reference's genes in its order (see
+            :meth:`prepare_query_anndata`) and the reference's obs columns; its batches must
+            have new names.
+        reference
+            The trained reference model, or the directory of a saved one.
+        freeze_dropout
+            Also switch dropout off while training on the query.
+        unfrozen
+            Train every weight on the query (the reference latent then changes).
+        device
+            Where to put the model.
+
+        Examples
+        --------
+        >>> query = cellvi.SCANVI.prepare_query_anndata(query, reference)
+        >>> model = cellvi.SCANVI.load_query_data(query, reference)
+        >>> model.train(max_epochs=100)
+        >>> query.obs["predicted"] = model.predict()
+        """
+        ref = reference if isinstance(reference, BaseModel) else BaseModel.load(reference, device="cpu")
+        model_cls = type(ref)
+        if cls is not BaseModel and model_cls is not cls:
+            raise TypeError(f"the reference is a {model_cls.__name__} model; use "
+                            f"cellvi.{model_cls.__name__}.load_query_data")
+        if not ref.is_trained:
+            raise ValueError("the reference model is not trained; train it first")
+        try:
+            ref.registry.check_genes(adata)
+        except ValueError as err:
+            raise ValueError(f"{err}. Align the query first: query = cellvi.{model_cls.__name__}."
+                             "prepare_query_anndata(query, reference)") from None
+        registry = ref.registry.extended_for_query(adata)
+        tensors = registry.tensors(adata)
+        model = model_cls(adata, _registry=registry, _tensors=tensors, **ref.init_kwargs)
+        grown = _copy_weights(ref.module, model.module)
+        model._query = {"grown": grown, "unfrozen": bool(unfrozen), "freeze_dropout": bool(freeze_dropout)}
+        model._apply_query_freeze()
+        model.module.to(resolve_device(device))
+        model.is_trained = False
+        return model
+
+    def _apply_query_freeze(self) -> None:
+        """Mark what query training may change (see :meth:`load_query_data`)."""
+        query = self._query
+        for module in self.module.modules():
+            frozen_norm = not query["unfrozen"] and isinstance(module, (torch.nn.BatchNorm1d, torch.nn.LayerNorm))
+            frozen_dropout = query["freeze_dropout"] and isinstance(module, torch.nn.Dropout)
+            module.frozen_in_eval = frozen_norm or frozen_dropout
+        if query["unfrozen"]:
+            return
+        for name, param in self.module.named_parameters():
+            old_shape = query["grown"].get(name)
+            param.requires_grad_(old_shape is not None)
+            if old_shape is not None:
+                reference_part = tuple(slice(0, n) for n in old_shape)
+                param.register_hook(lambda grad, part=reference_part: _zero_part(grad, part))
+
+    def _query_optimizer_params(self):
+        """Parameter groups for query training (None: train everything as usual)."""
+        if self._query is None or self._query["unfrozen"]:
+            return None
+        params = [p for name, p in self.module.named_parameters() if name in self._query["grown"]]
+        if not params:
+            raise ValueError(
+                "the query adds no weights to train: the reference has no batch or categorical "
+                "covariate that the query extends. Its latent needs no training: call "
+                "get_latent_representation() directly, or load_query_data(..., unfrozen=True)"
+            )
+        # No weight decay: Adam's decay would move the frozen reference rows as well.
+        return [{"params": params, "weight_decay": 0.0}]
 
     # -- latent space --------------------------------------------------------------------------
     @torch.no_grad()
@@ -361,6 +526,7 @@ class BaseModel:
             "registry": self.registry.to_dict(),
             "is_trained": self.is_trained,
             "history": self._history,
+            "query": self._query,
         }
         with open(os.path.join(tmp, C.MODEL_JSON_FILE), "w") as f:
             json.dump(meta, f, indent=1, default=_json_default)
@@ -384,13 +550,7 @@ class BaseModel:
             Where to put the model (``"auto"``, ``"cpu"``, ``"cuda"``).
         """
         dir_path = os.fspath(dir_path)
-        json_path = os.path.join(dir_path, C.MODEL_JSON_FILE)
-        if not os.path.exists(json_path):
-            raise FileNotFoundError(f"no saved cellvi model in '{dir_path}' ({C.MODEL_JSON_FILE} missing)")
-        with open(json_path) as f:
-            meta = json.load(f)
-        if meta.get("format_version", 0) > C.SAVE_FORMAT_VERSION:
-            raise ValueError(f"'{dir_path}' was saved by a newer cellvi ({meta.get('cellvi_version')}); upgrade cellvi")
+        meta = _read_model_json(dir_path)
         name = meta["model"]
         model_cls = _MODEL_CLASSES.get(name)
         if model_cls is None:
@@ -408,7 +568,57 @@ class BaseModel:
         model.module.eval()
         model.is_trained = meta["is_trained"]
         model._history = meta["history"]
+        if meta.get("query") is not None:
+            model._query = meta["query"]
+            model._query["grown"] = {k: tuple(v) for k, v in model._query["grown"].items()}
+            model._apply_query_freeze()
         return model
+
+
+def _read_model_json(dir_path: str) -> dict:
+    json_path = os.path.join(dir_path, C.MODEL_JSON_FILE)
+    if not os.path.exists(json_path):
+        raise FileNotFoundError(f"no saved cellvi model in '{dir_path}' ({C.MODEL_JSON_FILE} missing)")
+    with open(json_path) as f:
+        meta = json.load(f)
+    if meta.get("format_version", 0) > C.SAVE_FORMAT_VERSION:
+        raise ValueError(f"'{dir_path}' was saved by a newer cellvi ({meta.get('cellvi_version')}); upgrade cellvi")
+    return meta
+
+
+def _reference_registry(reference) -> Registry:
+    """The registry of a model, or of a saved model directory (read without the weights)."""
+    if isinstance(reference, BaseModel):
+        return reference.registry
+    if isinstance(reference, (str, os.PathLike)):
+        return Registry.from_dict(_read_model_json(os.fspath(reference))["registry"])
+    raise TypeError(f"reference must be a cellvi model or a saved model directory, got {type(reference).__name__}")
+
+
+@torch.no_grad()
+def _copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Copy ``source``'s weights into ``target``, whose tensors may be larger (new category
+    rows or columns): the source fills the leading part. Returns the names and source shapes
+    of the parameters that grew."""
+    target_state = target.state_dict()
+    grown = {}
+    for name, value in source.state_dict().items():
+        dest = target_state[name]
+        if dest.shape == value.shape:
+            dest.copy_(value)
+            continue
+        if dest.dim() != value.dim() or any(a > b for a, b in zip(value.shape, dest.shape)):
+            raise ValueError(f"cannot map weight '{name}' of shape {tuple(value.shape)} onto {tuple(dest.shape)}")
+        dest[tuple(slice(0, n) for n in value.shape)].copy_(value)
+        grown[name] = tuple(value.shape)
+    parameters = dict(target.named_parameters())
+    return {name: shape for name, shape in grown.items() if name in parameters}
+
+
+def _zero_part(grad: torch.Tensor, part: tuple) -> torch.Tensor:
+    grad = grad.clone()
+    grad[part] = 0
+    return grad
 
 
 def _json_default(value: Any):

@@ -23,6 +23,21 @@ def library_log_stats(model: BaseModel) -> tuple[np.ndarray, np.ndarray]:
     return means, variances
 
 
+def vae_arguments(model: BaseModel) -> dict:
+    """Arguments of a :class:`VAE` (or subclass) for ``model``: sizes from its registry, its
+    own settings, and the library prior's statistics when the library size is learned."""
+    kwargs = model._module_kwargs()
+    reg = model.registry
+    if not kwargs.get("use_observed_lib_size", True):
+        if model.adata is not None:
+            kwargs["library_log_means"], kwargs["library_log_vars"] = library_log_stats(model)
+        else:  # being loaded: the saved buffers replace these
+            kwargs["library_log_means"] = np.zeros(reg.n_batch, np.float32)
+            kwargs["library_log_vars"] = np.ones(reg.n_batch, np.float32)
+    return dict(n_input=reg.n_vars, n_batch=reg.n_batch, n_labels=reg.n_labels,
+                n_continuous_cov=reg.n_continuous_cov, n_cats_per_cov=reg.n_cats_per_cov, **kwargs)
+
+
 class SCVI(ExpressionMixin, BaseModel):
     """Single-cell variational inference (Lopez et al. 2018): a latent space of the counts with
     batch effects removed, and normalized expression.
@@ -70,16 +85,7 @@ class SCVI(ExpressionMixin, BaseModel):
         return dict(self.init_kwargs)
 
     def _build_module(self) -> VAE:
-        kwargs = self._module_kwargs()
-        reg = self.registry
-        if not kwargs.get("use_observed_lib_size", True):
-            if self.adata is not None:
-                kwargs["library_log_means"], kwargs["library_log_vars"] = library_log_stats(self)
-            else:  # being loaded: the saved buffers replace these
-                kwargs["library_log_means"] = np.zeros(reg.n_batch, np.float32)
-                kwargs["library_log_vars"] = np.ones(reg.n_batch, np.float32)
-        return VAE(n_input=reg.n_vars, n_batch=reg.n_batch, n_labels=reg.n_labels,
-                   n_continuous_cov=reg.n_continuous_cov, n_cats_per_cov=reg.n_cats_per_cov, **kwargs)
+        return VAE(**vae_arguments(self))
 
 
 class LinearSCVI(SCVI):

@@ -1,5 +1,6 @@
 """Modules: the math of each model, in pure torch."""
 from ._base import BaseModule, LossOutput
+from ._scanvae import SCANVAE
 from ._vae import VAE
 
-__all__ = ["BaseModule", "LossOutput", "VAE"]
+__all__ = ["BaseModule", "LossOutput", "SCANVAE", "VAE"]

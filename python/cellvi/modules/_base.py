@@ -14,6 +14,7 @@ class LossOutput:
     ``loss`` is the scalar the trainer minimises (KL terms weighted by the warm-up);
     ``reconstruction_loss`` and ``kl_local`` are per cell and unweighted, so that
     ``-(reconstruction_loss + kl_local)`` is each cell's evidence lower bound (ELBO).
+    ``extra_metrics`` holds further scalars to record per epoch (e.g. a classification loss).
     """
 
     loss: torch.Tensor
@@ -43,10 +44,23 @@ class BaseModule(nn.Module):
     def generative(self, **kwargs) -> dict:
         raise NotImplementedError
 
-    def loss(self, tensors: dict, inference_out: dict, generative_out: dict, kl_weight: float = 1.0) -> LossOutput:
+    def loss(self, tensors: dict, inference_out: dict, generative_out: dict, kl_weight: float = 1.0,
+             **kwargs) -> LossOutput:
         raise NotImplementedError
 
-    def forward(self, tensors: dict, kl_weight: float = 1.0, n_samples: int = 1):
+    def forward(self, tensors: dict, kl_weight: float = 1.0, n_samples: int = 1, **loss_kwargs):
+        """One pass; ``loss_kwargs`` (e.g. a labelled minibatch) go to :meth:`loss`."""
         inference_out = self.inference(**self.inference_inputs(tensors), n_samples=n_samples)
         generative_out = self.generative(**self.generative_inputs(tensors, inference_out))
-        return inference_out, generative_out, self.loss(tensors, inference_out, generative_out, kl_weight)
+        loss = self.loss(tensors, inference_out, generative_out, kl_weight, **loss_kwargs)
+        return inference_out, generative_out, loss
+
+    def train(self, mode: bool = True) -> "BaseModule":
+        """As ``nn.Module.train``, but submodules marked frozen (``frozen_in_eval``) stay in
+        eval mode: a frozen BatchNorm keeps its running statistics, a frozen Dropout is off."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                if getattr(module, "frozen_in_eval", False):
+                    module.eval()
+        return self

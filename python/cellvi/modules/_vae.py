@@ -213,17 +213,21 @@ class VAE(BaseModule):
         posterior = _normal(inference_out["ql_mean"], inference_out["ql_var"])
         return kl_divergence(posterior, prior).sum(-1)
 
-    def loss(self, tensors, inference_out, generative_out, kl_weight: float = 1.0) -> LossOutput:
-        x = tensors[C.X_KEY]
-        reconstruction = -generative_out["dist"].log_prob_per_cell(
-            x, tensors.get(C.X_NZ_INDEX_KEY), tensors.get(C.X_NZ_VALUE_KEY)
+    @staticmethod
+    def _reconstruction(tensors: dict, generative_out: dict) -> torch.Tensor:
+        """-log p(x | z, l) per cell."""
+        return -generative_out["dist"].log_prob_per_cell(
+            tensors[C.X_KEY], tensors.get(C.X_NZ_INDEX_KEY), tensors.get(C.X_NZ_VALUE_KEY)
         )
+
+    def loss(self, tensors, inference_out, generative_out, kl_weight: float = 1.0) -> LossOutput:
+        reconstruction = self._reconstruction(tensors, generative_out)
         qz_mean, qz_var = inference_out["qz_mean"], inference_out["qz_var"]
         # Closed-form KL(N(m, v) || N(0, 1)).
         kl_z = 0.5 * (qz_var + qz_mean.square() - 1 - torch.log(qz_var)).sum(-1)
         kl_l = self._kl_library(inference_out, tensors[C.BATCH_KEY])
         loss = torch.mean(reconstruction + kl_weight * kl_z + kl_l)
-        return LossOutput(loss, reconstruction, kl_z + kl_l, {"kl_z": kl_z})
+        return LossOutput(loss, reconstruction, kl_z + kl_l)
 
     @torch.no_grad()
     def marginal_ll(self, tensors: dict, n_mc_samples: int = 1000, chunk: int = 100) -> torch.Tensor:

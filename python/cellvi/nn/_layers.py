@@ -113,6 +113,21 @@ class GaussianEncoder(nn.Module):
         return mean, var
 
 
+class Classifier(nn.Module):
+    """Cell-type logits from a latent vector: an FC stack (none when ``n_layers=0``, i.e. a
+    linear classifier) and a linear output layer."""
+
+    def __init__(self, n_in: int, n_labels: int, n_hidden: int = 128, n_layers: int = 1,
+                 dropout_rate: float = 0.1, use_batch_norm: bool = True, use_layer_norm: bool = False):
+        super().__init__()
+        self.hidden = (FCLayers(n_in, n_hidden, (), n_layers, n_hidden, dropout_rate, use_batch_norm,
+                                use_layer_norm) if n_layers > 0 else None)
+        self.output = nn.Linear(n_hidden if n_layers > 0 else n_in, n_labels)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.output(self.hidden(z) if self.hidden is not None else z)
+
+
 class ExpressionDecoder(nn.Module):
     """Latent -> (normalised expression ``scale``, ``theta`` per cell or None, ``zi_logits``).
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .._settings import settings
-from ..data import DeviceData, split_minibatches
+from ..data import DeviceData, cycle_minibatches, split_minibatches
 from ..modules import BaseModule
 
 logger = logging.getLogger("cellvi")
@@ -119,6 +119,12 @@ class Trainer:
     ``min(n_epochs_kl_warmup, 0.75 * max_epochs)`` epochs, so every run ends at full weight.
     Early stopping watches the validation ELBO (the training ELBO when there is no
     validation set).
+
+    With ``labelled_indices`` (semi-supervised models), every step also gets a minibatch of
+    those cells, cycled through independently of the main one, as ``labelled_tensors``.
+    ``optimizer_params`` restricts training to some parameters (or parameter groups with
+    their own settings, e.g. no weight decay); the rest are left untouched. Scalar entries of
+    a loss's ``extra_metrics`` are averaged per epoch into the history.
     """
 
     def __init__(
@@ -139,6 +145,7 @@ class Trainer:
         limit_train_batches: int | float | None = None,
         progress_bar: bool | None = None,
         optimizer_params=None,
+        labelled_indices: np.ndarray | None = None,
     ):
         self.module = module
         self.data = data
@@ -155,10 +162,14 @@ class Trainer:
         self.min_delta = early_stopping_min_delta
         self.limit_train_batches = limit_train_batches
         self.progress_bar = settings.progress_bar if progress_bar is None else progress_bar
-        params = optimizer_params if optimizer_params is not None else module.parameters()
-        params = [p for p in params if p.requires_grad]
+        params = list(optimizer_params if optimizer_params is not None else module.parameters())
+        if params and not isinstance(params[0], dict):
+            params = [p for p in params if p.requires_grad]
         self.optimizer = make_adam(params, lr=lr, eps=eps, weight_decay=weight_decay)
         self.generator = seeded_generator(2)
+        self.labelled_batches = None
+        if labelled_indices is not None and len(labelled_indices) > 0:
+            self.labelled_batches = cycle_minibatches(labelled_indices, self.batch_size, seeded_generator(3))
         self.history: list[dict] = []
 
     def _n_batches(self, n_total: int) -> int:
@@ -179,21 +190,29 @@ class Trainer:
         batches = split_minibatches(self.train_indices, self.batch_size, True, self.generator)
         batches = batches[: self._n_batches(len(batches))]
         sums = torch.zeros(3, device=self.data.device)  # summed on the device: no per-step sync
+        extra_sums: dict[str, torch.Tensor] = {}
         n = 0
         kl_weight = 0.0
         for step, idx in enumerate(batches):
             kl_weight = self.kl_weight(epoch, step, len(batches))
             tensors = self.data.minibatch(idx)
-            _, _, out = self.module(tensors, kl_weight=kl_weight)
+            extra = {}
+            if self.labelled_batches is not None:
+                extra["labelled_tensors"] = self.data.minibatch(next(self.labelled_batches))
+            _, _, out = self.module(tensors, kl_weight=kl_weight, **extra)
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             self.optimizer.step()
             with torch.no_grad():
                 sums += torch.stack([out.loss * len(idx), out.reconstruction_loss.sum(), out.kl_local.sum()])
+                for name, value in out.extra_metrics.items():
+                    extra_sums[name] = extra_sums.get(name, 0.0) + value.detach()
             n += len(idx)
         loss, rec, kl = sums.tolist()
-        return {"loss_train": loss / n, "elbo_train": -(rec + kl) / n,
-                "reconstruction_loss_train": rec / n, "kl_local_train": kl / n, "kl_weight": kl_weight}
+        row = {"loss_train": loss / n, "elbo_train": -(rec + kl) / n,
+               "reconstruction_loss_train": rec / n, "kl_local_train": kl / n, "kl_weight": kl_weight}
+        row.update({f"{name}_train": float(v) / len(batches) for name, v in extra_sums.items()})
+        return row
 
     @torch.no_grad()
     def evaluate(self, indices, suffix: str) -> dict:

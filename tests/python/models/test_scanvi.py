@@ -1,0 +1,138 @@
+"""SCANVI: setup, semi-supervised training, prediction, initialisation from SCVI, save/load,
+and label recovery on real data."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cellvi
+from conftest import shared_data
+from helpers import simulate_counts
+
+
+def with_hidden_labels(adata, fraction: float, seed: int = 0, key: str = "labels"):
+    """Keep ``fraction`` of the true cell types in obs[key]; the rest become "Unknown"."""
+    rng = np.random.default_rng(seed)
+    truth = adata.obs["cell_type"].astype(str).to_numpy()
+    adata.obs[key] = np.where(rng.random(adata.n_obs) < fraction, truth, "Unknown")
+    return truth
+
+
+@pytest.fixture(scope="module")
+def sim_scanvi():
+    cellvi.settings.seed = 0
+    adata = simulate_counts(n_cells=800, batch_strength=0.3)
+    truth = with_hidden_labels(adata, 0.1)
+    cellvi.SCANVI.setup_anndata(adata, labels_key="labels", unlabeled_category="Unknown", batch_key="batch")
+    model = cellvi.SCANVI(adata, n_latent=5)
+    model.train(max_epochs=15)
+    return adata, truth, model
+
+
+def test_semi_supervised_training_learns_the_labels(sim_scanvi):
+    adata, truth, model = sim_scanvi
+    h = model.history
+    assert {"classification_loss_train", "accuracy_train", "elbo_validation"} <= set(h.columns)
+    assert h["classification_loss_train"].iloc[-1] < h["classification_loss_train"].iloc[0] / 2
+    assert h["elbo_train"].iloc[-1] > h["elbo_train"].iloc[0]
+    hidden = adata.obs["labels"].to_numpy() == "Unknown"
+    assert (model.predict()[hidden] == truth[hidden]).mean() > 0.95
+
+
+def test_predict_names_probabilities_indices_and_new_data(sim_scanvi):
+    adata, _, model = sim_scanvi
+    labels = model.predict()
+    assert labels.shape == (adata.n_obs,) and set(labels) <= {"type0", "type1", "type2"}
+    soft = model.predict(soft=True)
+    assert list(soft.columns) == ["type0", "type1", "type2"]
+    assert list(soft.index) == list(adata.obs_names)
+    np.testing.assert_allclose(soft.to_numpy().sum(1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(soft.idxmax(axis=1).to_numpy(), labels)
+    picked = model.predict(indices=[3, 1], soft=True)
+    assert list(picked.index) == [adata.obs_names[3], adata.obs_names[1]]
+    # New cells need no labels column.
+    new = adata[:50].copy()
+    del new.obs["labels"]
+    np.testing.assert_array_equal(model.predict(new), labels[:50])
+
+
+def test_every_scvi_query_works(sim_scanvi):
+    adata, _, model = sim_scanvi
+    assert model.get_latent_representation().shape == (adata.n_obs, 5)
+    expr = model.get_normalized_expression(gene_list=["gene1", "gene2"])
+    assert expr.shape == (adata.n_obs, 2)
+    de = model.differential_expression(groupby="cell_type", group1="type0", group2="type1", n_samples=50,
+                                       mode="change")
+    assert {"proba_de", "lfc_mean", "bayes_factor"} <= set(de.columns)
+    assert np.isfinite(model.get_elbo()) and model.get_elbo() < 0
+
+
+def test_save_load_round_trip(sim_scanvi, tmp_path):
+    adata, _, model = sim_scanvi
+    model.save(tmp_path / "m")
+    loaded = cellvi.load_model(tmp_path / "m", adata)
+    assert isinstance(loaded, cellvi.SCANVI)
+    pd.testing.assert_frame_equal(loaded.predict(soft=True), model.predict(soft=True))
+    loaded_without_data = cellvi.SCANVI.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded_without_data.predict(adata), model.predict())
+
+
+def test_from_scvi_model_starts_from_its_weights():
+    cellvi.settings.seed = 1
+    adata = simulate_counts(n_cells=500, batch_strength=0.3)
+    truth = with_hidden_labels(adata, 0.2)
+    cellvi.SCVI.setup_anndata(adata, batch_key="batch")
+    scvi = cellvi.SCVI(adata, n_latent=4, dispersion="gene-batch")
+    with pytest.raises(ValueError, match="not trained"):
+        cellvi.SCANVI.from_scvi_model(scvi, "Unknown", labels_key="labels")
+    scvi.train(max_epochs=10)
+    scanvi = cellvi.SCANVI.from_scvi_model(scvi, "Unknown", labels_key="labels", classification_ratio=20)
+    assert scanvi.init_kwargs["dispersion"] == "gene-batch"
+    assert scanvi.module.classification_ratio == 20
+    np.testing.assert_array_equal(scanvi.get_latent_representation(), scvi.get_latent_representation())
+    scanvi.train()
+    assert len(scanvi.history) == 10  # a third of the default 400 epochs, capped at 10
+    assert (scanvi.predict() == truth).mean() > 0.9
+    with pytest.raises(KeyError, match="nope"):
+        cellvi.SCANVI.from_scvi_model(scvi, "Unknown", labels_key="nope")
+
+
+def test_n_samples_per_label_caps_the_labelled_cells(sim_scanvi):
+    adata, _, model = sim_scanvi
+    model._n_samples_per_label = 5
+    chosen = model._labelled_indices(np.arange(adata.n_obs))
+    model._n_samples_per_label = None
+    labels = adata.obs["labels"].to_numpy()[chosen]
+    assert len(chosen) == 15 and (pd.Series(labels).value_counts() == 5).all()
+
+
+def test_setup_errors_and_warnings():
+    adata = simulate_counts(n_cells=100)
+    with pytest.raises(KeyError, match="'labels'"):
+        cellvi.SCANVI.setup_anndata(adata, labels_key="labels", unlabeled_category="Unknown")
+    with pytest.warns(UserWarning, match="fully supervised"):
+        cellvi.SCANVI.setup_anndata(adata, labels_key="cell_type", unlabeled_category="Unknown")
+    adata.obs["none"] = "Unknown"
+    with pytest.raises(ValueError, match="no label other than"):
+        cellvi.SCANVI.setup_anndata(adata, labels_key="none", unlabeled_category="Unknown")
+    with pytest.raises(ValueError, match="set up with SCVI"):
+        cellvi.SCVI.setup_anndata(adata)
+        cellvi.SCANVI(adata)
+    cellvi.SCANVI.setup_anndata(adata, labels_key="cell_type", unlabeled_category="type0")
+    with pytest.raises(ValueError, match="gene-label"):
+        cellvi.SCANVI(adata, dispersion="gene-label")
+
+
+def test_kang_labels_recovered_from_ten_percent():
+    adata = shared_data("kang_se_12261.h5ad")
+    adata.obs["cell_type"] = adata.obs["cluster_id"]
+    truth = with_hidden_labels(adata, 0.1, seed=0)
+    cellvi.settings.seed = 0
+    cellvi.SCANVI.setup_anndata(adata, labels_key="labels", unlabeled_category="Unknown", batch_key="sample_id")
+    model = cellvi.SCANVI(adata)
+    model.train(max_epochs=8)
+    hidden = adata.obs["labels"].to_numpy() == "Unknown"
+    accuracy = (model.predict()[hidden] == truth[hidden]).mean()
+    chance = pd.Series(truth[hidden]).value_counts(normalize=True).max()  # always the commonest type
+    assert chance < 0.45 and accuracy > 0.85
