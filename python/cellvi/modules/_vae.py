@@ -117,6 +117,7 @@ class VAE(BaseModule):
             n_latent + n_continuous_cov, n_input, cat_sizes, n_layers, n_hidden,
             inject_covariates=deeply_inject_covariates, use_batch_norm=dec_bn, use_layer_norm=dec_ln,
             linear=linear_decoder, bias=decoder_bias, dispersion_per_cell=dispersion == "gene-cell",
+            zero_inflation=gene_likelihood == "zinb",
         )
 
     # -- tensor dict -> arguments -----------------------------------------------------------

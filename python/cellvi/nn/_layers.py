@@ -34,7 +34,8 @@ class FCLayers(nn.Module):
     """Stack of Linear -> BatchNorm/LayerNorm -> ReLU -> Dropout.
 
     Categorical covariates (codes) are injected into every layer when ``inject_covariates``,
-    else into the first only. Single-category covariates are ignored.
+    else into the first only. A covariate with a single category still gets its (redundant)
+    table: reference mapping then only ever appends rows for new categories.
     """
 
     def __init__(
@@ -55,11 +56,10 @@ class FCLayers(nn.Module):
         sizes = [n_in] + [n_hidden] * (n_layers - 1) + [n_out]
         self.inject = inject_covariates
         self.n_cats = [int(n) for n in n_cats]
-        informative = [n for n in self.n_cats if n > 1]  # one category carries no information
         self.layers = nn.ModuleList()
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             inject = inject_covariates or i == 0
-            block = nn.ModuleDict({"linear": CovariateLinear(a, b, informative if inject else (), bias)})
+            block = nn.ModuleDict({"linear": CovariateLinear(a, b, self.n_cats if inject else (), bias)})
             post = []
             if use_batch_norm:
                 post.append(nn.BatchNorm1d(b, momentum=0.01, eps=1e-3))
@@ -73,7 +73,6 @@ class FCLayers(nn.Module):
             self.layers.append(block)
 
     def forward(self, x: torch.Tensor, cats: Sequence[torch.Tensor] = ()) -> torch.Tensor:
-        cats = [c for c, n in zip(cats, self.n_cats) if n > 1]
         for i, block in enumerate(self.layers):
             x = block["post"](block["linear"](x, cats if i == 0 or self.inject else ()))
         return x
@@ -129,7 +128,8 @@ class Classifier(nn.Module):
 
 
 class ExpressionDecoder(nn.Module):
-    """Latent -> (normalised expression ``scale``, ``theta`` per cell or None, ``zi_logits``).
+    """Latent -> (normalised expression ``scale``, ``theta`` per cell or None, ``zi_logits``
+    or None). The dispersion and zero-inflation heads exist only where the likelihood uses them.
 
     ``scale`` sums to one over genes. With ``linear=True`` the map from z to the scale logits
     is linear (LDVAE) and its weights are the gene loadings.
@@ -148,6 +148,7 @@ class ExpressionDecoder(nn.Module):
         linear: bool = False,
         bias: bool = True,
         dispersion_per_cell: bool = False,
+        zero_inflation: bool = True,
     ):
         super().__init__()
         self.linear = linear
@@ -156,13 +157,13 @@ class ExpressionDecoder(nn.Module):
                 return FCLayers(n_in, n_out, n_cats, 1, n_hidden, 0.0, use_batch_norm, use_layer_norm,
                                 use_activation=False, bias=bias, inject_covariates=inject_covariates)
             self.scale_head = head()
-            self.zi_head = head()
+            self.zi_head = head() if zero_inflation else None
             self.theta_head = head() if dispersion_per_cell else None
         else:
             self.hidden = FCLayers(n_in, n_hidden, n_cats, n_layers, n_hidden, 0.0, use_batch_norm,
                                    use_layer_norm, inject_covariates=inject_covariates)
             self.scale_head = nn.Linear(n_hidden, n_out)
-            self.zi_head = nn.Linear(n_hidden, n_out)
+            self.zi_head = nn.Linear(n_hidden, n_out) if zero_inflation else None
             self.theta_head = nn.Linear(n_hidden, n_out) if dispersion_per_cell else None
 
     def forward(self, z: torch.Tensor, cats: Sequence[torch.Tensor] = (), with_zi: bool = True,
@@ -176,7 +177,7 @@ class ExpressionDecoder(nn.Module):
             def run(head):
                 return head(h)
         scale = torch.softmax(run(self.scale_head), dim=-1)
-        zi_logits = run(self.zi_head) if with_zi else None
+        zi_logits = run(self.zi_head) if with_zi and self.zi_head is not None else None
         log_theta = run(self.theta_head) if with_theta and self.theta_head is not None else None
         return scale, log_theta, zi_logits
 

@@ -1,0 +1,208 @@
+"""Reference mapping (architecture surgery) for every model: query preparation, frozen
+reference weights, the reference latent unchanged bit for bit, label transfer, and errors."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import cellvi
+from conftest import shared_data
+from helpers import simulate_counts
+
+QUERY_DONORS = ["101", "1039"]
+
+
+@pytest.fixture(scope="module")
+def kang_split():
+    adata = shared_data("kang_se_12261.h5ad")
+    adata.obs["sample_id"] = adata.obs["sample_id"].astype(str)
+    is_query = adata.obs["sample_id"].isin(QUERY_DONORS).to_numpy()
+    reference, query = adata[~is_query].copy(), adata[is_query].copy()
+    truth = query.obs["cluster_id"].astype(str).to_numpy()
+    query.obs["cluster_id"] = "Unknown"  # the query's labels are what we want to learn
+    return reference, query, truth
+
+
+@pytest.fixture(scope="module")
+def kang_references(kang_split):
+    """A trained SCVI, LinearSCVI and (from that SCVI) SCANVI reference, with the encoder
+    seeing the batch, as scArches recommends."""
+    reference, _, _ = kang_split
+    cellvi.settings.seed = 0
+    models = {}
+    for cls in (cellvi.SCVI, cellvi.LinearSCVI):
+        cls.setup_anndata(reference, batch_key="sample_id")
+        model = cls(reference, n_latent=10, encode_covariates=True)
+        model.train(max_epochs=8)
+        models[cls.__name__] = model
+    with pytest.warns(UserWarning, match="fully supervised"):  # every reference cell is labelled
+        scanvi = cellvi.SCANVI.from_scvi_model(models["SCVI"], "Unknown", labels_key="cluster_id")
+    scanvi.train(max_epochs=4)
+    models["SCANVI"] = scanvi
+    return models
+
+
+def state(module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ["SCVI", "LinearSCVI", "SCANVI"])
+def test_query_training_touches_only_the_new_weights(kang_split, kang_references, name):
+    reference_adata, query, truth = kang_split
+    reference = kang_references[name]
+    cls = type(reference)
+    reference_latent = reference.get_latent_representation()
+    model = cls.load_query_data(query, reference)
+    assert model.registry.batch_categories[-2:] == sorted(QUERY_DONORS)
+    before = state(model.module)
+    model.train(max_epochs=10)
+    after = state(model.module)
+    grown = model._query["grown"]
+    assert any("z_encoder" in k for k in grown) and any("decoder" in k for k in grown)
+    for key, value in before.items():
+        if key in grown:  # the reference rows stay, the query rows learn
+            part = tuple(slice(0, n) for n in grown[key])
+            assert torch.equal(after[key][part], value[part]), key
+            assert not torch.equal(after[key], value), key
+        else:  # everything else, BatchNorm running statistics included, is untouched
+            assert torch.equal(after[key], value), key
+    # The reference cells' latent is exactly the reference model's.
+    np.testing.assert_array_equal(model.get_latent_representation(reference_adata), reference_latent)
+    latent = model.get_latent_representation()
+    assert latent.shape == (query.n_obs, 10) and np.isfinite(latent).all()
+    if name == "SCANVI":
+        accuracy = (model.predict() == truth).mean()
+        assert accuracy > 0.85, accuracy
+
+
+def test_mapping_from_a_saved_reference_directory(kang_split, kang_references, tmp_path):
+    reference_adata, query, truth = kang_split
+    reference = kang_references["SCANVI"]
+    reference.save(tmp_path / "ref")
+    prepared = cellvi.SCANVI.prepare_query_anndata(query[:, ::-1], tmp_path / "ref")
+    assert list(prepared.var_names) == reference.var_names
+    model = cellvi.SCANVI.load_query_data(prepared, tmp_path / "ref")
+    model.train(max_epochs=10)
+    assert (model.predict() == truth).mean() > 0.85
+    np.testing.assert_array_equal(model.get_latent_representation(reference_adata),
+                                  reference.get_latent_representation())
+    # The query model saves and loads with its freezing: retraining still spares the reference.
+    model.save(tmp_path / "query")
+    loaded = cellvi.load_model(tmp_path / "query", prepared)
+    pd.testing.assert_frame_equal(loaded.predict(soft=True), model.predict(soft=True))
+    loaded.train(max_epochs=1)
+    np.testing.assert_array_equal(loaded.get_latent_representation(reference_adata),
+                                  reference.get_latent_representation())
+
+
+# -- on simulated data: preparation, options, errors -----------------------------------------
+
+@pytest.fixture(scope="module")
+def sim_reference():
+    cellvi.settings.seed = 0
+    adata = simulate_counts(n_cells=600, n_batches=4, batch_strength=0.3)
+    is_query = adata.obs["batch"].isin(["b2", "b3"]).to_numpy()
+    reference, query = adata[~is_query].copy(), adata[is_query].copy()
+    cellvi.SCVI.setup_anndata(reference, batch_key="batch")
+    model = cellvi.SCVI(reference, n_latent=4)
+    model.train(max_epochs=5)
+    return reference, query, model
+
+
+def test_prepare_query_reorders_fills_and_reports(sim_reference):
+    _, query, model = sim_reference
+    genes = list(query.var_names)
+    shuffled = query[:, genes[::-1][:90] + []].copy()  # reversed, and 10 genes missing
+    shuffled.var_names = [g for g in genes[::-1][:90]]
+    original = shuffled.copy()
+    with pytest.warns(UserWarning, match="10 of the reference's 100 genes are missing"):
+        prepared = cellvi.SCVI.prepare_query_anndata(shuffled, model)
+    assert list(prepared.var_names) == model.var_names
+    assert prepared.uns["cellvi_query"]["n_genes_missing"] == 10
+    X, Q = prepared.X.toarray(), query.X.toarray()
+    present = [genes.index(g) for g in genes[::-1][:90]]
+    np.testing.assert_array_equal(X[:, present], Q[:, present])
+    absent = sorted(set(range(100)) - set(present))
+    assert (X[:, absent] == 0).all()
+    # The user's object is untouched.
+    assert list(shuffled.var_names) == list(original.var_names)
+    np.testing.assert_array_equal(shuffled.X.toarray(), original.X.toarray())
+    assert "cellvi_query" not in shuffled.uns
+
+
+def test_prepare_query_refuses_too_few_shared_genes(sim_reference):
+    _, query, model = sim_reference
+    few = query[:, :30].copy()
+    with pytest.raises(ValueError, match="only 30 of the reference's 100 genes"):
+        cellvi.SCVI.prepare_query_anndata(few, model)
+    renamed = query.copy()
+    renamed.var_names = [f"ENSG{i}" for i in range(100)]
+    with pytest.raises(ValueError, match="same gene identifiers"):
+        cellvi.SCVI.prepare_query_anndata(renamed, model)
+
+
+def test_load_query_data_errors(sim_reference):
+    reference_adata, query, model = sim_reference
+    with pytest.raises(ValueError, match="prepare_query_anndata"):
+        cellvi.SCVI.load_query_data(query[:, ::-1].copy(), model)
+    with pytest.raises(ValueError, match="also name.? a reference batch"):
+        cellvi.SCVI.load_query_data(reference_adata[:50].copy(), model)
+    with pytest.raises(TypeError, match="cellvi.SCVI.load_query_data"):
+        cellvi.LinearSCVI.load_query_data(query, model)
+    missing_batch = query.copy()
+    del missing_batch.obs["batch"]
+    with pytest.raises(KeyError, match="'batch'"):
+        cellvi.SCVI.load_query_data(missing_batch, model)
+    untrained = cellvi.SCVI(reference_adata, _registry=model.registry)
+    with pytest.raises(ValueError, match="not trained"):
+        cellvi.SCVI.load_query_data(query, untrained)
+
+
+def test_query_with_unseen_label_is_refused():
+    adata = simulate_counts(n_cells=300, n_batches=2)
+    adata.obs["labels"] = adata.obs["cell_type"].astype(str)
+    reference = adata[adata.obs["batch"] == "b0"].copy()
+    query = adata[adata.obs["batch"] == "b1"].copy()
+    reference.obs.loc[reference.obs["labels"] == "type2", "labels"] = "Unknown"
+    cellvi.SCANVI.setup_anndata(reference, labels_key="labels", unlabeled_category="Unknown",
+                                batch_key="batch")
+    model = cellvi.SCANVI(reference, n_latent=3)
+    model.train(max_epochs=2)
+    with pytest.raises(ValueError, match="never saw: type2"):
+        cellvi.SCANVI.load_query_data(query, model)
+    query.obs["labels"] = "Unknown"  # a query with no labelled cell at all trains
+    mapped = cellvi.SCANVI.load_query_data(query, model)
+    mapped.train(max_epochs=2)
+    assert "classification_loss_train" not in mapped.history.columns
+
+
+def test_nothing_to_train_without_batches_and_unfrozen_trains_all():
+    cellvi.settings.seed = 0
+    adata = simulate_counts(n_cells=300)
+    cellvi.SCVI.setup_anndata(adata)
+    model = cellvi.SCVI(adata, n_latent=3)
+    model.train(max_epochs=2)
+    query = simulate_counts(n_cells=100, seed=5)
+    mapped = cellvi.SCVI.load_query_data(query, model)
+    np.testing.assert_array_equal(mapped.get_latent_representation(), model.get_latent_representation(query))
+    with pytest.raises(ValueError, match="adds no weights to train"):
+        mapped.train(max_epochs=1)
+    free = cellvi.SCVI.load_query_data(query, model, unfrozen=True)
+    before = state(free.module)
+    free.train(max_epochs=1)
+    after = state(free.module)
+    assert all(not torch.equal(before[k], after[k]) for k in before if "weight" in k)
+
+
+def test_freeze_dropout_keeps_dropout_off(sim_reference):
+    _, query, model = sim_reference
+    mapped = cellvi.SCVI.load_query_data(query, model, freeze_dropout=True)
+    mapped.module.train()
+    dropouts = [m for m in mapped.module.modules() if isinstance(m, torch.nn.Dropout)]
+    norms = [m for m in mapped.module.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert dropouts and not any(m.training for m in dropouts + norms)
+    plain = cellvi.SCVI.load_query_data(query, model)
+    plain.module.train()
+    assert all(m.training for m in plain.module.modules() if isinstance(m, torch.nn.Dropout))
