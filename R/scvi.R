@@ -72,13 +72,18 @@
 }
 
 # Trains a model on an AnnData handle and saves it; returns the model, its directory and the
-# latent space (cells x n_latent, rownames = cells).
-.fit_model <- function(adata, model_class, args, seed, model_dir, verbose) {
+# latent space (cells x n_latent, rownames = cells). The model is set up and built from `args`,
+# or made by `build(core)` (e.g. from another model).
+.fit_model <- function(adata, model_class, args, seed, model_dir, verbose, build = NULL) {
   cv <- .core()
   if (!is.null(seed)) cv$settings$seed <- .as_count(seed, "seed", minimum = 0L)
   cls <- cv[[model_class]]
-  .py_call(do.call(cls$setup_anndata, c(list(adata), args$setup)))
-  model <- .py_call(do.call(cls, c(list(adata), args$model_args)))
+  model <- if (is.null(build)) {
+    .py_call(do.call(cls$setup_anndata, c(list(adata), args$setup)))
+    .py_call(do.call(cls, c(list(adata), args$model_args)))
+  } else {
+    build(cv)
+  }
   if (verbose) message("Training ", model_class, " on ", .py_value(adata$n_obs), " cells x ",
                        .py_value(adata$n_vars), " genes")
   .py_call(do.call(model$train, args$train_args))

@@ -52,16 +52,30 @@
   if (nchar(text) > 60) paste0(substr(text, 1, 57), "...") else text
 }
 
-# Runs `expr` (a Python call) and turns a Python exception into an R error carrying the
-# Python message only (no traceback noise).
+# Runs `expr` (a Python call): a Python exception becomes an R error carrying the Python
+# message only (no traceback noise), and Python's UserWarnings (cellvi's own warnings to the
+# user) become R warnings; R would otherwise print them as stray text that suppressWarnings()
+# cannot silence. Other warning categories (library deprecation notices) are dropped.
 .py_call <- function(expr) {
-  tryCatch(expr, python.builtin.BaseException = function(e) {
+  .core()  # Python starts with the chosen interpreter before anything else touches it
+  py_warnings <- reticulate::import("warnings", convert = FALSE)
+  recorder <- py_warnings$catch_warnings(record = TRUE)
+  caught <- recorder$`__enter__`()
+  builtins <- reticulate::import_builtins(convert = FALSE)
+  py_warnings$simplefilter("always", builtins$UserWarning)
+  result <- tryCatch(expr, python.builtin.BaseException = function(e) {
     stop(conditionMessage(e), call. = FALSE)
   }, error = function(e) {
     msg <- conditionMessage(e)
     msg <- sub("(?s)\nRun `reticulate::py_last_error\\(\\)`.*$", "", msg, perl = TRUE)
     stop(msg, call. = FALSE)
-  })
+  }, finally = recorder$`__exit__`(NULL, NULL, NULL))
+  caught <- Filter(function(w) reticulate::py_to_r(builtins$issubclass(w$category, builtins$UserWarning)),
+                   reticulate::py_to_r(caught))
+  messages <- unique(vapply(caught, function(w) reticulate::py_to_r(reticulate::py_str(w$message)),
+                            character(1)))
+  for (msg in messages) warning(msg, call. = FALSE)
+  result
 }
 
 # An R value from a Python object (reticulate handles made with convert = FALSE stay Python).

@@ -61,7 +61,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import resource
 import shlex
 import shutil
@@ -72,12 +71,12 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang_se_12261.h5ad"
-RESULTS = HERE / "RESULTS.md"
-VENV_HINT = HERE / ".venv-scvi" / "bin" / "python"
-RESULT_MARKER = "BENCH_RESULT "
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (DEFAULT_DATA, HERE, RESULTS, ROOT, VENV_HINT, emit_result,  # noqa: E402
+                     git_commit, interpreter_path, machine_info, worker_env)
+from _common import fmt as _fmt  # noqa: E402
+from _common import run_worker as _run_script  # noqa: E402
+
 TOOL_NAMES = {"cellvi": "cellvi", "scvi": "scvi-tools", "bare": "bare torch loop"}
 IMPORT_NAMES = {"cellvi": "cellvi", "scvi": "scvi"}
 BATCH_KEY = "batch"  # the batch column in the prepared files
@@ -559,20 +558,12 @@ def run_as_worker(args) -> None:
                n_test=test.n_obs, epochs=cfg["epochs"], rss_base_mib=rss_base,
                train_csr_mib=csr_mib, peak_over_base_mib=_TRAINING_PEAK - rss_base)
     out["cells_per_s"] = train.n_obs * cfg["epochs"] / out["train_s"]
-    print(RESULT_MARKER + json.dumps(out), flush=True)
+    emit_result(out)
 
 
 # ------------------------------------------------------------------------------------------
 # the driver
 # ------------------------------------------------------------------------------------------
-def worker_env(threads: int) -> dict:
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(threads)
-    env.setdefault("PYTHONWARNINGS", "ignore")
-    return env
-
-
 def time_import(tool: str, repeats: int, threads: int) -> float | None:
     code = (f"import torch, anndata, time; t = time.perf_counter(); import {IMPORT_NAMES[tool]}; "
             "print(time.perf_counter() - t)")
@@ -588,47 +579,8 @@ def time_import(tool: str, repeats: int, threads: int) -> float | None:
 
 
 def run_worker(tool: str, args, workdir: Path) -> dict | None:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", tool, "--workdir", str(workdir)]
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(args.threads))
-    wall = time.perf_counter() - t0
-    if args.verbose and res.stderr.strip():
-        print(f"--- [{tool}] stderr ---\n{res.stderr.rstrip()}\n---", file=sys.stderr)
-    lines = [ln for ln in res.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
-    if res.returncode != 0 or not lines:
-        print(f"[{tool}] worker failed (exit {res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}",
-              file=sys.stderr)
-        return None
-    out = json.loads(lines[-1][len(RESULT_MARKER):])
-    out["process_s"] = wall
-    return out
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
-
-
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _fmt(value, spec: str, missing: str = "-") -> str:
-    return missing if value is None else format(value, spec)
+    return _run_script(__file__, ["--worker", tool, "--workdir", str(workdir)], args.threads,
+                       verbose=args.verbose, label=tool)
 
 
 def results_table(results: dict[str, dict], import_s: dict[str, float | None]) -> list[str]:
@@ -713,7 +665,7 @@ def record(args, cfg, results, table, torch_version) -> None:
         scvi_version = version("scvi-tools")
     when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
-    interpreter = os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else sys.executable
+    interpreter = interpreter_path()
     lines = [
         f"## {when}: {cfg['dataset']}",
         "",

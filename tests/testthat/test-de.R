@@ -1,8 +1,3 @@
-skip_if_no_core <- function() {
-  skip_if_not(cellvi_available(), "cellvi Python core not available")
-  skip_if_not_installed("Seurat")
-}
-
 test_that("FindMarkersSCVI gives a FindMarkers-shaped table with the model's evidence", {
   skip_if_no_core()
   pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 20, seed = 0, verbose = FALSE,

@@ -1,15 +1,3 @@
-skip_if_no_core <- function() {
-  skip_if_not(cellvi_available(), "cellvi Python core not available")
-  skip_if_not_installed("Seurat")
-}
-
-kang_path <- function() {
-  candidates <- c(file.path("..", "..", "..", "shared", "data", "kang_se_12261.h5ad"),
-                  file.path(Sys.getenv("CELLVI_SHARED_DATA", "/nonexistent"), "kang_se_12261.h5ad"))
-  hit <- candidates[file.exists(candidates)]
-  if (length(hit)) normalizePath(hit[1]) else NULL
-}
-
 test_that("numeric arguments are checked at the R boundary", {
   expect_identical(cellvi:::.as_count(400, "max_epochs"), 400L)
   expect_error(cellvi:::.as_count(2.5, "max_epochs"), "`max_epochs` must be a whole number")

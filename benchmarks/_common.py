@@ -1,0 +1,86 @@
+"""Helpers shared by the benchmark drivers (bench_scvi.py, bench_scanvi.py): where things are,
+the worker subprocesses (one tool, one fresh interpreter) and what a recorded section says
+about the machine and the commit. Standard library only, so importing it costs nothing."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "kang_se_12261.h5ad"
+RESULTS = HERE / "RESULTS.md"
+VENV_HINT = HERE / ".venv-scvi" / "bin" / "python"
+RESULT_MARKER = "BENCH_RESULT "
+
+
+def worker_env(threads: int) -> dict:
+    """The environment of a worker: BLAS/OpenMP held to ``threads``, warnings off."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    return env
+
+
+def emit_result(out: dict) -> None:
+    """A worker's last word: its results as one marked JSON line on stdout."""
+    print(RESULT_MARKER + json.dumps(out), flush=True)
+
+
+def run_worker(script: Path | str, worker_args: list[str], threads: int, verbose: bool = False,
+               label: str = "worker") -> dict | None:
+    """Run ``script worker_args...`` in a fresh interpreter (this one) and return the dict it
+    emitted with :func:`emit_result`, plus ``process_s`` (the subprocess' wall time); None,
+    with its output on stderr, if it failed."""
+    cmd = [sys.executable, str(Path(script).resolve()), *worker_args]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(threads))
+    wall = time.perf_counter() - t0
+    if verbose and res.stderr.strip():
+        print(f"--- [{label}] stderr ---\n{res.stderr.rstrip()}\n---", file=sys.stderr)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
+    if res.returncode != 0 or not lines:
+        print(f"[{label}] worker failed (exit {res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}",
+              file=sys.stderr)
+        return None
+    out = json.loads(lines[-1][len(RESULT_MARKER):])
+    out["process_s"] = wall
+    return out
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def fmt(value, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def interpreter_path() -> str:
+    """This interpreter, relative to the repository root when it lives inside it."""
+    return os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else sys.executable
