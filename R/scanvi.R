@@ -29,7 +29,10 @@
 .write_predictions_seurat <- function(object, predictions) {
   for (name in names(predictions$columns)) object[[name]] <- predictions$columns[[name]]
   if (!is.null(predictions$matrix)) {
-    object[[predictions$matrix_name]] <- SeuratObject::CreateAssayObject(data = t(predictions$matrix))
+    assay <- SeuratObject::CreateAssayObject(data = t(predictions$matrix))
+    # Keys are alphanumeric plus "_"; Seurat would otherwise warn and make one.
+    SeuratObject::Key(assay) <- paste0(gsub("[^[:alnum:]]", "", predictions$matrix_name), "_")
+    object[[predictions$matrix_name]] <- assay
   }
   object
 }

@@ -72,7 +72,7 @@
   }, finally = recorder$`__exit__`(NULL, NULL, NULL))
   caught <- Filter(function(w) reticulate::py_to_r(builtins$issubclass(w$category, builtins$UserWarning)),
                    reticulate::py_to_r(caught))
-  messages <- unique(vapply(caught, function(w) reticulate::py_to_r(reticulate::py_str(w$message)),
+  messages <- unique(vapply(caught, function(w) reticulate::py_str(w$message),
                             character(1)))
   for (msg in messages) warning(msg, call. = FALSE)
   result

@@ -36,7 +36,7 @@ test_that("RunSCANVI starts from a RunSCVI model; runSCANVI does the same for an
   expect_equal(SeuratObject::Misc(out[["scanvi"]])$setup$labels_key, "labels")
   expect_false("prediction.score.labels" %in% SeuratObject::Assays(out))
 
-  sce <- as_sce(pbmc_with_labels())
+  sce <- Seurat::as.SingleCellExperiment(pbmc_with_labels())
   sce <- runSCVI(sce, batch_key = "groups", max_epochs = 10, seed = 0, verbose = FALSE)
   sce <- runSCANVI(sce, labels_key = "labels", scvi_dimred = "scVI", probabilities = TRUE,
                    seed = 0, verbose = FALSE)
@@ -65,8 +65,10 @@ test_that("MapQuerySCVI maps a Seurat and an SCE query onto references from R an
   reference <- pbmc[, pbmc$groups == "g1"]
   query <- pbmc[, pbmc$groups == "g2"]
   query$labels <- NULL
-  reference <- RunSCANVI(reference, labels_key = "labels", batch_key = "groups",
-                         max_epochs = 30, seed = 0, verbose = FALSE)
+  expect_warning(  # every reference cell is labelled
+    reference <- RunSCANVI(reference, labels_key = "labels", batch_key = "groups",
+                           max_epochs = 30, seed = 0, verbose = FALSE),
+    "fully supervised")
   mapped <- MapQuerySCVI(query, reference, max_epochs = 20, seed = 0, probabilities = TRUE,
                          verbose = FALSE)
   emb <- SeuratObject::Embeddings(mapped[["scanvi"]])
@@ -102,7 +104,7 @@ test_that("MapQuerySCVI maps a Seurat and an SCE query onto references from R an
   scvi$train(max_epochs = 2L, progress_bar = FALSE)
   py_dir <- file.path(tempdir(), "py_reference")
   scvi$save(py_dir, overwrite = TRUE)
-  sce <- MapQuerySCVI(as_sce(query), py_dir, max_epochs = 2, seed = 0, verbose = FALSE)
+  sce <- MapQuerySCVI(Seurat::as.SingleCellExperiment(query), py_dir, max_epochs = 2, seed = 0, verbose = FALSE)
   expect_equal(dim(SingleCellExperiment::reducedDim(sce, "scVI")), c(ncol(query), 4L))
   expect_false("predicted.labels" %in% colnames(SummarizedExperiment::colData(sce)))
   expect_equal(S4Vectors::metadata(sce)$cellvi$scVI$reference_dir, normalizePath(py_dir))
