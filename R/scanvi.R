@@ -128,8 +128,7 @@ RunSCANVI <- function(object, labels_key, unlabeled_category = "Unknown", batch_
     scvi_model <- .reduction_model(object, scvi_reduction)
     assay <- .or_default(assay, SeuratObject::DefaultAssay(object[[scvi_reduction]]))
     features <- .model_genes(scvi_model)
-    args$columns <- unique(c(.model_obs_columns(scvi_model), labels_key))
-    args$columns <- args$columns[args$columns != FALSE]
+    args$columns <- unique(c(setdiff(.model_obs_columns(scvi_model), FALSE), labels_key))
   }
   assay <- .or_default(assay, SeuratObject::DefaultAssay(object))
   adata <- as_anndata(object, assay = assay, features = features, metadata = args$columns,
@@ -181,8 +180,7 @@ runSCANVI <- function(x, labels_key, unlabeled_category = "Unknown", batch_key =
     scvi_model <- scvi_fit$model
     assay.type <- S4Vectors::metadata(x)$cellvi[[scvi_dimred]]$assay.type
     features <- .model_genes(scvi_model)
-    args$columns <- unique(c(.model_obs_columns(scvi_model), labels_key))
-    args$columns <- args$columns[args$columns != FALSE]
+    args$columns <- unique(c(setdiff(.model_obs_columns(scvi_model), FALSE), labels_key))
   }
   adata <- as_anndata(x, assay.type = assay.type, features = features, metadata = args$columns,
                       reductions = FALSE)
