@@ -112,12 +112,32 @@ def _sample_scales(model, adata, cells: np.ndarray, batches, n_samples: int, gen
     )
 
 
+def estimate_pseudocounts(s1: np.ndarray, s2: np.ndarray, raw_mean1: np.ndarray,
+                          raw_mean2: np.ndarray, threshold_counts: float = 0.01,
+                          quantile: float = 0.9) -> float:
+    """The offset added to normalized expression before the log in ``"change"`` mode.
+
+    Genes that a group barely expresses (mean raw count below ``threshold_counts``) still get
+    some normalized expression from the model; the ``quantile`` of their largest sampled
+    value is that group's "expression of nothing". The larger of the two groups' levels,
+    divided by the number of genes, is the offset (at least 1e-10): it shrinks the fold
+    changes of genes neither group expresses towards zero. This is scvi-tools' default.
+    """
+    levels = []
+    for samples, raw_mean in ((s1, raw_mean1), (s2, raw_mean2)):
+        silent = raw_mean < threshold_counts
+        levels.append(float(np.quantile(samples[:, silent].max(0), quantile)) if silent.any() else 1e-10)
+    return max(1e-10, max(levels) / s1.shape[1])
+
+
 def _pair_statistics(s1: np.ndarray, s2: np.ndarray, mode: str, delta: float, pseudocounts: float,
-                     m_permutation: int | None, generator: torch.Generator) -> dict:
+                     m_permutation: int | None, generator: torch.Generator, test_mode: str = "three") -> dict:
     """Per-gene statistics over cross-group pairs, in gene chunks (bounded memory).
 
     The samples of the two groups (cells drawn at random) are paired one to one, or, with
-    ``m_permutation``, that many random pairs are drawn.
+    ``m_permutation``, that many random pairs are drawn. In ``"change"`` mode the evidence
+    uses ``pseudocounts`` and the LFC summaries a thousandth of it (closer to the plain fold
+    change, as scvi-tools reports them).
     """
     t1, t2 = torch.from_numpy(s1), torch.from_numpy(s2)
     pairs = None
@@ -130,15 +150,22 @@ def _pair_statistics(s1: np.ndarray, s2: np.ndarray, mode: str, delta: float, ps
         x2 = t2[:, start:start + _GENE_CHUNK]
         if pairs is not None:
             x1, x2 = x1[pairs[0]], x2[pairs[1]]
-        offset = pseudocounts + _EPS
-        lfc = torch.add(x1, offset).log2_().sub_(torch.add(x2, offset).log2_())
+        def log_ratio(offset):
+            return torch.add(x1, offset).log2_().sub_(torch.add(x2, offset).log2_())
+
+        stats = {}
+        if mode == "change":
+            lfc = log_ratio(pseudocounts + _EPS)
+            up = (lfc >= delta).mean(0, dtype=torch.float64)
+            down = (lfc < -delta).mean(0, dtype=torch.float64)
+            stats["proba_de"] = torch.maximum(up, down) if test_mode == "three" else up + down
+            lfc = log_ratio(1e-3 * pseudocounts + _EPS)
+        else:
+            lfc = log_ratio(pseudocounts + _EPS)
         std, mean = torch.std_mean(lfc, 0)
         lo, hi = torch.aminmax(lfc, dim=0)
-        stats = {"lfc_mean": mean, "lfc_median": lfc.median(0).values, "lfc_std": std,
-                 "lfc_min": lo, "lfc_max": hi}
-        if mode == "change":
-            stats["proba_de"] = (lfc.abs_() >= delta).mean(0, dtype=torch.float64)
-        else:
+        stats.update(lfc_mean=mean, lfc_median=lfc.median(0).values, lfc_std=std, lfc_min=lo, lfc_max=hi)
+        if mode != "change":
             stats["proba_m1"] = (x1 > x2).mean(0, dtype=torch.float64)
             stats["proba_m2"] = (x1 < x2).mean(0, dtype=torch.float64)
         for k, v in stats.items():
@@ -176,7 +203,8 @@ def differential_expression(
     batchid2: Sequence[str] | None = None,
     n_samples: int = 5000,
     m_permutation: int | None = None,
-    pseudocounts: float = 0.0,
+    pseudocounts: float | None = None,
+    test_mode: str = "three",
     gene_list: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Bayesian differential expression between groups of cells.
@@ -199,8 +227,9 @@ def differential_expression(
         Instead of ``groupby``: integer indices or boolean masks of the two groups
         (``idx2`` default: all other cells).
     mode
-        ``"vanilla"``: evidence P(rho1 > rho2) (``proba_m1``); ``"change"``: evidence
-        P(|LFC| >= ``delta``) (``proba_de``) with genes called at ``fdr_target``.
+        ``"vanilla"``: evidence P(rho1 > rho2) (``proba_m1``); ``"change"``: evidence that
+        the LFC exceeds ``delta`` in size (``proba_de``, see ``test_mode``), with genes
+        called at ``fdr_target``.
     delta
         LFC threshold of ``"change"`` mode.
     fdr_target
@@ -214,7 +243,12 @@ def differential_expression(
         Cells sampled per group; random cross-group pairs for the LFC distribution
         (``None``: the ``n_samples`` draws paired one to one, as scvi-tools does by default).
     pseudocounts
-        Added to the normalized expression before the log.
+        Added to the normalized expression before the log. ``None`` (change mode):
+        estimated from the expression the model gives to genes a group does not express
+        (see :func:`estimate_pseudocounts`); vanilla mode then uses 0.
+    test_mode
+        ``"three"``: ``proba_de`` = max(P(LFC >= delta), P(LFC < -delta)) (scvi-tools'
+        default); ``"two"``: P(|LFC| >= delta).
     gene_list
         Genes to test (default: all).
 
@@ -236,6 +270,10 @@ def differential_expression(
         raise ValueError(f"mode must be 'vanilla' or 'change', got {mode!r}")
     if mode == "change" and (delta is None or not float(delta) > 0):
         raise ValueError(f"delta must be a positive log2 fold change threshold, got {delta!r}")
+    if test_mode not in ("two", "three"):
+        raise ValueError(f"test_mode must be 'two' or 'three', got {test_mode!r}")
+    if pseudocounts is not None and not (np.isfinite(pseudocounts) and pseudocounts >= 0):
+        raise ValueError(f"pseudocounts must be a non-negative number or None, got {pseudocounts!r}")
     if not 0 < fdr_target < 1:
         raise ValueError(f"fdr_target must be in (0, 1), got {fdr_target}")
     n_samples = as_count(n_samples, "n_samples")
@@ -262,7 +300,12 @@ def differential_expression(
     for name1, name2, i1, i2 in comparisons:
         s1 = _sample_scales(model, adata, i1, batches1, n_samples, gene_list, rng)
         s2 = _sample_scales(model, adata, i2, batches2, n_samples, gene_list, rng)
-        stats = _pair_statistics(s1, s2, mode, delta, pseudocounts, m_permutation, generator)
+        raw = {suffix: _raw_statistics(X, idx, genes) for suffix, idx in (("1", i1), ("2", i2))}
+        offset = pseudocounts
+        if offset is None:
+            offset = (estimate_pseudocounts(s1, s2, raw["1"]["raw_mean"], raw["2"]["raw_mean"])
+                      if mode == "change" else 0.0)
+        stats = _pair_statistics(s1, s2, mode, delta, offset, m_permutation, generator, test_mode)
         frame = pd.DataFrame(index=pd.Index(gene_names, name="gene"))
         if mode == "change":
             frame["proba_de"] = stats.pop("proba_de")
@@ -275,12 +318,12 @@ def differential_expression(
         frame["bayes_factor"] = np.log(p + _EPS) - np.log(q + _EPS)
         frame["scale1"] = s1.mean(0)
         frame["scale2"] = s2.mean(0)
-        frame["pseudocounts"] = pseudocounts
+        frame["pseudocounts"] = offset
         frame["delta"] = delta if mode == "change" else np.nan
         for k, v in stats.items():
             frame[k] = v
-        for suffix, idx in (("1", i1), ("2", i2)):
-            for k, v in _raw_statistics(X, idx, genes).items():
+        for suffix, values in raw.items():
+            for k, v in values.items():
                 frame[k + suffix] = v
         if mode == "change":
             frame[f"is_de_fdr_{fdr_target}"] = fdr_calls(frame["proba_de"].to_numpy(), fdr_target)
