@@ -100,11 +100,11 @@ def test_batch_corrected_markers_on_kang():
     model = cellvi.SCVI(adata)
     model.train(max_epochs=8)
     symbols = adata.var["feature"].astype(str)
-    de = model.differential_expression(groupby="cluster_id", batch_correction=True, n_samples=400,
-                                       m_permutation=2000, mode="change")
+    de = model.differential_expression(groupby="cluster_id", batch_correction=True, n_samples=2000,
+                                       mode="change")
     de["symbol"] = symbols.reindex(de.index).to_numpy()
 
-    def top(group, n=30):
+    def top(group, n=50):  # of 1,287 genes; many monocyte genes share P(DE) near 1
         return set(de[de["group1"] == group].head(n)["symbol"])
 
     groups = set(de["group1"])
