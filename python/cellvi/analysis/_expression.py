@@ -7,7 +7,7 @@ expression ``"scale"`` (sums to one over genes) and the count distribution ``"di
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,9 @@ import torch
 from .. import _constants as C
 from ..train import as_count
 from ._differential import differential_expression
+
+# Entries of a minibatch that hold the counts; the decoder needs only the others.
+_COUNT_KEYS = (C.X_KEY, C.X_NZ_INDEX_KEY, C.X_NZ_VALUE_KEY)
 
 
 class ExpressionMixin:
@@ -40,6 +43,33 @@ class ExpressionMixin:
 
     def _infer(self, tensors: dict, n_samples: int) -> dict:
         return self.module.inference(**self.module.inference_inputs(tensors), n_samples=n_samples)
+
+    def _posterior(self, adata, indices, n_samples: int, batch_size: int | None
+                   ) -> Iterator[tuple[np.ndarray, dict, dict]]:
+        """(output rows, per-cell tensors, posterior samples) in chunks of the chosen cells.
+
+        Each distinct cell is encoded once, however often ``indices`` lists it (differential
+        expression draws cells with replacement); every listing gets its own latent sample.
+        The generative tensors hold the per-cell covariates only (not the counts).
+        """
+        idx = self._indices(self._anndata(adata).n_obs, indices)
+        unique, inverse = np.unique(idx, return_inverse=True)
+        by_cell = np.argsort(inverse, kind="stable")  # output rows grouped by distinct cell
+        ends = np.cumsum(np.bincount(inverse, minlength=len(unique)))
+        chunk = as_count(batch_size, "batch_size") if batch_size is not None else 1024
+        done = 0  # distinct cells handled so far
+        for tensors in self._minibatches(adata, unique, batch_size):
+            n = tensors[C.X_KEY].shape[0]
+            inf = self._infer(tensors, 1)
+            covariates = {k: v for k, v in tensors.items() if k not in _COUNT_KEYS}
+            first, last = (ends[done - 1] if done else 0), ends[done + n - 1]
+            rows = by_cell[first:last]
+            local = torch.as_tensor(inverse[rows] - done, device=inf["qz_mean"].device)
+            for start in range(0, len(rows), chunk):
+                part = local[start:start + chunk]
+                yield (rows[start:start + chunk], {k: v[part] for k, v in covariates.items()},
+                       self.module.resample_inference(inf, part, n_samples))
+            done += n
 
     def _generate(self, tensors: dict, inference_out: dict, transform_batch: int | None = None,
                   likelihood: bool = True) -> dict:
@@ -96,9 +126,8 @@ class ExpressionMixin:
         n_genes = self.registry.n_vars if genes is None else len(genes)
         shape = (n_cells, n_genes) if n_samples == 1 or return_mean else (n_samples, n_cells, n_genes)
         out = np.empty(shape, dtype=np.float32)  # filled chunk by chunk: no concatenation
-        start = 0
-        for tensors in self._minibatches(adata, indices, batch_size):
-            inf = self._infer(tensors, n_samples)  # the same latent sample for every batch
+        for rows, tensors, inf in self._posterior(adata, indices, n_samples, batch_size):
+            # The same latent sample is decoded in every batch of transform_batch.
             total = None
             for b in batches:
                 gen = self._generate(tensors, inf, b, likelihood=use_latent)
@@ -111,9 +140,7 @@ class ExpressionMixin:
                 total = total * float(library_size)
             if n_samples > 1 and return_mean:
                 total = total.mean(0)
-            stop = start + tensors[C.X_KEY].shape[0]
-            out[..., start:stop, :] = total.cpu().numpy()
-            start = stop
+            out[..., rows, :] = total.cpu().numpy()
         if return_numpy or (return_numpy is None and out.ndim == 3):
             return out
         if out.ndim == 3:

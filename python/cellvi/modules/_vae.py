@@ -167,6 +167,23 @@ class VAE(BaseModule):
                        library=_rsample(ql_mean, ql_var, sample_shape))
         return out
 
+    def resample_inference(self, inference_out: dict, rows: torch.Tensor, n_samples: int = 1) -> dict:
+        """The posterior of cells ``rows`` (positions in ``inference_out``, which holds one
+        sample per cell) with fresh samples: a cell listed several times gets independent
+        draws without being encoded again."""
+        qz_mean, qz_var = inference_out["qz_mean"][rows], inference_out["qz_var"][rows]
+        sample_shape = (n_samples,) if n_samples > 1 else ()
+        untran_z = _rsample(qz_mean, qz_var, sample_shape)
+        out = {"qz_mean": qz_mean, "qz_var": qz_var, "untran_z": untran_z,
+               "z": self.z_encoder.z_transform(untran_z)}
+        if self.use_observed_lib_size:
+            library = inference_out["library"][rows]
+            out["library"] = library.expand(*sample_shape, *library.shape)
+        else:
+            ql_mean, ql_var = inference_out["ql_mean"][rows], inference_out["ql_var"][rows]
+            out.update(ql_mean=ql_mean, ql_var=ql_var, library=_rsample(ql_mean, ql_var, sample_shape))
+        return out
+
     def generative(self, z, library, batch, cat_covs=(), cont_covs=None, labels=None,
                    likelihood: bool = True) -> dict:
         """Likelihood parameters; ``likelihood=False`` returns only ``"scale"`` (cheaper: the
