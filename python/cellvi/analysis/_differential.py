@@ -137,7 +137,7 @@ def _pair_statistics(s1: np.ndarray, s2: np.ndarray, mode: str, delta: float, ps
     The samples of the two groups (cells drawn at random) are paired one to one, or, with
     ``m_permutation``, that many random pairs are drawn. In ``"change"`` mode the evidence
     uses ``pseudocounts`` and the LFC summaries a thousandth of it (closer to the plain fold
-    change, as scvi-tools reports them).
+    change, as scvi-tools reports them). A zero offset becomes 1e-8, so that no log is -inf.
     """
     t1, t2 = torch.from_numpy(s1), torch.from_numpy(s2)
     pairs = None
@@ -155,13 +155,13 @@ def _pair_statistics(s1: np.ndarray, s2: np.ndarray, mode: str, delta: float, ps
 
         stats = {}
         if mode == "change":
-            lfc = log_ratio(pseudocounts + _EPS)
+            lfc = log_ratio(pseudocounts or _EPS)
             up = (lfc >= delta).mean(0, dtype=torch.float64)
             down = (lfc < -delta).mean(0, dtype=torch.float64)
             stats["proba_de"] = torch.maximum(up, down) if test_mode == "three" else up + down
-            lfc = log_ratio(1e-3 * pseudocounts + _EPS)
+            lfc = log_ratio(1e-3 * pseudocounts or _EPS)
         else:
-            lfc = log_ratio(pseudocounts + _EPS)
+            lfc = log_ratio(pseudocounts or _EPS)
         std, mean = torch.std_mean(lfc, 0)
         lo, hi = torch.aminmax(lfc, dim=0)
         stats.update(lfc_mean=mean, lfc_median=lfc.median(0).values, lfc_std=std, lfc_min=lo, lfc_max=hi)

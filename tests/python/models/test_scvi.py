@@ -141,6 +141,16 @@ def test_queries_shapes_and_new_data(sim_trained):
     assert model.get_reconstruction_error(indices=idx) > 0
 
 
+def test_repeated_cells_get_independent_samples_in_their_rows(sim_trained):
+    _, model = sim_trained
+    cellvi.settings.seed = 0
+    once = model.get_normalized_expression(indices=[1, 3], n_samples=300, return_numpy=True)
+    repeated = model.get_normalized_expression(indices=[3, 1, 3], n_samples=300, return_numpy=True)
+    np.testing.assert_allclose(repeated[[1, 0, 2]], once[[0, 1, 1]], rtol=0.1, atol=1e-4)
+    single = model.get_normalized_expression(indices=[3, 3], return_numpy=True)
+    assert not np.array_equal(single[0], single[1])  # two posterior draws, not one copied
+
+
 def test_query_with_unknown_batch_is_refused(sim_trained):
     adata, model = sim_trained
     other = adata[:20].copy()
