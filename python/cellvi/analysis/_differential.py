@@ -17,6 +17,7 @@ import torch
 
 from .. import _constants as C
 from .._settings import settings
+from ..data import cell_indices
 from ..train import as_count, seeded_generator
 
 _EPS = 1e-8
@@ -24,18 +25,10 @@ _GENE_CHUNK = 512
 
 
 def _group_indices(n_obs: int, idx, name: str) -> np.ndarray:
-    idx = np.asarray(idx)
-    if idx.dtype == bool:
-        if idx.shape != (n_obs,):
-            raise ValueError(f"{name} as a boolean mask must have length {n_obs}, got {idx.shape[0]}")
-        idx = np.flatnonzero(idx)
-    elif not np.issubdtype(idx.dtype, np.integer):
-        raise TypeError(f"{name} must be integer indices or a boolean mask, got dtype {idx.dtype}")
+    idx = np.unique(cell_indices(n_obs, idx, name))
     if idx.size == 0:
         raise ValueError(f"{name} selects no cells")
-    if idx.min() < 0 or idx.max() >= n_obs:
-        raise IndexError(f"{name} has indices outside 0..{n_obs - 1}")
-    return np.unique(idx)
+    return idx
 
 
 def _comparisons(adata, groupby, group1, group2, idx1, idx2) -> list[tuple[str, str, np.ndarray, np.ndarray]]:

@@ -1,5 +1,5 @@
 """The data registry (``setup_anndata``) and the minibatch data path."""
-from ._loader import DeviceData, cycle_minibatches, split_minibatches
+from ._loader import DeviceData, cell_indices, cycle_minibatches, split_minibatches
 from ._registry import AnnTensors, Registry
 
-__all__ = ["AnnTensors", "DeviceData", "Registry", "cycle_minibatches", "split_minibatches"]
+__all__ = ["AnnTensors", "DeviceData", "cell_indices", "Registry", "cycle_minibatches", "split_minibatches"]

@@ -98,6 +98,25 @@ class DeviceData:
             yield self.minibatch(idx)
 
 
+def cell_indices(n_obs: int, indices, name: str = "indices") -> np.ndarray:
+    """Integer positions of the chosen cells: all (``None``), integers (negative ones count
+    from the end, as in numpy) or a boolean mask of length ``n_obs``."""
+    if indices is None:
+        return np.arange(n_obs)
+    indices = np.asarray(indices)
+    if indices.dtype == bool:
+        if indices.shape != (n_obs,):
+            raise ValueError(f"{name} as a boolean mask must have length {n_obs}, got {indices.shape}")
+        return np.flatnonzero(indices)
+    if indices.size == 0:
+        return indices.astype(np.int64)
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise TypeError(f"{name} must be integers or a boolean mask, got dtype {indices.dtype}")
+    if indices.min() < -n_obs or indices.max() >= n_obs:
+        raise IndexError(f"{name} out of range for {n_obs} cells")
+    return np.where(indices < 0, indices + n_obs, indices)
+
+
 def split_minibatches(
     indices, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
 ) -> list[torch.Tensor]:

@@ -17,7 +17,7 @@ import torch
 
 from .. import _constants as C
 from .._settings import settings
-from ..data import AnnTensors, DeviceData, Registry
+from ..data import AnnTensors, DeviceData, Registry, cell_indices
 from ..data._registry import recall_setup, remember_setup
 from ..modules import BaseModule
 from ..train import Trainer, as_count, resolve_device, split_indices
@@ -161,18 +161,7 @@ class BaseModel:
 
     @staticmethod
     def _indices(n_obs: int, indices) -> np.ndarray:
-        if indices is None:
-            return np.arange(n_obs)
-        indices = np.asarray(indices)
-        if indices.dtype == bool:
-            if indices.shape != (n_obs,):
-                raise ValueError(f"a boolean indices mask must have length {n_obs}, got {indices.shape}")
-            return np.flatnonzero(indices)
-        if not np.issubdtype(indices.dtype, np.integer):
-            raise TypeError(f"indices must be integers or a boolean mask, got dtype {indices.dtype}")
-        if indices.size and (indices.min() < -n_obs or indices.max() >= n_obs):
-            raise IndexError(f"indices out of range for {n_obs} cells")
-        return np.where(indices < 0, indices + n_obs, indices)
+        return cell_indices(n_obs, indices)
 
     def _minibatches(self, adata=None, indices=None, batch_size: int | None = None
                      ) -> Iterator[dict[str, torch.Tensor]]:

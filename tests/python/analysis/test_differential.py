@@ -77,6 +77,9 @@ def test_one_vs_rest_vanilla_and_masks(stim_model):
          "unknown batch category"),
         (dict(groupby="condition", group1="stim", mode="fast"), ValueError, "mode must be"),
         (dict(), ValueError, "pass groupby"),
+        (dict(idx1=[0, 10**6]), IndexError, "out of range"),
+        (dict(groupby="condition", group1="stim", mode="change", test_mode="four"), ValueError, "test_mode"),
+        (dict(groupby="condition", group1="stim", pseudocounts=-1.0), ValueError, "pseudocounts"),
     ],
 )
 def test_bad_requests_are_refused(stim_model, kwargs, error, message):

@@ -1,5 +1,6 @@
 """The minibatch data path: exact densification, non-zeros, and the one-cell trap."""
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -35,3 +36,17 @@ def test_single_cell_last_minibatch_is_merged():
     assert [len(c) for c in chunks] == [128, 128, 2]
     assert sorted(torch.cat(chunks).tolist()) == list(range(258))
     assert [len(c) for c in split_minibatches(np.arange(1), 128)] == [1]
+
+
+def test_cell_indices_accepts_none_integers_negatives_and_masks():
+    from cellvi.data import cell_indices
+
+    np.testing.assert_array_equal(cell_indices(4, None), [0, 1, 2, 3])
+    np.testing.assert_array_equal(cell_indices(4, [3, -1, 0]), [3, 3, 0])
+    np.testing.assert_array_equal(cell_indices(4, np.array([True, False, True, False])), [0, 2])
+    with pytest.raises(ValueError, match="length 4"):
+        cell_indices(4, [True, False])
+    with pytest.raises(IndexError, match="out of range"):
+        cell_indices(4, [4])
+    with pytest.raises(TypeError, match="integers or a boolean mask"):
+        cell_indices(4, [0.5])
