@@ -98,7 +98,10 @@
 #'   `unlabeled_category` there.
 #' @param unlabeled_category The label of unannotated cells.
 #' @param scvi_reduction A reduction made by [RunSCVI()] on the same object: scANVI starts
-#'   from that model (the usual workflow; it then needs few epochs). `NULL` trains from scratch.
+#'   from that model (the usual workflow; it then needs few epochs), with its genes, batch,
+#'   covariates and network sizes (`assay`, `features`, `batch_key`, the covariate keys,
+#'   `n_latent`, `n_hidden`, `n_layers`, `dropout_rate`, `gene_likelihood`, `dispersion` and
+#'   `model_kwargs` are then the scVI model's). `NULL` trains from scratch.
 #' @param classification_ratio Weight of the labelled cells' classification loss.
 #' @param probabilities Also store every label's probability.
 #' @inheritParams RunSCVI
@@ -150,7 +153,8 @@ RunSCANVI <- function(object, labels_key, unlabeled_category = "Unknown", batch_
 #' `probabilities = TRUE`, the matrix column `prediction.score.<labels_key>`).
 #'
 #' @param x A SingleCellExperiment with raw counts.
-#' @param scvi_dimred A reducedDim made by [runSCVI()] on `x`: scANVI starts from that model.
+#' @param scvi_dimred A reducedDim made by [runSCVI()] on `x`: scANVI starts from that model,
+#'   with its genes, covariates and network settings (as `scvi_reduction` of [RunSCANVI()]).
 #' @inheritParams RunSCANVI
 #' @inheritParams runSCVI
 #' @return `x` with the reducedDim and the prediction columns added.

@@ -108,4 +108,16 @@ test_that("MapQuerySCVI maps a Seurat and an SCE query onto references from R an
   expect_equal(dim(SingleCellExperiment::reducedDim(sce, "scVI")), c(ncol(query), 4L))
   expect_false("predicted.labels" %in% colnames(SummarizedExperiment::colData(sce)))
   expect_equal(S4Vectors::metadata(sce)$cellvi$scVI$reference_dir, normalizePath(py_dir))
+
+  # A SingleCellExperiment reference on which runSCANVI ran: its labels are transferred.
+  expect_warning(
+    sce_reference <- runSCANVI(Seurat::as.SingleCellExperiment(reference), labels_key = "labels",
+                               batch_key = "groups", max_epochs = 5, seed = 0, verbose = FALSE),
+    "fully supervised")
+  mapped_sce <- MapQuerySCVI(Seurat::as.SingleCellExperiment(query), sce_reference,
+                             max_epochs = 2, seed = 0, verbose = FALSE)
+  expect_equal(dim(SingleCellExperiment::reducedDim(mapped_sce, "scANVI")), c(ncol(query), 10L))
+  expect_s3_class(mapped_sce$predicted.labels, "factor")
+  expect_error(MapQuerySCVI(query, sce_reference, reference.reduction = "UMAP", verbose = FALSE),
+               "no cellvi model found")
 })
