@@ -66,6 +66,23 @@ class SCANVAE(VAE):
         inf = self.inference(**self.inference_inputs(tensors))
         return self.classifier(self.z_encoder.z_transform(inf["qz_mean"]))
 
+    def log_prior_z(self, untran_z: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """An unbiased importance estimate of p(z1) (its log): p(z1) = sum over y of
+        p(y) E_q(z2|z1,y)[p(z1 | z2, y) p(z2) / q(z2 | z1, y)], one z2 draw per label."""
+        lead, n_latent, n_labels = z.shape[:-1], z.shape[-1], self.n_labels
+        z1 = z.reshape(-1, n_latent)
+        n = z1.shape[0]
+        ys = torch.arange(n_labels, device=z.device).repeat_interleave(n)
+        z1s = z1.repeat(n_labels, 1)
+        qz2_mean, qz2_var = self.z2_encoder(z1s, [ys])
+        z2 = _rsample(qz2_mean, qz2_var)
+        pz1_mean, pz1_var = self.z1_decoder(z2, [ys])
+        log_w = (_normal(pz1_mean, pz1_var).log_prob(z1s).sum(-1)
+                 + _normal(torch.zeros_like(z2), torch.ones_like(z2)).log_prob(z2).sum(-1)
+                 - _normal(qz2_mean, qz2_var).log_prob(z2).sum(-1))
+        log_p = torch.logsumexp(log_w.view(n_labels, n), dim=0) - math.log(n_labels)
+        return log_p.reshape(lead)
+
     def loss(self, tensors, inference_out, generative_out, kl_weight: float = 1.0,
              labelled_tensors: dict | None = None) -> LossOutput:
         reconstruction = self._reconstruction(tensors, generative_out)

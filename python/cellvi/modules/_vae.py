@@ -247,19 +247,22 @@ class VAE(BaseModule):
         loss = torch.mean(reconstruction + kl_weight * kl_z + kl_l)
         return LossOutput(loss, reconstruction, kl_z + kl_l)
 
+    def log_prior_z(self, untran_z: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) summed over latent dimensions: the standard normal prior."""
+        return _normal(torch.zeros_like(untran_z), torch.ones_like(untran_z)).log_prob(untran_z).sum(-1)
+
     @torch.no_grad()
     def marginal_ll(self, tensors: dict, n_mc_samples: int = 1000, chunk: int = 100) -> torch.Tensor:
         """Importance-sampled log p(x) per cell, with q(z|x) (and q(l|x)) as the proposal."""
         inf = self.inference(**self.inference_inputs(tensors))
         qz = _normal(inf["qz_mean"], inf["qz_var"])
-        prior_z = _normal(torch.zeros_like(inf["qz_mean"]), torch.ones_like(inf["qz_var"]))
         x = tensors[C.X_KEY]
         log_w = []
         for start in range(0, n_mc_samples, chunk):
             k = min(chunk, n_mc_samples - start)
             z = qz.sample((k,))
             sample = {"z": self.z_encoder.z_transform(z)}
-            lw = (prior_z.log_prob(z) - qz.log_prob(z)).sum(-1)
+            lw = self.log_prior_z(z, sample["z"]) - qz.log_prob(z).sum(-1)
             if self.use_observed_lib_size:
                 sample["library"] = inf["library"].expand(k, *inf["library"].shape)
             else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import cellvi
 from conftest import shared_data
@@ -136,3 +137,16 @@ def test_kang_labels_recovered_from_ten_percent():
     accuracy = (model.predict()[hidden] == truth[hidden]).mean()
     chance = pd.Series(truth[hidden]).value_counts(normalize=True).max()  # always the commonest type
     assert chance < 0.45 and accuracy > 0.85
+
+
+def test_marginal_ll_uses_the_hierarchical_prior(sim_scanvi):
+    adata, _, model = sim_scanvi
+    cellvi.settings.seed = 0
+    ll = model.get_marginal_ll(indices=np.arange(40), n_mc_samples=100, return_mean=False)
+    elbo = model.get_elbo(indices=np.arange(40), return_mean=False)
+    assert np.isfinite(ll).all() and (ll < 0).all()
+    assert ll.mean() > elbo.mean() - 1.0  # log p(x) is bounded below by the ELBO (up to noise)
+    # The estimate of log p(z1) is not the standard normal's.
+    z = torch.randn(7, 5)
+    module = model.module
+    assert not torch.allclose(module.log_prior_z(z, z), cellvi.modules.VAE.log_prior_z(module, z, z))
