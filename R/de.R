@@ -31,8 +31,9 @@
 #' Bayesian differential expression from the scVI model stored by [RunSCVI()] or
 #' [RunLinearSCVI()], between the cells of `ident.1` and `ident.2` (default: all other
 #' cells). Like [Seurat::FindMarkers()], the result has one row per gene with `avg_log2FC`,
-#' `pct.1` and `pct.2`; instead of p-values it has the model's evidence: `proba_de` (posterior
-#' probability that |log2 fold change| >= `delta`), `bayes_factor` (its log odds), `lfc_std`
+#' `pct.1` and `pct.2`; instead of p-values it has the model's evidence: `proba_de` (the
+#' larger of the posterior probabilities that the log2 fold change is >= `delta` or
+#' < -`delta`, as scvi-tools computes it), `bayes_factor` (its log odds), `lfc_std`
 #' and the other posterior LFC summaries, and `is_de_fdr` (called DE at posterior expected
 #' FDR `fdr_target`). Rows are sorted by evidence.
 #'
@@ -42,7 +43,7 @@
 #' @param group.by Metadata column defining the groups (default: the identities, `Idents()`).
 #' @param reduction The reduction whose model to use.
 #' @param features Genes to test (default: all genes of the model).
-#' @param mode `"change"` (evidence P(|LFC| >= delta), with FDR calls) or `"vanilla"`
+#' @param mode `"change"` (evidence that |LFC| exceeds `delta`, with FDR calls) or `"vanilla"`
 #'   (evidence P(expression 1 > expression 2): columns `proba_m1`, `proba_m2`).
 #' @param delta LFC threshold of `"change"` mode.
 #' @param fdr_target Target posterior expected false discovery rate.
