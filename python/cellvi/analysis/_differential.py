@@ -119,7 +119,7 @@ def estimate_pseudocounts(s1: np.ndarray, s2: np.ndarray, raw_mean1: np.ndarray,
     levels = []
     for samples, raw_mean in ((s1, raw_mean1), (s2, raw_mean2)):
         silent = raw_mean < threshold_counts
-        levels.append(float(np.quantile(samples[:, silent].max(0), quantile)) if silent.any() else 1e-10)
+        levels.append(float(np.quantile(samples.max(0)[silent], quantile)) if silent.any() else 1e-10)
     return max(1e-10, max(levels) / s1.shape[1])
 
 
@@ -290,8 +290,12 @@ def differential_expression(
     rng = np.random.default_rng(settings.seed)
     generator = seeded_generator(3)
 
+    from tqdm.auto import tqdm  # imported here: `import cellvi` stays light
+
     frames = []
-    for name1, name2, i1, i2 in comparisons:
+    # A bar for one-vs-rest over many groups; one comparison takes seconds and shows none.
+    for name1, name2, i1, i2 in tqdm(comparisons, desc="Differential expression", unit="comparison",
+                                     disable=not settings.progress_bar or len(comparisons) == 1):
         s1 = _sample_scales(model, adata, i1, batches1, n_samples, gene_list, rng)
         s2 = _sample_scales(model, adata, i2, batches2, n_samples, gene_list, rng)
         raw = {suffix: _raw_statistics(X, idx, genes) for suffix, idx in (("1", i1), ("2", i2))}
