@@ -66,42 +66,45 @@ class SCANVAE(VAE):
         inf = self.inference(**self.inference_inputs(tensors))
         return self.classifier(self.z_encoder.z_transform(inf["qz_mean"]))
 
-    def log_prior_z(self, untran_z: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """An unbiased importance estimate of p(z1) (its log): p(z1) = sum over y of
-        p(y) E_q(z2|z1,y)[p(z1 | z2, y) p(z2) / q(z2 | z1, y)], one z2 draw per label."""
-        lead, n_latent, n_labels = z.shape[:-1], z.shape[-1], self.n_labels
-        z1 = z.reshape(-1, n_latent)
-        n = z1.shape[0]
-        ys = torch.arange(n_labels, device=z.device).repeat_interleave(n)
-        z1s = z1.repeat(n_labels, 1)
-        qz2_mean, qz2_var = self.z2_encoder(z1s, [ys])
-        z2 = _rsample(qz2_mean, qz2_var)
-        pz1_mean, pz1_var = self.z1_decoder(z2, [ys])
-        log_w = (_normal(pz1_mean, pz1_var).log_prob(z1s).sum(-1)
-                 + _normal(torch.zeros_like(z2), torch.ones_like(z2)).log_prob(z2).sum(-1)
-                 - _normal(qz2_mean, qz2_var).log_prob(z2).sum(-1))
-        log_p = torch.logsumexp(log_w.view(n_labels, n), dim=0) - math.log(n_labels)
-        return log_p.reshape(lead)
-
-    def loss(self, tensors, inference_out, generative_out, kl_weight: float = 1.0,
-             labelled_tensors: dict | None = None) -> LossOutput:
-        reconstruction = self._reconstruction(tensors, generative_out)
-        z1 = inference_out["z"]
+    def _through_every_label(self, z1: torch.Tensor) -> dict:
+        """Each cell's z1 under every label y: q(z2 | z1, y), one draw z2 from it, and
+        p(z1 | z2, y). Per-pair values come out as (labels, cells)."""
         n_cells, n_labels = z1.shape[0], self.n_labels
-        # log q(z1 | x) of the sample, minus E_q(y|z1)[log p(z1 | z2, y)], plus
-        # E_q(y|z1)[KL(q(z2 | z1, y) || p(z2))] + KL(q(y | z1) || p(y)).
-        log_qz1 = _normal(inference_out["qz_mean"], inference_out["qz_var"]).log_prob(
-            inference_out["untran_z"]).sum(-1)
         ys = torch.arange(n_labels, device=z1.device).repeat_interleave(n_cells)
         z1s = z1.repeat(n_labels, 1)
         qz2_mean, qz2_var = self.z2_encoder(z1s, [ys])
         z2 = _rsample(qz2_mean, qz2_var)
         pz1_mean, pz1_var = self.z1_decoder(z2, [ys])
-        log_pz1 = _normal(pz1_mean, pz1_var).log_prob(z1s).sum(-1).view(n_labels, n_cells).T
-        kl_z2 = (0.5 * (qz2_var + qz2_mean.square() - 1 - torch.log(qz2_var))).sum(-1).view(n_labels, n_cells).T
+
+        def per_pair(values: torch.Tensor) -> torch.Tensor:
+            return values.sum(-1).view(n_labels, n_cells)
+
+        return {"log_pz1": per_pair(_normal(pz1_mean, pz1_var).log_prob(z1s)),
+                "log_pz2": per_pair(_normal(torch.zeros_like(z2), torch.ones_like(z2)).log_prob(z2)),
+                "log_qz2": per_pair(_normal(qz2_mean, qz2_var).log_prob(z2)),
+                # Closed-form KL(q(z2 | z1, y) || N(0, I)).
+                "kl_z2": per_pair(0.5 * (qz2_var + qz2_mean.square() - 1 - torch.log(qz2_var)))}
+
+    def log_prior_z(self, untran_z: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """An unbiased importance estimate of p(z1) (its log): p(z1) = sum over y of
+        p(y) E_q(z2|z1,y)[p(z1 | z2, y) p(z2) / q(z2 | z1, y)], one z2 draw per label."""
+        terms = self._through_every_label(z.reshape(-1, z.shape[-1]))
+        log_w = terms["log_pz1"] + terms["log_pz2"] - terms["log_qz2"]
+        return (torch.logsumexp(log_w, dim=0) - math.log(self.n_labels)).reshape(z.shape[:-1])
+
+    def loss(self, tensors, inference_out, generative_out, kl_weight: float = 1.0,
+             labelled_tensors: dict | None = None) -> LossOutput:
+        reconstruction = self._reconstruction(tensors, generative_out)
+        z1 = inference_out["z"]
+        # log q(z1 | x) of the sample, minus E_q(y|z1)[log p(z1 | z2, y)], plus
+        # E_q(y|z1)[KL(q(z2 | z1, y) || p(z2))] + KL(q(y | z1) || p(y)).
+        log_qz1 = _normal(inference_out["qz_mean"], inference_out["qz_var"]).log_prob(
+            inference_out["untran_z"]).sum(-1)
+        terms = self._through_every_label(z1)
+        log_pz1, kl_z2 = terms["log_pz1"].T, terms["kl_z2"].T
         log_probs = F.log_softmax(self.classifier(z1), dim=-1)
         probs = log_probs.exp()
-        kl_y = (probs * (log_probs + math.log(n_labels))).sum(-1)
+        kl_y = (probs * (log_probs + math.log(self.n_labels))).sum(-1)
         reconstruction = reconstruction + log_qz1 - (probs * log_pz1).sum(-1)
         kl_local = (probs * kl_z2).sum(-1) + kl_y
         kl_l = self._kl_library(inference_out, tensors[C.BATCH_KEY])
