@@ -294,7 +294,7 @@ MapQuerySCVI <- function(query, reference_model, reference.reduction = NULL,
     }
     columns <- unique(c(setdiff(columns, setup$batch_key), batch_column))
   }
-  columns <- columns[columns %in% meta_names | columns == batch_column]
+  columns <- columns[columns %in% meta_names]  # a query need not carry the labels
   adata <- if (is_seurat) {
     as_anndata(query, assay = assay, metadata = if (length(columns)) columns else FALSE,
                reductions = FALSE)
@@ -309,13 +309,21 @@ MapQuerySCVI <- function(query, reference_model, reference.reduction = NULL,
   cells <- colnames(query)
   cls <- .core()[[model_class]]
   adata <- .py_call(cls$prepare_query_anndata(adata, reference))  # warns of missing genes
+  unfrozen <- .as_flag(unfrozen, "unfrozen")
+  # Without batches (or other categories) new to the reference there is nothing to learn:
+  # the query is encoded by the reference network as it is.
+  grows <- unfrozen || !is.null(setup$batch_key) ||
+    length(unlist(.py_value(reference$registry$categorical_covariate_keys))) > 0
+  if (!grows && verbose) {
+    message("The reference has no batch column: the query is encoded as it is, without training")
+  }
   build <- function(cv) {
     .py_call(cls$load_query_data(adata, reference,
                                  freeze_dropout = .as_flag(freeze_dropout, "freeze_dropout"),
-                                 unfrozen = .as_flag(unfrozen, "unfrozen")))
+                                 unfrozen = unfrozen))
   }
   fit <- .fit_model(adata, model_class, list(train_args = train_args), seed, model_dir, verbose,
-                    build = build)
+                    build = build, train = grows)
   fit$model_class <- model_class
   record <- .settings_record(fit, list(setup = setup, train_args = train_args))
   record$reference_dir <- reference_dir

@@ -73,8 +73,9 @@
 
 # Trains a model on an AnnData handle and saves it; returns the model, its directory and the
 # latent space (cells x n_latent, rownames = cells). The model is set up and built from `args`,
-# or made by `build(core)` (e.g. from another model).
-.fit_model <- function(adata, model_class, args, seed, model_dir, verbose, build = NULL) {
+# or made by `build(core)` (e.g. from another model); `train = FALSE` saves it untrained.
+.fit_model <- function(adata, model_class, args, seed, model_dir, verbose, build = NULL,
+                       train = TRUE) {
   cv <- .core()
   if (!is.null(seed)) cv$settings$seed <- .as_count(seed, "seed", minimum = 0L)
   cls <- cv[[model_class]]
@@ -84,9 +85,11 @@
   } else {
     build(cv)
   }
-  if (verbose) message("Training ", model_class, " on ", .py_value(adata$n_obs), " cells x ",
-                       .py_value(adata$n_vars), " genes")
-  .py_call(do.call(model$train, args$train_args))
+  if (verbose && train) {
+    message("Training ", model_class, " on ", .py_value(adata$n_obs), " cells x ",
+            .py_value(adata$n_vars), " genes")
+  }
+  if (train) .py_call(do.call(model$train, args$train_args))
   model_dir <- .or_default(model_dir, .new_model_dir(model_class))
   dir.create(dirname(model_dir), recursive = TRUE, showWarnings = FALSE)
   .py_call(model$save(model_dir, overwrite = TRUE))

@@ -121,3 +121,19 @@ test_that("MapQuerySCVI maps a Seurat and an SCE query onto references from R an
   expect_error(MapQuerySCVI(query, sce_reference, reference.reduction = "UMAP", verbose = FALSE),
                "no cellvi model found")
 })
+
+test_that("MapQuerySCVI onto a reference without batches encodes the query as it is", {
+  skip_if_no_core()
+  pbmc <- pbmc_with_labels(fraction = 1)
+  expect_warning(
+    reference <- RunSCANVI(pbmc[, pbmc$groups == "g1"], labels_key = "labels", max_epochs = 5,
+                           seed = 0, verbose = FALSE),
+    "fully supervised")
+  query <- pbmc[, pbmc$groups == "g2"]
+  expect_message(mapped <- MapQuerySCVI(query, reference, seed = 0), "without training")
+  model <- load_cellvi_model(SeuratObject::Misc(reference[["scanvi"]])$model_dir)
+  ad <- as_anndata(query, metadata = FALSE, reductions = FALSE)
+  expected <- reticulate::py_to_r(model$get_latent_representation(ad))
+  expect_equal(unname(SeuratObject::Embeddings(mapped[["scanvi"]])), expected, tolerance = 1e-6)
+  expect_s3_class(mapped$predicted.labels, "factor")
+})
