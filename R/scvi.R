@@ -68,7 +68,9 @@
 .new_model_dir <- function(model_class) {
   root <- file.path(tools::R_user_dir("cellvi", "data"), "models")
   stamp <- format(Sys.time(), "%Y%m%d-%H%M%S")
-  file.path(root, paste0(model_class, "-", stamp, "-", sprintf("%06d", sample.int(1e6, 1) - 1L)))
+  # tempfile() makes its suffix without R's random-number stream: a user's set.seed() before
+  # each verb neither repeats a directory (one model overwriting another) nor is disturbed.
+  tempfile(paste0(model_class, "-", stamp, "-"), tmpdir = root)
 }
 
 # Trains a model on an AnnData handle and saves it; returns the model, its directory and the

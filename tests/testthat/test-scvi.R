@@ -94,3 +94,15 @@ test_that("runSCVI and normalizeSCVI on a SingleCellExperiment (kang)", {
                         model_dir = file.path(tempdir(), "kang_ldvae"))
   expect_equal(dim(attr(SingleCellExperiment::reducedDim(sce2, "LDVAE"), "rotation")), c(nrow(sce), 3L))
 })
+
+test_that("default model directories neither repeat under set.seed nor use R's random stream", {
+  set.seed(1)
+  a <- cellvi:::.new_model_dir("SCVI")
+  state <- .Random.seed
+  set.seed(1)
+  b <- cellvi:::.new_model_dir("SCVI")
+  expect_false(identical(a, b))
+  set.seed(1)
+  cellvi:::.new_model_dir("SCVI")
+  expect_identical(.Random.seed, state)
+})
