@@ -339,7 +339,7 @@ class Registry:
     def with_labels(self, adata, labels_key: str | None, unlabeled_category, model: str) -> "Registry":
         """A copy of this setup for ``model`` with the labels of ``adata`` (default: the
         registry's own labels column) and an unlabeled category."""
-        reg = Registry.from_dict(copy.deepcopy(self.to_dict()))
+        reg = copy.deepcopy(self)
         reg.model = model
         labels_key = labels_key if labels_key is not None else self.labels_key
         if labels_key is None:
@@ -354,7 +354,7 @@ class Registry:
         A query batch may not share a name with a reference batch (its cells would be taken
         for the reference's, through frozen weights); query labels must be known labels.
         """
-        reg = Registry.from_dict(copy.deepcopy(self.to_dict()))
+        reg = copy.deepcopy(self)
         if self.batch_key is not None:
             query = _category_strings(_obs_column(adata, self.batch_key, "batch_key"))[1]
             shared = [b for b in query if b in self.batch_categories]

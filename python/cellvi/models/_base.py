@@ -113,6 +113,10 @@ class BaseModel:
     def _build_module(self) -> BaseModule:
         raise NotImplementedError
 
+    def _module_kwargs(self) -> dict:
+        """The Module's settings: the model's own (saved with it); a subclass may add what it fixes."""
+        return dict(self.init_kwargs)
+
     @property
     def device(self) -> torch.device:
         return next(self.module.parameters()).device

@@ -12,7 +12,7 @@ from ..analysis import ExpressionMixin
 from ..modules import SCANVAE
 from ..train import as_count
 from ._base import BaseModel, _copy_weights
-from ._scvi import SCVI, vae_arguments
+from ._scvi import SCVI, vae_arguments, vae_settings
 
 
 class SCANVI(ExpressionMixin, BaseModel):
@@ -51,11 +51,10 @@ class SCANVI(ExpressionMixin, BaseModel):
                  latent_distribution: str = "normal", classification_ratio: float = 50.0,
                  linear_classifier: bool = False, **kwargs):
         super().__init__(
-            adata, n_hidden=as_count(n_hidden, "n_hidden"), n_latent=as_count(n_latent, "n_latent"),
-            n_layers=as_count(n_layers, "n_layers"), dropout_rate=float(dropout_rate),
-            dispersion=dispersion, gene_likelihood=gene_likelihood,
-            latent_distribution=latent_distribution, classification_ratio=float(classification_ratio),
-            linear_classifier=bool(linear_classifier), **kwargs,
+            adata, **vae_settings(n_hidden, n_latent, n_layers, dropout_rate, dispersion,
+                                  gene_likelihood, latent_distribution),
+            classification_ratio=float(classification_ratio), linear_classifier=bool(linear_classifier),
+            **kwargs,
         )
         self._from_scvi = False
         self._n_samples_per_label: int | None = None
@@ -137,9 +136,6 @@ class SCANVI(ExpressionMixin, BaseModel):
         return model
 
     # -- module --------------------------------------------------------------------------------
-    def _module_kwargs(self) -> dict:
-        return dict(self.init_kwargs)
-
     def _build_module(self) -> SCANVAE:
         return SCANVAE(**vae_arguments(self))
 

@@ -23,6 +23,16 @@ def library_log_stats(model: BaseModel) -> tuple[np.ndarray, np.ndarray]:
     return means, variances
 
 
+def vae_settings(n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood,
+                 latent_distribution) -> dict:
+    """The network settings every scVI-family model takes, checked (whole numbers may arrive
+    as floats from R)."""
+    return dict(n_hidden=as_count(n_hidden, "n_hidden"), n_latent=as_count(n_latent, "n_latent"),
+                n_layers=as_count(n_layers, "n_layers"), dropout_rate=float(dropout_rate),
+                dispersion=dispersion, gene_likelihood=gene_likelihood,
+                latent_distribution=latent_distribution)
+
+
 def vae_arguments(model: BaseModel) -> dict:
     """Arguments of a :class:`VAE` (or subclass) for ``model``: sizes from its registry, its
     own settings, and the library prior's statistics when the library size is learned."""
@@ -73,16 +83,8 @@ class SCVI(ExpressionMixin, BaseModel):
     def __init__(self, adata=None, n_hidden: int = 128, n_latent: int = 10, n_layers: int = 1,
                  dropout_rate: float = 0.1, dispersion: str = "gene", gene_likelihood: str = "zinb",
                  latent_distribution: str = "normal", **kwargs):
-        super().__init__(
-            adata, n_hidden=as_count(n_hidden, "n_hidden"), n_latent=as_count(n_latent, "n_latent"),
-            n_layers=as_count(n_layers, "n_layers"), dropout_rate=float(dropout_rate),
-            dispersion=dispersion, gene_likelihood=gene_likelihood,
-            latent_distribution=latent_distribution, **kwargs,
-        )
-
-    def _module_kwargs(self) -> dict:
-        """The VAE's settings: the model's own (saved with it), plus what a subclass fixes."""
-        return dict(self.init_kwargs)
+        super().__init__(adata, **vae_settings(n_hidden, n_latent, n_layers, dropout_rate, dispersion,
+                                               gene_likelihood, latent_distribution), **kwargs)
 
     def _build_module(self) -> VAE:
         return VAE(**vae_arguments(self))
