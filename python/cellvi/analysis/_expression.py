@@ -56,7 +56,8 @@ class ExpressionMixin:
         unique, inverse = np.unique(idx, return_inverse=True)
         by_cell = np.argsort(inverse, kind="stable")  # output rows grouped by distinct cell
         ends = np.cumsum(np.bincount(inverse, minlength=len(unique)))
-        chunk = as_count(batch_size, "batch_size") if batch_size is not None else 1024
+        chunk = (as_count(batch_size, "batch_size") if batch_size is not None
+                 else self._cells_per_chunk(n_samples * self.registry.n_vars))
         done = 0  # distinct cells handled so far
         for tensors in self._minibatches(adata, unique, batch_size):
             n = tensors[C.X_KEY].shape[0]
@@ -75,6 +76,34 @@ class ExpressionMixin:
                   likelihood: bool = True) -> dict:
         inputs = self.module.generative_inputs(tensors, inference_out, transform_batch=transform_batch)
         return self.module.generative(**inputs, likelihood=likelihood)
+
+    @torch.no_grad()
+    def _expression_chunks(self, adata, indices, transform_batch, genes: np.ndarray | None,
+                           library_size: float | str, n_samples: int, return_mean: bool,
+                           batch_size: int | None) -> Iterator[tuple[slice | np.ndarray, torch.Tensor]]:
+        """(output rows, normalized expression) chunk by chunk, for ``get_normalized_expression``
+        and for callers that lay the values out differently (differential expression)."""
+        batches = self._transform_batches(transform_batch)
+        use_latent = isinstance(library_size, str)
+        if use_latent and library_size != "latent":
+            raise ValueError(f"library_size must be a number or 'latent', got {library_size!r}")
+        for rows, tensors, inf in self._posterior(adata, indices, n_samples, batch_size):
+            # The same latent sample is decoded in every batch of transform_batch.
+            total = None
+            for b in batches:
+                gen = self._generate(tensors, inf, b, likelihood=use_latent)
+                value = gen["dist"].mu if use_latent else gen["scale"]
+                value = value if genes is None else value[..., genes]
+                total = value if total is None else total + value
+            if len(batches) > 1:
+                total = total / len(batches)
+            if not use_latent and float(library_size) != 1.0:
+                total = total * float(library_size)
+            if n_samples > 1 and return_mean:
+                total = total.mean(0)
+            if rows[-1] - rows[0] == len(rows) - 1 and np.all(rows[1:] > rows[:-1]):
+                rows = slice(rows[0], rows[-1] + 1)  # a plain copy, not a scatter
+            yield rows, total
 
     @torch.no_grad()
     def get_normalized_expression(
@@ -107,6 +136,9 @@ class ExpressionMixin:
             cell's own (observed or inferred) library size.
         n_samples
             Posterior samples per cell.
+        batch_size
+            Cells per chunk (default: up to 1,024, as many as keep a chunk near two million
+            values).
         return_mean
             Average over samples; else return an array (samples x cells x genes).
         return_numpy
@@ -118,29 +150,13 @@ class ExpressionMixin:
         """
         n_samples = as_count(n_samples, "n_samples")
         genes = self._gene_mask(gene_list)
-        batches = self._transform_batches(transform_batch)
-        use_latent = isinstance(library_size, str)
-        if use_latent and library_size != "latent":
-            raise ValueError(f"library_size must be a number or 'latent', got {library_size!r}")
         n_cells = len(self._indices(self._anndata(adata).n_obs, indices))
         n_genes = self.registry.n_vars if genes is None else len(genes)
         shape = (n_cells, n_genes) if n_samples == 1 or return_mean else (n_samples, n_cells, n_genes)
         out = np.empty(shape, dtype=np.float32)  # filled chunk by chunk: no concatenation
-        for rows, tensors, inf in self._posterior(adata, indices, n_samples, batch_size):
-            # The same latent sample is decoded in every batch of transform_batch.
-            total = None
-            for b in batches:
-                gen = self._generate(tensors, inf, b, likelihood=use_latent)
-                value = gen["dist"].mu if use_latent else gen["scale"]
-                value = value if genes is None else value[..., genes]
-                total = value if total is None else total + value
-            if len(batches) > 1:
-                total = total / len(batches)
-            if not use_latent and float(library_size) != 1.0:
-                total = total * float(library_size)
-            if n_samples > 1 and return_mean:
-                total = total.mean(0)
-            out[..., rows, :] = total.cpu().numpy()
+        for rows, values in self._expression_chunks(adata, indices, transform_batch, genes, library_size,
+                                                    n_samples, return_mean, batch_size):
+            out[..., rows, :] = values.cpu().numpy()
         if return_numpy or (return_numpy is None and out.ndim == 3):
             return out
         if out.ndim == 3:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import cellvi
-from cellvi.analysis._differential import fdr_calls
+from cellvi.analysis._differential import _pair_statistics, fdr_calls
 from conftest import shared_data
 
 ISGS = ["ISG15", "IFI6", "IFIT1", "IFIT3", "MX1", "ISG20", "IFIT2", "LY6E", "IFITM3", "OAS1"]
@@ -86,6 +87,34 @@ def test_bad_requests_are_refused(stim_model, kwargs, error, message):
     _, model = stim_model
     with pytest.raises(error, match=message):
         model.differential_expression(**kwargs)
+
+
+@pytest.mark.parametrize("n_pairs", [7, 8])  # odd and even: the median's two definitions
+@pytest.mark.parametrize("mode,test_mode", [("change", "three"), ("change", "two"), ("vanilla", "three")])
+def test_pair_statistics_equal_a_direct_float64_computation(n_pairs, mode, test_mode):
+    rng = np.random.default_rng(0)
+    s1 = rng.gamma(0.5, size=(n_pairs, 300)) * 1e-3  # 300 genes: more than one gene chunk
+    s2 = rng.gamma(0.5, size=(n_pairs, 300)) * 2e-3
+    s1[:, :5] = s2[:, :5] = 0  # genes neither group expresses: every LFC ties at zero
+    s1, s2 = s1.astype(np.float32), s2.astype(np.float32)
+    by_gene = [torch.from_numpy(np.ascontiguousarray(s.T)) for s in (s1, s2)]
+    offset, delta = 1e-4, 0.25
+    stats = _pair_statistics(*by_gene, mode, delta, offset, None, torch.Generator(), test_mode)
+
+    def lfc(o):
+        return np.log2(s1.astype(np.float64) + o) - np.log2(s2.astype(np.float64) + o)
+
+    if mode == "change":
+        up, down = (lfc(offset) >= delta).mean(0), (lfc(offset) < -delta).mean(0)
+        np.testing.assert_array_equal(stats["proba_de"], np.maximum(up, down) if test_mode == "three" else up + down)
+        summary = lfc(1e-3 * offset)
+    else:
+        np.testing.assert_array_equal(stats["proba_m1"], (s1 > s2).mean(0))
+        summary = lfc(offset)
+    expected = {"lfc_mean": summary.mean(0), "lfc_median": np.median(summary, 0), "lfc_std": summary.std(0, ddof=1),
+                "lfc_min": summary.min(0), "lfc_max": summary.max(0)}
+    for key, value in expected.items():
+        np.testing.assert_allclose(stats[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
 
 
 def test_fdr_calls_control_the_expected_fdr():
