@@ -85,15 +85,19 @@ def _comparisons(adata, groupby, group1, group2, idx1, idx2) -> list[tuple[str, 
 
 def _raw_statistics(X: sp.csr_matrix, idx: np.ndarray, genes: np.ndarray | None) -> dict:
     sub = X[idx]
-    library = np.asarray(sub.sum(axis=1)).ravel()  # over all genes, before any gene subset
-    if genes is not None:
-        sub = sub[:, genes]
     n = sub.shape[0]
-    normalized = sp.diags(1e4 / np.maximum(library, 1)) @ sub
+    library = np.asarray(sub.sum(axis=1)).ravel()  # over all genes, before any gene subset
+    detected = sp.csr_matrix(((sub.data > 0).astype(np.float32), sub.indices, sub.indptr), shape=sub.shape)
+
+    def column_means(weights, matrix):  # a row vector times the matrix: one sparse pass
+        means = np.asarray(weights @ matrix, dtype=np.float64).ravel() / n
+        return means if genes is None else means[genes]
+
+    ones = np.ones(n, dtype=np.float32)
     return {
-        "raw_mean": np.asarray(sub.sum(axis=0)).ravel() / n,
-        "non_zeros_proportion": np.asarray((sub > 0).sum(axis=0)).ravel() / n,
-        "raw_normalized_mean": np.asarray(normalized.sum(axis=0)).ravel() / n,
+        "raw_mean": column_means(ones, sub),
+        "non_zeros_proportion": column_means(ones, detected),
+        "raw_normalized_mean": column_means((1e4 / np.maximum(library, 1)).astype(np.float32), sub),
     }
 
 
