@@ -110,8 +110,8 @@ def _sample_scales(model, adata, cells: np.ndarray, batches, n_samples: int, gen
     # NumPy asks the kernel for huge pages for an array this size; a fresh torch buffer of
     # 180 MB cost three times as long in page faults as filling it.
     by_gene = torch.from_numpy(np.empty((n_genes, n_samples), dtype=np.float32))
-    for rows, values in model._expression_chunks(adata, drawn, batches, genes, 1, 1, True, None):
-        by_gene[:, rows] = values.t().cpu()
+    for rows, values in model._expression_chunks(adata, drawn, batches, genes, 1, 1, True, None, genes_major=True):
+        by_gene[:, rows] = values.cpu()
     return by_gene
 
 

@@ -3,7 +3,8 @@ parameters and posterior predictive samples. Written once, for every such model.
 
 The mixin relies on the model's Module returning, from ``generative``, the normalised
 expression ``"scale"`` (sums to one over genes) and the count distribution ``"dist"``; with
-``likelihood=False`` the Module may skip the distribution (only ``"scale"`` is read).
+``likelihood=False`` the Module may skip the distribution (only ``"scale"`` is read), and with
+``genes_major=True`` it returns ``"scale_by_gene"``, the scale laid out genes first.
 """
 from __future__ import annotations
 
@@ -73,16 +74,18 @@ class ExpressionMixin:
             done += n
 
     def _generate(self, tensors: dict, inference_out: dict, transform_batch: int | None = None,
-                  likelihood: bool = True) -> dict:
+                  **generative_kwargs) -> dict:
         inputs = self.module.generative_inputs(tensors, inference_out, transform_batch=transform_batch)
-        return self.module.generative(**inputs, likelihood=likelihood)
+        return self.module.generative(**inputs, **generative_kwargs)
 
     @torch.no_grad()
     def _expression_chunks(self, adata, indices, transform_batch, genes: np.ndarray | None,
                            library_size: float | str, n_samples: int, return_mean: bool,
-                           batch_size: int | None) -> Iterator[tuple[slice | np.ndarray, torch.Tensor]]:
-        """(output rows, normalized expression) chunk by chunk, for ``get_normalized_expression``
-        and for callers that lay the values out differently (differential expression)."""
+                           batch_size: int | None, genes_major: bool = False
+                           ) -> Iterator[tuple[slice | np.ndarray, torch.Tensor]]:
+        """(output rows, normalized expression) chunk by chunk: ``[samples x] cells x genes``,
+        or with ``genes_major`` ``genes x [samples x] cells`` (differential expression reduces
+        each gene over cells, and the decoder can produce that layout at no extra cost)."""
         batches = self._transform_batches(transform_batch)
         use_latent = isinstance(library_size, str)
         if use_latent and library_size != "latent":
@@ -91,16 +94,22 @@ class ExpressionMixin:
             # The same latent sample is decoded in every batch of transform_batch.
             total = None
             for b in batches:
-                gen = self._generate(tensors, inf, b, likelihood=use_latent)
-                value = gen["dist"].mu if use_latent else gen["scale"]
-                value = value if genes is None else value[..., genes]
+                if use_latent:
+                    value = self._generate(tensors, inf, b)["dist"].mu
+                    value = value.movedim(-1, 0) if genes_major else value
+                elif genes_major:
+                    value = self._generate(tensors, inf, b, likelihood=False, genes_major=True)["scale_by_gene"]
+                else:
+                    value = self._generate(tensors, inf, b, likelihood=False)["scale"]
+                if genes is not None:
+                    value = value[genes] if genes_major else value[..., genes]
                 total = value if total is None else total + value
             if len(batches) > 1:
                 total = total / len(batches)
             if not use_latent and float(library_size) != 1.0:
                 total = total * float(library_size)
             if n_samples > 1 and return_mean:
-                total = total.mean(0)
+                total = total.mean(1 if genes_major else 0)
             if rows[-1] - rows[0] == len(rows) - 1 and np.all(rows[1:] > rows[:-1]):
                 rows = slice(rows[0], rows[-1] + 1)  # a plain copy, not a scatter
             yield rows, total

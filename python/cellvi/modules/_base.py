@@ -30,7 +30,13 @@ class LossOutput:
 
 class BaseModule(nn.Module):
     """A model's math. Subclasses implement ``inference``, ``generative`` and ``loss`` and say
-    how a tensor dict (see ``cellvi._constants``) maps to their arguments."""
+    how a tensor dict (see ``cellvi._constants``) maps to their arguments.
+
+    A Module with an expression decoder (see ``analysis.ExpressionMixin``) returns from
+    ``generative`` the normalised expression ``"scale"`` and the count distribution
+    ``"dist"``; with ``likelihood=False`` only ``"scale"``; with ``genes_major=True`` only
+    ``"scale_by_gene"`` (genes first), which differential expression reads.
+    """
 
     def inference_inputs(self, tensors: dict) -> dict:
         raise NotImplementedError

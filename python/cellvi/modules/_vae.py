@@ -185,9 +185,10 @@ class VAE(BaseModule):
         return out
 
     def generative(self, z, library, batch, cat_covs=(), cont_covs=None, labels=None,
-                   likelihood: bool = True) -> dict:
+                   likelihood: bool = True, genes_major: bool = False) -> dict:
         """Likelihood parameters; ``likelihood=False`` returns only ``"scale"`` (cheaper: the
-        dispersion and zero-inflation heads are skipped)."""
+        dispersion and zero-inflation heads are skipped); ``genes_major=True`` returns only
+        ``"scale_by_gene"``, the scale laid out genes x (samples x) cells."""
         # Leading sample dimensions are folded into the cell dimension for the decoder.
         lead = z.shape[:-1]
         z2 = z.reshape(-1, z.shape[-1])
@@ -198,6 +199,9 @@ class VAE(BaseModule):
 
         dec_in = z2 if cont_covs is None else torch.cat([z2, rep(cont_covs)], dim=-1)
         cats = [rep(batch), *[rep(c) for c in cat_covs]]
+        if genes_major:
+            scale = self.decoder.scale_by_gene(dec_in, cats)
+            return {"scale_by_gene": scale.reshape(-1, *lead)}
         scale, log_theta, zi_logits = self.decoder(dec_in, cats, with_zi=likelihood and self.gene_likelihood == "zinb",
                                                    with_theta=likelihood)
         scale = scale.reshape(*lead, -1)

@@ -151,6 +151,30 @@ def test_repeated_cells_get_independent_samples_in_their_rows(sim_trained):
     assert not np.array_equal(single[0], single[1])  # two posterior draws, not one copied
 
 
+@pytest.mark.parametrize("linear", [False, True])
+def test_genes_major_expression_is_the_transposed_expression(sim_trained, sim, linear):
+    """Differential expression reads the decoder's genes-first layout (computed transposed);
+    it must hold the same numbers, with batches averaged, gene subsets and several samples."""
+    if linear:
+        cellvi.settings.seed = 1
+        cellvi.LinearSCVI.setup_anndata(sim, batch_key="batch")
+        model = cellvi.LinearSCVI(sim, n_latent=4)
+        model.train(max_epochs=2)
+    else:
+        model = sim_trained[1]
+    genes = np.array([7, 2, 50])
+    for n_samples, return_mean in ((1, True), (3, False), (3, True)):
+        outputs = []
+        for genes_major in (False, True):
+            cellvi.settings.seed = 5  # the same latent draws for both layouts
+            chunks = model._expression_chunks(None, [4, 0, 9, 4], ["b0", "b1"], genes, 1, n_samples,
+                                              return_mean, None, genes_major=genes_major)
+            values = torch.cat([v for _, v in chunks], dim=-1 if genes_major else -2)
+            outputs.append(values.movedim(0, -1) if genes_major else values)
+        assert outputs[0].shape == ((4, 3) if return_mean else (3, 4, 3))
+        torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-8)
+
+
 def test_query_with_unknown_batch_is_refused(sim_trained):
     adata, model = sim_trained
     other = adata[:20].copy()
