@@ -183,9 +183,10 @@ def _pair_statistics(t1: torch.Tensor, t2: torch.Tensor, mode: str, delta: float
         # Two passes (the mean, then squares about it) with torch's pairwise float32 sums:
         # torch.std_mean is 5x slower here, float64 accumulation 4x.
         mean = lfc.sum(1) / n_pairs
-        variance = torch.sub(lfc, mean[:, None], out=b).square_().sum(1) / max(n_pairs - 1, 1)
-        stats.update(lfc_mean=mean, lfc_std=variance.sqrt(), lfc_min=lfc.amin(1), lfc_max=lfc.amax(1),
-                     lfc_median=_median_rows(lfc, b))
+        centred = torch.sub(lfc, mean[:, None], out=b)
+        variance = torch.linalg.vecdot(centred, centred) / max(n_pairs - 1, 1)
+        stats.update(lfc_mean=mean, lfc_median=_median_rows(lfc, b), lfc_std=variance.sqrt(),
+                     lfc_min=lfc.amin(1), lfc_max=lfc.amax(1))
         for k, v in stats.items():
             parts.setdefault(k, []).append(v)
     return {k: torch.cat(v).numpy().astype(np.float64) for k, v in parts.items()}
@@ -346,30 +347,23 @@ def differential_expression(
             offset = (estimate_pseudocounts(s1, s2, raw["1"]["raw_mean"], raw["2"]["raw_mean"])
                       if mode == "change" else 0.0)
         stats = _pair_statistics(s1, s2, mode, delta, offset, m_permutation, generator, test_mode)
-        frame = pd.DataFrame(index=pd.Index(gene_names, name="gene"))
+        n_genes = len(gene_names)
         if mode == "change":
-            frame["proba_de"] = stats.pop("proba_de")
-            frame["proba_not_de"] = 1.0 - frame["proba_de"]
-            p, q = frame["proba_de"], frame["proba_not_de"]
+            evidence = {"proba_de": stats.pop("proba_de")}
+            evidence["proba_not_de"] = 1.0 - evidence["proba_de"]
         else:
-            frame["proba_m1"] = stats.pop("proba_m1")
-            frame["proba_m2"] = stats.pop("proba_m2")
-            p, q = frame["proba_m1"], frame["proba_m2"]
-        frame["bayes_factor"] = np.log(p + _EPS) - np.log(q + _EPS)
-        frame["scale1"] = s1.mean(1).numpy()
-        frame["scale2"] = s2.mean(1).numpy()
-        frame["pseudocounts"] = offset
-        frame["delta"] = delta if mode == "change" else np.nan
-        for k, v in stats.items():
-            frame[k] = v
-        for suffix, values in raw.items():
-            for k, v in values.items():
-                frame[k + suffix] = v
+            evidence = {"proba_m1": stats.pop("proba_m1"), "proba_m2": stats.pop("proba_m2")}
+        p, q = evidence.values()
+        columns = {**evidence, "bayes_factor": np.log(p + _EPS) - np.log(q + _EPS),
+                   "scale1": s1.mean(1).numpy(), "scale2": s2.mean(1).numpy(),
+                   "pseudocounts": np.full(n_genes, offset), "delta": np.full(n_genes, delta if mode == "change" else np.nan),
+                   **stats, **{k + suffix: v for suffix, values in raw.items() for k, v in values.items()}}
         if mode == "change":
-            frame[f"is_de_fdr_{fdr_target}"] = fdr_calls(frame["proba_de"].to_numpy(), fdr_target)
-            frame = frame.sort_values("proba_de", ascending=False, kind="stable")
-        else:
-            frame = frame.sort_values("bayes_factor", ascending=False, kind="stable")
+            columns[f"is_de_fdr_{fdr_target}"] = fdr_calls(columns["proba_de"], fdr_target)
+        order = np.argsort(-columns["proba_de" if mode == "change" else "bayes_factor"], kind="stable")
+        # Built from a dict in one go: column by column insertion cost more than the raw statistics.
+        frame = pd.DataFrame({k: v[order] for k, v in columns.items()},
+                             index=pd.Index(np.asarray(gene_names, dtype=object)[order], name="gene"))
         frame["comparison"] = f"{name1} vs {name2}"
         frame["group1"] = name1
         frame["group2"] = name2

@@ -51,6 +51,9 @@ class DeviceData:
             if n_bytes > gpu_fraction * free:
                 self.storage_device = torch.device("cpu")
                 host = {k: t.pin_memory() for k, t in host.items()}
+        # On the CPU, scipy's row gather and densify (compiled loops) cut a minibatch in
+        # half the time of the tensor arithmetic below, which is kept for GPUs.
+        self._host_csr = X if device.type == "cpu" else None
         stored = {k: t.to(self.storage_device) for k, t in host.items()}
         self.indptr, self.indices, self.values = stored.pop("indptr"), stored.pop("indices"), stored.pop("values")
         self._host_indptr = host["indptr"]  # minibatch sizes are computed here: no device sync
@@ -59,11 +62,23 @@ class DeviceData:
     def minibatch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """Dense counts of rows ``idx`` plus their non-zeros and per-cell covariates."""
         idx_host = idx.cpu()
+        if self._host_csr is not None:
+            return self._cut_host(idx_host)
         total = int((self._host_indptr[idx_host + 1] - self._host_indptr[idx_host]).sum())
         if self.storage_device != self.device:
             return {k: t.to(self.device, non_blocking=True)
                     for k, t in self._cut(idx.to(self.storage_device), total).items()}
         return self._cut(idx.to(self.device), total)
+
+    def _cut_host(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``_cut`` on the CPU with scipy: the same tensors, in the same order."""
+        sub = self._host_csr[idx.numpy()]
+        rows = np.repeat(np.arange(sub.shape[0], dtype=np.int64), np.diff(sub.indptr))
+        out = {key: torch.index_select(t, 0, idx) for key, t in self.obs.items()}
+        out[C.X_KEY] = torch.from_numpy(sub.toarray())
+        out[C.X_NZ_INDEX_KEY] = torch.from_numpy(rows * self.n_vars + sub.indices)
+        out[C.X_NZ_VALUE_KEY] = torch.from_numpy(sub.data)
+        return out
 
     def _cut(self, idx: torch.Tensor, total: int) -> dict[str, torch.Tensor]:
         device = idx.device

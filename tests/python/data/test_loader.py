@@ -20,6 +20,11 @@ def test_minibatch_matches_scipy_rows(sim):
     np.testing.assert_array_equal(dense.ravel()[flat], mb[C.X_NZ_VALUE_KEY].numpy())
     assert len(flat) == (dense != 0).sum()
     np.testing.assert_array_equal(mb[C.BATCH_KEY].numpy(), tensors.batch[idx.numpy()])
+    # The CPU cut (scipy) and the tensor arithmetic used on GPUs give identical minibatches.
+    by_tensors = data._cut(idx, len(flat))
+    assert by_tensors.keys() == mb.keys()
+    for key, value in mb.items():
+        assert torch.equal(by_tensors[key], value), key
 
 
 def test_float32_csr_is_shared_not_copied(sim):
