@@ -110,7 +110,9 @@ def _sample_scales(model, adata, cells: np.ndarray, batches, n_samples: int, gen
     # NumPy asks the kernel for huge pages for an array this size; a fresh torch buffer of
     # 180 MB cost three times as long in page faults as filling it.
     by_gene = torch.from_numpy(np.empty((n_genes, n_samples), dtype=np.float32))
-    for rows, values in model._expression_chunks(adata, drawn, batches, genes, 1, 1, True, None, genes_major=True):
+    chunks = model._expression_chunks(adata, drawn, transform_batch=batches, genes=genes, library_size=1,
+                                      n_samples=1, return_mean=True, batch_size=None, genes_major=True)
+    for rows, values in chunks:
         by_gene[:, rows] = values.cpu()
     return by_gene
 
@@ -163,8 +165,8 @@ def _pair_statistics(t1: torch.Tensor, t2: torch.Tensor, mode: str, delta: float
             x1, x2 = x1[:, pairs[0]], x2[:, pairs[1]]
         a, b = scratch[0, :len(x1)], scratch[1, :len(x1)]
 
-        def fraction(mask):  # an int32 count, then one division: faster than a float mean
-            return mask.sum(1, dtype=torch.int32).double() / n_pairs
+        def fraction(mask):  # an int32 count of the bytes, then one division: the fastest way
+            return mask.view(torch.uint8).sum(1, dtype=torch.int32).double() / n_pairs
 
         stats = {}
         if mode == "change":
@@ -185,29 +187,13 @@ def _pair_statistics(t1: torch.Tensor, t2: torch.Tensor, mode: str, delta: float
         mean = lfc.sum(1) / n_pairs
         centred = torch.sub(lfc, mean[:, None], out=b)
         variance = torch.linalg.vecdot(centred, centred) / max(n_pairs - 1, 1)
-        stats.update(lfc_mean=mean, lfc_median=_median_rows(lfc, b), lfc_std=variance.sqrt(),
+        # The lower middle draw for an even count; np.median averages the middle two, which
+        # for 5,000 draws differ by about sd/4,000, against a Monte Carlo error of sd/57.
+        stats.update(lfc_mean=mean, lfc_median=lfc.median(1).values, lfc_std=variance.sqrt(),
                      lfc_min=lfc.amin(1), lfc_max=lfc.amax(1))
         for k, v in stats.items():
             parts.setdefault(k, []).append(v)
     return {k: torch.cat(v).numpy().astype(np.float64) for k, v in parts.items()}
-
-
-def _median_rows(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-    """Median of each row, the mean of the middle two for an even count (as np.median).
-
-    torch.median gives the lower middle value; the upper one is the smallest value above it,
-    unless the lower one is repeated. A thread pool around NumPy's partition was no faster:
-    torch's idle worker threads keep spinning on the cores for a while after each op.
-    """
-    lower = x.median(1).values
-    n = x.shape[1]
-    if n % 2:
-        return lower
-    at_most = x <= lower[:, None]
-    # x + 1e30 where at most the lower value, then the minimum (masked_fill is 3x slower).
-    above = torch.add(x, at_most.to(x.dtype), alpha=1e30, out=scratch).amin(1)
-    upper = torch.where(at_most.sum(1, dtype=torch.int32) > n // 2, lower, above)
-    return (lower + upper) / 2
 
 
 def fdr_calls(proba_de: np.ndarray, fdr_target: float) -> np.ndarray:
