@@ -50,18 +50,20 @@ def _comparisons(adata, groupby, group1, group2, idx1, idx2) -> list[tuple[str, 
         raise ValueError("pass either groupby (with group1/group2) or idx1/idx2, not both")
     if groupby not in adata.obs.columns:
         raise KeyError(f"obs column '{groupby}' not found; available: {', '.join(map(str, adata.obs.columns[:30]))}")
-    labels = adata.obs[groupby].astype(str).to_numpy()
-    present = pd.unique(labels)
-    if isinstance(adata.obs[groupby].dtype, pd.CategoricalDtype):
-        order = [str(c) for c in adata.obs[groupby].cat.categories if str(c) in set(present)]
+    column = adata.obs[groupby]
+    if isinstance(column.dtype, pd.CategoricalDtype):  # codes: no string per cell
+        names, codes = np.array([str(c) for c in column.cat.categories], dtype=object), column.cat.codes.to_numpy()
     else:
-        order = sorted(present)
+        names, codes = np.unique(column.astype(str).to_numpy(), return_inverse=True)
+    counts = np.bincount(codes[codes >= 0], minlength=len(names))
+    order = [str(n) for n, count in zip(names, counts) if count]  # category order, or sorted
+    code_of = {name: i for i, name in enumerate(map(str, names)) if counts[i]}
 
     def cells_of(group) -> np.ndarray:
         group = str(group)
-        if group not in set(present):
+        if group not in code_of:
             raise ValueError(f"group '{group}' not found in obs column '{groupby}'; groups: {', '.join(order[:30])}")
-        return np.flatnonzero(labels == group)
+        return np.flatnonzero(codes == code_of[group])
 
     if np.isscalar(group1):
         group1 = [group1]
@@ -70,7 +72,7 @@ def _comparisons(adata, groupby, group1, group2, idx1, idx2) -> list[tuple[str, 
     for g1 in firsts:
         i1 = cells_of(g1)
         if group2 is None:
-            i2 = np.flatnonzero(labels != g1)
+            i2 = np.flatnonzero(codes != code_of[g1])
             g2 = "rest"
         else:
             i2 = cells_of(group2)
@@ -156,11 +158,13 @@ def _pair_statistics(t1: torch.Tensor, t2: torch.Tensor, mode: str, delta: float
                  torch.randint(t2.shape[1], (m_permutation,), generator=generator))
     n_pairs = t1.shape[1] if pairs is None else m_permutation
     # Scratch space reused by every chunk: fresh buffers would be page-faulted in each time.
-    scratch = torch.empty((2, min(_GENE_CHUNK, t1.shape[0]), n_pairs))
+    n_genes = t1.shape[0]
+    chunk = -(-n_genes // -(-n_genes // _GENE_CHUNK))  # equal chunks of at most _GENE_CHUNK genes
+    scratch = torch.empty((2, chunk, n_pairs))
     parts: dict[str, list] = {}
-    for start in range(0, t1.shape[0], _GENE_CHUNK):
-        x1 = t1[start:start + _GENE_CHUNK]
-        x2 = t2[start:start + _GENE_CHUNK]
+    for start in range(0, n_genes, chunk):
+        x1 = t1[start:start + chunk]
+        x2 = t2[start:start + chunk]
         if pairs is not None:
             x1, x2 = x1[:, pairs[0]], x2[:, pairs[1]]
         a, b = scratch[0, :len(x1)], scratch[1, :len(x1)]
