@@ -152,22 +152,30 @@ def _pair_statistics(t1: torch.Tensor, t2: torch.Tensor, mode: str, delta: float
     uses ``pseudocounts`` and the LFC summaries a thousandth of it (closer to the plain fold
     change, as scvi-tools reports them). A zero offset becomes 1e-8, so that no log is -inf.
     """
-    pairs = None
-    if m_permutation is not None:
+    if m_permutation is None:
+        # One to one in random order: the samples are stored sorted by cell, and pairing them
+        # in that order would match cells by their position in the AnnData (often by sample)
+        # rather than at random, which narrows the LFC distribution.
+        if t1.shape[1] != t2.shape[1]:
+            raise ValueError("one-to-one pairs need as many samples in both groups")
+        pairs = (None, torch.randperm(t2.shape[1], generator=generator))
+    else:
         pairs = (torch.randint(t1.shape[1], (m_permutation,), generator=generator),
                  torch.randint(t2.shape[1], (m_permutation,), generator=generator))
-    n_pairs = t1.shape[1] if pairs is None else m_permutation
+    n_pairs = len(pairs[1])
     # Scratch space reused by every chunk: fresh buffers would be page-faulted in each time.
     n_genes = t1.shape[0]
     chunk = -(-n_genes // -(-n_genes // _GENE_CHUNK))  # equal chunks of at most _GENE_CHUNK genes
-    scratch = torch.empty((2, chunk, n_pairs))
+    scratch = torch.empty((4, chunk, n_pairs))
     parts: dict[str, list] = {}
     for start in range(0, n_genes, chunk):
         x1 = t1[start:start + chunk]
         x2 = t2[start:start + chunk]
-        if pairs is not None:
-            x1, x2 = x1[:, pairs[0]], x2[:, pairs[1]]
-        a, b = scratch[0, :len(x1)], scratch[1, :len(x1)]
+        a, b, c1, c2 = scratch[:, :len(x1)]
+        # gather with an expanded index: faster here than index_select or x[:, index]
+        if pairs[0] is not None:
+            x1 = torch.gather(x1, 1, pairs[0].expand(len(x1), -1), out=c1)
+        x2 = torch.gather(x2, 1, pairs[1].expand(len(x2), -1), out=c2)
 
         def fraction(mask):  # an int32 count of the bytes, then one division: the fastest way
             return mask.view(torch.uint8).sum(1, dtype=torch.int32).double() / n_pairs

@@ -104,6 +104,8 @@ def test_pair_statistics_equal_a_direct_float64_computation(n_pairs, mode, test_
     def lfc(o):
         return np.log2(s1.astype(np.float64) + o) - np.log2(s2.astype(np.float64) + o)
 
+    # One-to-one pairs are drawn in random order, with the generator's permutation.
+    s2 = s2[torch.randperm(n_pairs, generator=torch.Generator()).numpy()]
     if mode == "change":
         up, down = (lfc(offset) >= delta).mean(0), (lfc(offset) < -delta).mean(0)
         np.testing.assert_array_equal(stats["proba_de"], np.maximum(up, down) if test_mode == "three" else up + down)
@@ -116,6 +118,18 @@ def test_pair_statistics_equal_a_direct_float64_computation(n_pairs, mode, test_
                 "lfc_min": summary.min(0), "lfc_max": summary.max(0)}
     for key, value in expected.items():
         np.testing.assert_allclose(stats[key], value, rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def test_pairs_are_random_not_in_cell_order():
+    """Samples are stored sorted by cell; pairing them in that order would match cells by
+    their position in the AnnData. Both groups here rise along the cell order: paired in order
+    every LFC would be 0, paired at random the LFC spread is that of two independent draws."""
+    n = 4000
+    trend = np.exp(np.linspace(-3, 3, n, dtype=np.float32))[None, :] * 1e-4  # 1 gene x n samples
+    stats = _pair_statistics(torch.from_numpy(trend.copy()), torch.from_numpy(trend.copy()), "vanilla", 0.25, 0.0,
+                             None, torch.Generator().manual_seed(0))
+    spread_of_independent_pairs = np.sqrt(2) * np.log2(trend).std()
+    assert 0.9 < stats["lfc_std"][0] / spread_of_independent_pairs < 1.1
 
 
 def test_fdr_calls_control_the_expected_fdr():
