@@ -1,8 +1,8 @@
 """Bayesian differential expression from a model's normalized expression.
 
 For two groups of cells, normalized expression ("scale", rho) is sampled from the posterior
-for cells drawn at random from each group; pairs across the groups (one to one, or
-``m_permutation`` random pairs) give samples of the log2 fold change per gene. In ``"vanilla"`` mode the evidence is P(rho1 > rho2); in
+for cells drawn at random from each group; pairs across the groups (one to one in random
+order, or ``m_permutation`` random pairs) give samples of the log2 fold change per gene. In ``"vanilla"`` mode the evidence is P(rho1 > rho2); in
 ``"change"`` mode it is P(|LFC| >= delta), and genes are called DE controlling the posterior
 expected false discovery rate. Nothing is written to the AnnData.
 """
@@ -147,10 +147,11 @@ def _pair_statistics(t1: torch.Tensor, t2: torch.Tensor, mode: str, delta: float
     """Per-gene statistics over cross-group pairs of samples (genes x samples ``t1``, ``t2``),
     in gene chunks (bounded memory).
 
-    The samples of the two groups (cells drawn at random) are paired one to one, or, with
-    ``m_permutation``, that many random pairs are drawn. In ``"change"`` mode the evidence
-    uses ``pseudocounts`` and the LFC summaries a thousandth of it (closer to the plain fold
-    change, as scvi-tools reports them). A zero offset becomes 1e-8, so that no log is -inf.
+    The samples of the two groups (cells drawn at random) are paired one to one in random
+    order, or, with ``m_permutation``, that many random pairs are drawn. In ``"change"`` mode
+    the evidence uses ``pseudocounts`` and the LFC summaries a thousandth of it (closer to
+    the plain fold change, as scvi-tools reports them). A zero offset becomes 1e-8, so that
+    no log is -inf.
     """
     if m_permutation is None:
         # One to one in random order: the samples are stored sorted by cell, and pairing them
@@ -245,7 +246,7 @@ def differential_expression(
     """Bayesian differential expression between groups of cells.
 
     Normalized expression is sampled from the posterior for ``n_samples`` cells drawn from
-    each group; the draws of the two groups, paired one to one (or ``m_permutation``
+    each group; the draws of the two groups, paired one to one at random (or ``m_permutation``
     random pairs), give samples of each gene's log2 fold change (LFC). The AnnData is never
     modified.
 
@@ -276,7 +277,8 @@ def differential_expression(
         is confounded with the condition.
     n_samples, m_permutation
         Cells sampled per group; random cross-group pairs for the LFC distribution
-        (``None``: the ``n_samples`` draws paired one to one, as scvi-tools does by default).
+        (``None``: the ``n_samples`` draws paired one to one at random, as scvi-tools does
+        by default).
     pseudocounts
         Added to the normalized expression before the log. ``None`` (change mode):
         estimated from the expression the model gives to genes a group does not express
