@@ -169,6 +169,10 @@ def _pair_statistics(t1: torch.Tensor, t2: torch.Tensor, mode: str, delta: float
     chunk = -(-n_genes // -(-n_genes // _GENE_CHUNK))  # equal chunks of at most _GENE_CHUNK genes
     scratch = torch.empty((4, chunk, n_pairs))
     parts: dict[str, list] = {}
+
+    def fraction(mask):  # an int32 count of the bytes, then one division: the fastest way
+        return mask.view(torch.uint8).sum(1, dtype=torch.int32).double() / n_pairs
+
     for start in range(0, n_genes, chunk):
         x1 = t1[start:start + chunk]
         x2 = t2[start:start + chunk]
@@ -177,10 +181,6 @@ def _pair_statistics(t1: torch.Tensor, t2: torch.Tensor, mode: str, delta: float
         if pairs[0] is not None:
             x1 = torch.gather(x1, 1, pairs[0].expand(len(x1), -1), out=c1)
         x2 = torch.gather(x2, 1, pairs[1].expand(len(x2), -1), out=c2)
-
-        def fraction(mask):  # an int32 count of the bytes, then one division: the fastest way
-            return mask.view(torch.uint8).sum(1, dtype=torch.int32).double() / n_pairs
-
         stats = {}
         if mode == "change":
             # LFC >= delta  <=>  x1 + o >= c (x2 + o)  <=>  x1 - c x2 >= (c - 1) o, with

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from .. import _constants as C
+from ..data import cell_indices
 from ..train import as_count
 from ._differential import differential_expression
 
@@ -53,7 +54,7 @@ class ExpressionMixin:
         expression draws cells with replacement); every listing gets its own latent sample.
         The generative tensors hold the per-cell covariates only (not the counts).
         """
-        idx = self._indices(self._anndata(adata).n_obs, indices)
+        idx = cell_indices(self._anndata(adata).n_obs, indices)
         unique, inverse = np.unique(idx, return_inverse=True)
         by_cell = np.argsort(inverse, kind="stable")  # output rows grouped by distinct cell
         ends = np.cumsum(np.bincount(inverse, minlength=len(unique)))
@@ -159,7 +160,7 @@ class ExpressionMixin:
         """
         n_samples = as_count(n_samples, "n_samples")
         genes = self._gene_mask(gene_list)
-        n_cells = len(self._indices(self._anndata(adata).n_obs, indices))
+        n_cells = len(cell_indices(self._anndata(adata).n_obs, indices))
         n_genes = self.registry.n_vars if genes is None else len(genes)
         shape = (n_cells, n_genes) if n_samples == 1 or return_mean else (n_samples, n_cells, n_genes)
         out = np.empty(shape, dtype=np.float32)  # filled chunk by chunk: no concatenation

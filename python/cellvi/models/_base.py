@@ -163,10 +163,6 @@ class BaseModel:
             return self._own_data
         return DeviceData(self.registry.tensors(adata), device)
 
-    @staticmethod
-    def _indices(n_obs: int, indices) -> np.ndarray:
-        return cell_indices(n_obs, indices)
-
     def _minibatches(self, adata=None, indices=None, batch_size: int | None = None
                      ) -> Iterator[dict[str, torch.Tensor]]:
         """Eval-mode minibatches of the chosen cells, in order."""
@@ -175,7 +171,7 @@ class BaseModel:
         batch_size = (as_count(batch_size, "batch_size") if batch_size is not None
                       else self._cells_per_chunk(self.registry.n_vars))
         with single_threaded_global_openblas():
-            yield from data.iterate(self._indices(data.n_obs, indices), batch_size)
+            yield from data.iterate(cell_indices(data.n_obs, indices), batch_size)
 
     @staticmethod
     def _cells_per_chunk(values_per_cell: int) -> int:
@@ -187,7 +183,7 @@ class BaseModel:
 
     def _obs_names(self, adata, indices) -> pd.Index:
         adata = self._anndata(adata)
-        return adata.obs_names[self._indices(adata.n_obs, indices)]
+        return adata.obs_names[cell_indices(adata.n_obs, indices)]
 
     # -- training ------------------------------------------------------------------------------
     def train(

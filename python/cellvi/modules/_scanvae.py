@@ -18,7 +18,7 @@ from torch.distributions import kl_divergence
 from .. import _constants as C
 from ..nn import Classifier, GaussianEncoder
 from ._base import LossOutput
-from ._vae import VAE, _normal, _rsample
+from ._vae import VAE, _log_standard_normal, _normal, _rsample
 
 
 class SCANVAE(VAE):
@@ -80,7 +80,7 @@ class SCANVAE(VAE):
             return values.sum(-1).view(n_labels, n_cells)
 
         return {"log_pz1": per_pair(_normal(pz1_mean, pz1_var).log_prob(z1s)),
-                "log_pz2": per_pair(_normal(torch.zeros_like(z2), torch.ones_like(z2)).log_prob(z2)),
+                "log_pz2": _log_standard_normal(z2).view(n_labels, n_cells),
                 "log_qz2": per_pair(_normal(qz2_mean, qz2_var).log_prob(z2)),
                 # Closed-form KL(q(z2 | z1, y) || N(0, I)).
                 "kl_z2": per_pair(0.5 * (qz2_var + qz2_mean.square() - 1 - torch.log(qz2_var)))}

@@ -30,6 +30,11 @@ def _normal(mean, var) -> Normal:
     return Normal(mean, var.sqrt(), validate_args=False)  # NaN must reach the trainer's check
 
 
+def _log_standard_normal(x: torch.Tensor) -> torch.Tensor:
+    """log N(x; 0, I), summed over the last dimension."""
+    return _normal(torch.zeros_like(x), torch.ones_like(x)).log_prob(x).sum(-1)
+
+
 def _rsample(mean, var, sample_shape=()) -> torch.Tensor:
     eps = torch.randn(*sample_shape, *mean.shape, device=mean.device, dtype=mean.dtype)
     return mean + var.sqrt() * eps
@@ -253,7 +258,7 @@ class VAE(BaseModule):
 
     def log_prior_z(self, untran_z: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(z) summed over latent dimensions: the standard normal prior."""
-        return _normal(torch.zeros_like(untran_z), torch.ones_like(untran_z)).log_prob(untran_z).sum(-1)
+        return _log_standard_normal(untran_z)
 
     @torch.no_grad()
     def marginal_ll(self, tensors: dict, n_mc_samples: int = 1000, chunk: int = 100) -> torch.Tensor:
