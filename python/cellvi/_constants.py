@@ -7,9 +7,17 @@ LABELS_KEY = "labels"
 SIZE_FACTOR_KEY = "size_factor"
 CAT_COVS_KEY = "categorical_covariates"
 CONT_COVS_KEY = "continuous_covariates"
-# Non-zero entries of the minibatch counts: flat index (row * n_genes + col) and value.
+PROTEIN_KEY = "proteins"  # totalVI: protein counts (cells x proteins), dense
+CELL_INDEX_KEY = "cell_index"  # position of the cell in its AnnData (models with per-cell parameters)
+# Non-zero entries of a sparse field's minibatch: flat index (row * n_columns + col) and
+# value, under "<field>_nz_index" / "<field>_nz_value" (see nz_keys).
 X_NZ_INDEX_KEY = "X_nz_index"
 X_NZ_VALUE_KEY = "X_nz_value"
+
+
+def nz_keys(field: str) -> tuple[str, str]:
+    """Minibatch keys of the non-zero entries (flat index, value) of a sparse field."""
+    return f"{field}_nz_index", f"{field}_nz_value"
 
 # Files of a saved model directory.
 WEIGHTS_FILE = "weights.npz"
