@@ -1,4 +1,4 @@
 """Count likelihoods."""
-from ._counts import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
+from ._counts import NegativeBinomial, NegativeBinomialMixture, Poisson, ZeroInflatedNegativeBinomial
 
-__all__ = ["NegativeBinomial", "Poisson", "ZeroInflatedNegativeBinomial"]
+__all__ = ["NegativeBinomial", "NegativeBinomialMixture", "Poisson", "ZeroInflatedNegativeBinomial"]

@@ -1,4 +1,5 @@
-"""Count likelihoods: Poisson, negative binomial (NB) and zero-inflated NB (ZINB).
+"""Count likelihoods: Poisson, negative binomial (NB), zero-inflated NB (ZINB) and the
+two-component NB mixture of totalVI's proteins.
 
 Each distribution gives ``log_prob(x)`` per entry and ``log_prob_per_cell(x, nz_index,
 nz_value)``, the per-cell sum used in training. Counts are mostly zeros, and for a zero count
@@ -141,3 +142,73 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
     def sample(self) -> torch.Tensor:
         counts = super().sample()
         return torch.where(torch.rand_like(counts) < self.zi_probs, torch.zeros_like(counts), counts)
+
+
+def _log_nb(x, mu, theta):
+    """log NB(x; mu, theta) per entry (dense; for the protein mixture)."""
+    log_theta_mu = torch.log(theta + mu + EPS)
+    return (
+        theta * (torch.log(theta + EPS) - log_theta_mu)
+        + x * (torch.log(mu + EPS) - log_theta_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - _lgamma_x_plus_1(x)
+    )
+
+
+class NegativeBinomialMixture:
+    """Two-component NB mixture (totalVI's protein likelihood).
+
+    With probability ``pi = sigmoid(mixture_logits)`` the count is NB(``mu1``, ``theta1``)
+    (the background), else NB(``mu2``, ``theta2``) (the foreground); ``theta2`` defaults to
+    ``theta1``. log p(x) = logsumexp(log pi + log NB1(x), log(1 - pi) + log NB2(x)), with
+    log pi = -softplus(-logits) and log(1 - pi) = -softplus(logits), stable for any logit.
+    """
+
+    def __init__(self, mu1: torch.Tensor, mu2: torch.Tensor, theta1: torch.Tensor,
+                 mixture_logits: torch.Tensor, theta2: torch.Tensor | None = None):
+        self.mu1 = mu1
+        self.mu2 = mu2
+        self.theta1 = theta1
+        self.theta2 = theta2
+        self.mixture_logits = mixture_logits
+
+    @property
+    def _theta2(self) -> torch.Tensor:
+        return self.theta1 if self.theta2 is None else self.theta2
+
+    @property
+    def mixture_probs(self) -> torch.Tensor:
+        """Probability of the first (background) component."""
+        return torch.sigmoid(self.mixture_logits)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        pi = self.mixture_probs
+        return pi * self.mu1 + (1 - pi) * self.mu2
+
+    @property
+    def variance(self) -> torch.Tensor:
+        pi = self.mixture_probs
+        second_moment = (pi * (self.mu1 + self.mu1**2 * (1 + 1 / self.theta1))
+                         + (1 - pi) * (self.mu2 + self.mu2**2 * (1 + 1 / self._theta2)))
+        return second_moment - self.mean**2
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.mixture_logits
+        first = -F.softplus(-logits) + _log_nb(x, self.mu1, self.theta1)
+        second = -F.softplus(logits) + _log_nb(x, self.mu2, self._theta2)
+        return torch.logaddexp(first, second)
+
+    def log_prob_per_cell(self, x, nz_index=None, nz_value=None) -> torch.Tensor:
+        """Per-cell sum (protein counts are dense: the non-zero arguments are ignored)."""
+        return self.log_prob(x).sum(-1)
+
+    @torch.no_grad()
+    def sample(self) -> torch.Tensor:
+        mu1, mu2, logits = torch.broadcast_tensors(self.mu1, self.mu2, self.mixture_logits)
+        background = torch.rand_like(mu1) < torch.sigmoid(logits)
+        mu = torch.where(background, self.mu1, self.mu2)
+        theta = torch.where(background, self.theta1, self._theta2).expand_as(mu)
+        rate = torch.distributions.Gamma(theta, theta / (mu + EPS)).sample()
+        return torch.poisson(rate)
