@@ -1,4 +1,4 @@
 """Shared neural network layers."""
-from ._layers import Classifier, CovariateLinear, ExpressionDecoder, FCLayers, GaussianEncoder
+from ._layers import Classifier, CovariateLinear, ExpressionDecoder, FCLayers, GaussianEncoder, TotalVIDecoder
 
-__all__ = ["Classifier", "CovariateLinear", "ExpressionDecoder", "FCLayers", "GaussianEncoder"]
+__all__ = ["Classifier", "CovariateLinear", "ExpressionDecoder", "FCLayers", "GaussianEncoder", "TotalVIDecoder"]

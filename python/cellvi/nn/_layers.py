@@ -207,3 +207,60 @@ class ExpressionDecoder(nn.Module):
                 gain = layer.weight.detach() / torch.sqrt(layer.running_var + layer.eps)
                 weight = weight * gain[:, None]
         return weight
+
+
+class TotalVIDecoder(nn.Module):
+    """totalVI's decoder: latent (+ continuous covariates) -> RNA and protein parameters.
+
+    Four FC stacks read the decoder input ``z`` (categorical covariates injected): genes,
+    protein background, protein foreground and mixing. Each head reads ``[h, z]`` through one
+    covariate-injected linear layer (no normalisation, no dropout):
+        genes       scale = softmax(.)                 (and zero-inflation logits for ZINB)
+        background  back_alpha = .,  back_beta = exp(.)   (mean and sd of log background rate)
+        foreground  fore_scale = relu(.) + 1 + 1e-8       (foreground / background ratio)
+        mixing      protein mixing logits (of the background component)
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_genes: int,
+        n_proteins: int,
+        n_cats: Sequence[int] = (),
+        n_layers: int = 1,
+        n_hidden: int = 256,
+        dropout_rate: float = 0.2,
+        use_batch_norm: bool = True,
+        use_layer_norm: bool = False,
+        zero_inflation: bool = False,
+    ):
+        super().__init__()
+
+        def stack():
+            return FCLayers(n_in, n_hidden, n_cats, n_layers, n_hidden, dropout_rate, use_batch_norm,
+                            use_layer_norm)
+
+        def head(n_out, activation=False):
+            return FCLayers(n_hidden + n_in, n_out, n_cats, 1, n_hidden, 0.0, False, False,
+                            use_activation=activation)
+
+        self.gene_hidden, self.gene_scale = stack(), head(n_genes)
+        self.back_hidden, self.back_alpha, self.back_log_beta = stack(), head(n_proteins), head(n_proteins)
+        self.fore_hidden, self.fore_scale = stack(), head(n_proteins, activation=True)
+        self.mixing_hidden, self.protein_mixing = stack(), head(n_proteins)
+        self.gene_dropout = head(n_genes) if zero_inflation else None
+
+    def gene_logits(self, z: torch.Tensor, cats: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """Unnormalised log expression (softmax over genes gives ``scale``)."""
+        return self.gene_scale(torch.cat([self.gene_hidden(z, cats), z], dim=-1), cats)
+
+    def forward(self, z: torch.Tensor, cats: Sequence[torch.Tensor] = ()) -> dict:
+        out = {"scale": torch.softmax(self.gene_logits(z, cats), dim=-1)}
+        h_back = torch.cat([self.back_hidden(z, cats), z], dim=-1)
+        out["back_alpha"] = self.back_alpha(h_back, cats)
+        out["back_beta"] = torch.exp(self.back_log_beta(h_back, cats))
+        out["fore_scale"] = self.fore_scale(torch.cat([self.fore_hidden(z, cats), z], dim=-1), cats) + 1 + 1e-8
+        h_mix = torch.cat([self.mixing_hidden(z, cats), z], dim=-1)
+        out["mixing"] = self.protein_mixing(h_mix, cats)
+        out["dropout"] = self.gene_dropout(h_mix, cats) if self.gene_dropout is not None else None
+        return out
