@@ -1,6 +1,7 @@
 """Modules: the math of each model, in pure torch."""
 from ._base import BaseModule, LossOutput
 from ._scanvae import SCANVAE
+from ._totalvae import TOTALVAE, protein_background_prior
 from ._vae import VAE
 
-__all__ = ["BaseModule", "LossOutput", "SCANVAE", "VAE"]
+__all__ = ["BaseModule", "LossOutput", "SCANVAE", "TOTALVAE", "VAE", "protein_background_prior"]

@@ -1,0 +1,476 @@
+"""The variational autoencoder of totalVI (Gayoso et al. 2021): RNA and protein counts of
+CITE-seq cells.
+
+Generative model for cell n in batch s_n, gene g, protein t:
+    z_n ~ N(0, I);  l_n = log library (observed, or ~ N(mu_s, var_s) when learned)
+    rho_n = softmax(f_rho(z_n, s_n));       x_ng ~ NB / ZINB(exp(l_n) rho_ng, theta_g)
+    log beta_nt ~ N(a_t(z_n, s_n), b_t(z_n, s_n)^2)        protein background rate
+    alpha_nt = beta_nt * r_t(z_n, s_n), r >= 1              protein foreground rate
+    pi_nt = sigmoid(f_pi(z_n, s_n))                         probability of the background
+    y_nt ~ pi_nt NB(beta_nt, phi_t) + (1 - pi_nt) NB(alpha_nt, phi_t)
+The prior of log beta is N(c_ts, d_ts^2) per protein and batch, with c and log d learned.
+Inference: q(z | x, y) and q(l | x, y) Gaussian; log beta is drawn from N(a, b^2) itself, so
+its KL term compares N(a, b^2) with the prior. Proteins not measured in a cell's batch
+(``protein_batch_mask``) enter neither the likelihood nor that KL.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _constants as C
+from ..distributions import NegativeBinomial, NegativeBinomialMixture, ZeroInflatedNegativeBinomial
+from ..nn import GaussianEncoder, TotalVIDecoder
+from ._base import BaseModule, LossOutput
+from ._vae import LATENT_DISTRIBUTIONS, NORM_CHOICES, _log_standard_normal, _normal, _rsample, check_choice
+
+GENE_LIKELIHOODS = ("nb", "zinb")
+GENE_DISPERSIONS = ("gene", "gene-batch", "gene-label")
+PROTEIN_DISPERSIONS = ("protein", "protein-batch", "protein-label")
+LIBRARY_LOG_MAX = 15.0  # a learned log library is clamped here (exp(15) ~ 3.3e6 counts)
+
+
+def _log_normal_density(x, mean, log_sd):
+    """log N(x; mean, exp(log_sd)^2) per entry."""
+    return -0.5 * ((x - mean) * torch.exp(-log_sd)).square() - log_sd - 0.5 * math.log(2 * math.pi)
+
+
+class TOTALVAE(BaseModule):
+    """totalVI's variational autoencoder (pure torch; knows nothing of AnnData)."""
+
+    def __init__(
+        self,
+        n_input_genes: int,
+        n_input_proteins: int,
+        n_batch: int = 1,
+        n_labels: int = 1,
+        n_hidden: int = 256,
+        n_latent: int = 20,
+        n_layers_encoder: int = 2,
+        n_layers_decoder: int = 1,
+        n_continuous_cov: int = 0,
+        n_cats_per_cov: Sequence[int] = (),
+        dropout_rate_decoder: float = 0.2,
+        dropout_rate_encoder: float = 0.2,
+        gene_dispersion: str = "gene",
+        protein_dispersion: str = "protein",
+        log_variational: bool = True,
+        gene_likelihood: str = "nb",
+        latent_distribution: str = "normal",
+        protein_batch_mask: np.ndarray | None = None,
+        encode_covariates: bool = True,
+        protein_background_prior_mean: np.ndarray | None = None,
+        protein_background_prior_scale: np.ndarray | None = None,
+        use_size_factor_key: bool = False,
+        use_observed_lib_size: bool = True,
+        library_log_means: np.ndarray | None = None,
+        library_log_vars: np.ndarray | None = None,
+        use_batch_norm: str = "both",
+        use_layer_norm: str = "none",
+    ):
+        super().__init__()
+        check_choice("gene_likelihood", gene_likelihood, GENE_LIKELIHOODS)
+        check_choice("gene_dispersion", gene_dispersion, GENE_DISPERSIONS)
+        check_choice("protein_dispersion", protein_dispersion, PROTEIN_DISPERSIONS)
+        check_choice("use_batch_norm", use_batch_norm, NORM_CHOICES)
+        check_choice("use_layer_norm", use_layer_norm, NORM_CHOICES)
+        check_choice("latent_distribution", latent_distribution, LATENT_DISTRIBUTIONS)
+        n_genes, n_proteins = int(n_input_genes), int(n_input_proteins)
+        self.n_input_genes, self.n_input_proteins = n_genes, n_proteins
+        self.n_batch, self.n_labels, self.n_latent = n_batch, n_labels, n_latent
+        self.gene_dispersion, self.protein_dispersion = gene_dispersion, protein_dispersion
+        self.gene_likelihood = gene_likelihood
+        self.log_variational = log_variational
+        self.encode_covariates = encode_covariates
+        self.n_continuous_cov = n_continuous_cov
+        self.use_size_factor_key = use_size_factor_key
+        # With size factors the library is given, never learned.
+        self.use_observed_lib_size = use_size_factor_key or use_observed_lib_size
+
+        columns = {"gene": (), "protein": (), "batch": (n_batch,), "label": (n_labels,)}
+        self.px_r = nn.Parameter(torch.randn(n_genes, *columns[gene_dispersion.rsplit("-", 1)[-1]]))
+        self.py_r = nn.Parameter(2 * torch.rand(n_proteins, *columns[protein_dispersion.rsplit("-", 1)[-1]]))
+
+        if protein_batch_mask is not None:
+            mask = np.asarray(protein_batch_mask, dtype=np.float32)
+            if mask.shape != (n_batch, n_proteins):
+                raise ValueError(f"protein_batch_mask must be (n_batch, n_proteins) = {(n_batch, n_proteins)}, "
+                                 f"got {mask.shape}")
+            self.register_buffer("protein_batch_mask", torch.as_tensor(mask))
+        else:
+            self.protein_batch_mask = None
+
+        # Prior of the log protein background: N(alpha[t, s], exp(log_beta[t, s])^2). Given
+        # as one column, one prior is shared (and learned) by all batches.
+        if protein_background_prior_mean is None:
+            alpha = torch.randn(n_proteins, n_batch)
+            log_beta = torch.clamp(torch.randn(n_proteins, n_batch), -10, 1)
+        else:
+            if protein_background_prior_scale is None:
+                raise ValueError("protein_background_prior_mean needs protein_background_prior_scale")
+            mean = np.asarray(protein_background_prior_mean, dtype=np.float32)
+            scale = np.asarray(protein_background_prior_scale, dtype=np.float32)
+            mean, scale = mean.reshape(n_proteins, -1), scale.reshape(n_proteins, -1)
+            if mean.shape != scale.shape or mean.shape[1] not in (1, n_batch):
+                raise ValueError("protein background prior mean and scale must both be (n_proteins, n_batch) "
+                                 f"or (n_proteins,); got {mean.shape} and {scale.shape}")
+            if not np.all(scale > 0):
+                raise ValueError("protein_background_prior_scale must be positive")
+            alpha, log_beta = torch.as_tensor(mean), torch.log(torch.as_tensor(scale))
+        self.background_pro_alpha = nn.Parameter(alpha)
+        self.background_pro_log_beta = nn.Parameter(log_beta)
+
+        if not self.use_observed_lib_size:
+            if library_log_means is None or library_log_vars is None:
+                raise ValueError("a learned library size needs library_log_means and library_log_vars")
+            self.register_buffer("library_log_means", torch.as_tensor(library_log_means, dtype=torch.float32).reshape(1, -1))
+            self.register_buffer("library_log_vars", torch.as_tensor(library_log_vars, dtype=torch.float32).reshape(1, -1))
+
+        cat_sizes = [n_batch, *n_cats_per_cov]
+        enc_bn, enc_ln = use_batch_norm in ("encoder", "both"), use_layer_norm in ("encoder", "both")
+        dec_bn, dec_ln = use_batch_norm in ("decoder", "both"), use_layer_norm in ("decoder", "both")
+        n_enc_in = n_genes + n_proteins + (n_continuous_cov if encode_covariates else 0)
+        enc_cats = cat_sizes if encode_covariates else ()
+        self.z_encoder = GaussianEncoder(
+            n_enc_in, n_latent, enc_cats, n_layers_encoder, n_hidden, dropout_rate_encoder, latent_distribution,
+            use_batch_norm=enc_bn, use_layer_norm=enc_ln,
+        )
+        if not self.use_observed_lib_size:
+            self.l_encoder = GaussianEncoder(
+                n_enc_in, 1, enc_cats, 1, n_hidden, dropout_rate_encoder,
+                use_batch_norm=enc_bn, use_layer_norm=enc_ln,
+            )
+        self.decoder = TotalVIDecoder(
+            n_latent + n_continuous_cov, n_genes, n_proteins, cat_sizes, n_layers_decoder, n_hidden,
+            dropout_rate_decoder, dec_bn, dec_ln, zero_inflation=gene_likelihood == "zinb",
+        )
+
+    @property
+    def latent_distribution(self) -> str:
+        return self.z_encoder.latent_distribution
+
+    def z_transform(self, untran_z: torch.Tensor) -> torch.Tensor:
+        """z from a draw of the Gaussian posterior (the identity, or softmax for "ln")."""
+        return self.z_encoder.z_transform(untran_z)
+
+    # -- tensor dict -> arguments -----------------------------------------------------------
+    @staticmethod
+    def _covariates(tensors: dict):
+        cats = tensors.get(C.CAT_COVS_KEY)
+        cats = list(cats.unbind(-1)) if cats is not None else []
+        return cats, tensors.get(C.CONT_COVS_KEY)
+
+    def inference_inputs(self, tensors: dict) -> dict:
+        cats, cont = self._covariates(tensors)
+        return {"x": tensors[C.X_KEY], "y": tensors[C.PROTEIN_KEY], "batch": tensors[C.BATCH_KEY],
+                "cat_covs": cats, "cont_covs": cont}
+
+    def generative_inputs(self, tensors: dict, inference_out: dict, transform_batch=None) -> dict:
+        cats, cont = self._covariates(tensors)
+        batch = tensors[C.BATCH_KEY]
+        if transform_batch is not None:
+            batch = torch.full_like(batch, int(transform_batch))
+        return {
+            "z": inference_out["z"], "library": inference_out["library"], "batch": batch,
+            "cat_covs": cats, "cont_covs": cont, "labels": tensors.get(C.LABELS_KEY),
+            "size_factor": tensors.get(C.SIZE_FACTOR_KEY),
+        }
+
+    # -- the model ---------------------------------------------------------------------------
+    def _latent_samples(self, qz_mean, qz_var, sample_shape) -> dict:
+        untran_z = _rsample(qz_mean, qz_var, sample_shape)
+        return {"qz_mean": qz_mean, "qz_var": qz_var, "untran_z": untran_z,
+                "z": self.z_encoder.z_transform(untran_z)}
+
+    @staticmethod
+    def _library_sample(ql_mean, ql_var, sample_shape) -> torch.Tensor:
+        return torch.clamp(_rsample(ql_mean, ql_var, sample_shape), max=LIBRARY_LOG_MAX)
+
+    def inference(self, x, y, batch, cat_covs=(), cont_covs=None, n_samples: int = 1) -> dict:
+        """q(z | x, y) and the log library: observed log(sum x), or a draw of q(l | x, y)."""
+        x_in = torch.cat([x, y], dim=-1)
+        if self.log_variational:
+            x_in = torch.log1p(x_in)
+        cats = ()
+        if self.encode_covariates:
+            cats = [batch, *cat_covs]
+            if cont_covs is not None:
+                x_in = torch.cat([x_in, cont_covs], dim=-1)
+        sample_shape = (n_samples,) if n_samples > 1 else ()
+        out = self._latent_samples(*self.z_encoder(x_in, cats), sample_shape)
+        if self.use_observed_lib_size:
+            library = torch.log(x.sum(-1, keepdim=True))
+            out["library"] = library.expand(*sample_shape, *library.shape)
+        else:
+            ql_mean, ql_var = self.l_encoder(x_in, cats)
+            out.update(ql_mean=ql_mean, ql_var=ql_var, library=self._library_sample(ql_mean, ql_var, sample_shape))
+        return out
+
+    def resample_inference(self, inference_out: dict, rows: torch.Tensor, n_samples: int = 1) -> dict:
+        """The posterior of cells ``rows`` (positions in ``inference_out``, which holds one
+        sample per cell) with fresh samples, without encoding again."""
+        sample_shape = (n_samples,) if n_samples > 1 else ()
+        out = self._latent_samples(inference_out["qz_mean"][rows], inference_out["qz_var"][rows], sample_shape)
+        if self.use_observed_lib_size:
+            library = inference_out["library"][rows]
+            out["library"] = library.expand(*sample_shape, *library.shape)
+        else:
+            ql_mean, ql_var = inference_out["ql_mean"][rows], inference_out["ql_var"][rows]
+            out.update(ql_mean=ql_mean, ql_var=ql_var, library=self._library_sample(ql_mean, ql_var, sample_shape))
+        return out
+
+    @staticmethod
+    def _by_cell(param: torch.Tensor, kind: str, batch, labels) -> torch.Tensor:
+        """exp(param) for each cell: (features,) or (cells, features) by batch or label."""
+        if param.dim() == 1:
+            return torch.exp(param)
+        codes = batch if kind.endswith("batch") else labels
+        if codes is None:
+            raise ValueError(f"dispersion {kind!r} needs the cells' labels")
+        return torch.exp(param).T[codes]
+
+    def generative(self, z, library, batch, cat_covs=(), cont_covs=None, labels=None, size_factor=None,
+                   likelihood: bool = True, genes_major: bool = False) -> dict:
+        """Likelihood parameters of RNA and proteins. ``likelihood=False`` returns only the RNA
+        ``"scale"`` and ``genes_major=True`` only ``"scale_by_gene"`` (genes first); both skip
+        the protein heads."""
+        # Leading sample dimensions are folded into the cell dimension for the decoder.
+        lead = z.shape[:-1]
+        z2 = z.reshape(-1, z.shape[-1])
+        n_rep = z2.shape[0] // batch.shape[0]
+
+        def rep(t):
+            return t if n_rep == 1 else t.repeat(n_rep, *([1] * (t.dim() - 1)))
+
+        def unfold(t):
+            return t.reshape(*lead, t.shape[-1])
+
+        dec_in = z2 if cont_covs is None else torch.cat([z2, rep(cont_covs)], dim=-1)
+        cats = [rep(batch), *[rep(c) for c in cat_covs]]
+        if genes_major or not likelihood:
+            scale = torch.softmax(self.decoder.gene_logits(dec_in, cats), dim=-1)
+            if genes_major:
+                return {"scale_by_gene": scale.t().reshape(-1, *lead)}
+            return {"scale": unfold(scale)}
+
+        dec = self.decoder(dec_in, cats)
+        if size_factor is not None:
+            library = torch.log(size_factor).unsqueeze(-1)
+        scale = unfold(dec["scale"])
+        rate = torch.exp(library) * scale
+        theta = self._by_cell(self.px_r, self.gene_dispersion, batch, labels)
+        dropout = unfold(dec["dropout"]) if dec["dropout"] is not None else None
+        if self.gene_likelihood == "zinb":
+            dist = ZeroInflatedNegativeBinomial(rate, theta, dropout)
+        else:
+            dist = NegativeBinomial(rate, theta)
+
+        back_alpha, back_beta = unfold(dec["back_alpha"]), unfold(dec["back_beta"])
+        log_rate_back = back_alpha + back_beta * torch.randn_like(back_alpha)
+        rate_back = torch.exp(log_rate_back)
+        fore_scale = unfold(dec["fore_scale"])
+        rate_fore = rate_back * fore_scale
+        mixing = unfold(dec["mixing"])
+        theta_protein = self._by_cell(self.py_r, self.protein_dispersion, batch, labels)
+        return {
+            "scale": scale, "rate": rate, "theta": theta, "dropout": dropout, "dist": dist,
+            "back_alpha": back_alpha, "back_beta": back_beta, "log_rate_back": log_rate_back,
+            "rate_back": rate_back, "fore_scale": fore_scale, "rate_fore": rate_fore, "mixing": mixing,
+            "theta_protein": theta_protein,
+            "protein_dist": NegativeBinomialMixture(rate_back, rate_fore, theta_protein, mixing),
+        }
+
+    # -- loss ----------------------------------------------------------------------------------
+    def _protein_mask(self, batch: torch.Tensor) -> torch.Tensor | None:
+        """Cells x proteins, True where the protein was measured in the cell's batch."""
+        if self.protein_batch_mask is None:
+            return None
+        return self.protein_batch_mask[batch] > 0
+
+    def _background_prior(self, batch: torch.Tensor):
+        """(mean, log sd) of the log-background prior, cells x proteins (or 1 x proteins)."""
+        alpha, log_beta = self.background_pro_alpha.T, self.background_pro_log_beta.T
+        if alpha.shape[0] == 1:
+            return alpha, log_beta
+        return alpha[batch], log_beta[batch]
+
+    def _library_prior(self, batch: torch.Tensor):
+        return _normal(self.library_log_means[0, batch].unsqueeze(-1),
+                       self.library_log_vars[0, batch].unsqueeze(-1))
+
+    @staticmethod
+    def _masked_sum(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is not None:
+            values = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
+        return values.sum(-1)
+
+    @staticmethod
+    def _per_cell(values: torch.Tensor, n_cells: int) -> torch.Tensor:
+        """Per-cell values, averaged over leading sample dimensions when there are any."""
+        if values.dim() == 0:
+            return values.expand(n_cells)
+        return values.reshape(-1, n_cells).mean(0) if values.dim() > 1 else values
+
+    def _reconstruction_rna(self, tensors: dict, generative_out: dict) -> torch.Tensor:
+        """-log p(x | z, l) per cell; the fused sparse path when one sample per cell."""
+        dist = generative_out["dist"]
+        if dist.mu.dim() == 2:
+            return -dist.log_prob_per_cell(tensors[C.X_KEY], tensors.get(C.X_NZ_INDEX_KEY),
+                                           tensors.get(C.X_NZ_VALUE_KEY))
+        return -dist.log_prob(tensors[C.X_KEY]).sum(-1)
+
+    def loss(self, tensors, inference_out, generative_out, kl_weight: float = 1.0,
+             protein_reconstruction_weight: float = 1.0) -> LossOutput:
+        y, batch = tensors[C.PROTEIN_KEY], tensors[C.BATCH_KEY]
+        n = batch.shape[0]
+        mask = self._protein_mask(batch)
+        rec_gene = self._per_cell(self._reconstruction_rna(tensors, generative_out), n)
+        rec_protein = self._per_cell(-self._masked_sum(generative_out["protein_dist"].log_prob(y), mask), n)
+
+        qz_mean, qz_var = inference_out["qz_mean"], inference_out["qz_var"]
+        kl_z = 0.5 * (qz_var + qz_mean.square() - 1 - torch.log(qz_var)).sum(-1)
+        if self.use_observed_lib_size:
+            kl_l = torch.zeros_like(kl_z)
+        else:
+            prior = self._library_prior(batch)
+            ql_mean, ql_var = inference_out["ql_mean"], inference_out["ql_var"]
+            kl_l = 0.5 * (torch.log(prior.variance / ql_var)
+                          + (ql_var + (ql_mean - prior.mean).square()) / prior.variance - 1).sum(-1)
+        # KL(N(a, b^2) || N(c, d^2)) = log(d / b) + (b^2 + (a - c)^2) / (2 d^2) - 1/2
+        prior_mean, prior_log_sd = self._background_prior(batch)
+        back_alpha, back_beta = generative_out["back_alpha"], generative_out["back_beta"]
+        kl_back = (prior_log_sd - torch.log(back_beta)
+                   + 0.5 * (back_beta.square() + (back_alpha - prior_mean).square()) * torch.exp(-2 * prior_log_sd)
+                   - 0.5)
+        kl_back = self._per_cell(self._masked_sum(kl_back, mask), n)
+
+        loss = torch.mean(rec_gene + protein_reconstruction_weight * rec_protein
+                          + kl_weight * kl_z + kl_l + kl_weight * kl_back)
+        return LossOutput(
+            loss=loss,
+            reconstruction_loss=rec_gene + rec_protein,
+            kl_local=kl_z + kl_l + kl_back,
+            extra_metrics={"reconstruction_loss_rna": rec_gene.mean().detach(),
+                           "reconstruction_loss_protein": rec_protein.mean().detach()},
+        )
+
+    @torch.no_grad()
+    def marginal_ll(self, tensors: dict, n_mc_samples: int = 1000, chunk: int = 100) -> torch.Tensor:
+        """Importance-sampled log p(x, y) per cell. Proposal: q(z | x, y), q(l | x, y) when the
+        library is learned, and the decoder's N(a, b^2) for the log protein background, whose
+        weight is its prior over that proposal (measured proteins only)."""
+        inf = self.inference(**self.inference_inputs(tensors))
+        x, y, batch = tensors[C.X_KEY], tensors[C.PROTEIN_KEY], tensors[C.BATCH_KEY]
+        mask = self._protein_mask(batch)
+        prior_mean, prior_log_sd = self._background_prior(batch)
+        qz = _normal(inf["qz_mean"], inf["qz_var"])
+        log_w = []
+        for start in range(0, n_mc_samples, chunk):
+            k = min(chunk, n_mc_samples - start)
+            sample = self._latent_samples(inf["qz_mean"], inf["qz_var"], (k,))
+            untran_z = sample["untran_z"]
+            lw = _log_standard_normal(untran_z) - qz.log_prob(untran_z).sum(-1)
+            if self.use_observed_lib_size:
+                sample["library"] = inf["library"].expand(k, *inf["library"].shape)
+            else:
+                ql = _normal(inf["ql_mean"], inf["ql_var"])
+                lib = self._library_sample(inf["ql_mean"], inf["ql_var"], (k,))
+                sample["library"] = lib
+                lw = lw + (self._library_prior(batch).log_prob(lib) - ql.log_prob(lib)).sum(-1)
+            gen = self.generative(**self.generative_inputs(tensors, sample))
+            lw = lw + gen["dist"].log_prob(x).sum(-1)
+            log_back = gen["log_rate_back"]
+            back_ratio = (_log_normal_density(log_back, prior_mean, prior_log_sd)
+                          - _log_normal_density(log_back, gen["back_alpha"], torch.log(gen["back_beta"])))
+            lw = lw + self._masked_sum(gen["protein_dist"].log_prob(y) + back_ratio, mask)
+            log_w.append(lw)
+        log_w = torch.cat(log_w, dim=0)
+        return torch.logsumexp(log_w, dim=0) - np.log(n_mc_samples)
+
+
+def _two_gaussians(values: np.ndarray, n_iter: int = 100, tol: float = 1e-3, var_floor: float = 1e-6):
+    """A two-component 1-D Gaussian mixture fitted to each row of ``values`` (cells x points) by
+    EM, vectorised over rows, started from a k-means split seeded at each row's min and max.
+
+    Returns (mean, sd) of each row's lower component and a mask of the rows that could be fitted
+    (a row whose values are all equal cannot).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    n, p = x.shape
+    lo, hi = x.min(1), x.max(1)
+    ok = hi - lo > 1e-12
+    # k-means (Lloyd) from centres at min and max: a hard start for EM.
+    centres = np.stack([lo, hi], axis=1)
+    for _ in range(20):
+        upper = np.abs(x - centres[:, 1:]) < np.abs(x - centres[:, :1])
+        n_up = upper.sum(1)
+        new = np.stack([np.where(n_up < p, (x * ~upper).sum(1) / np.maximum(p - n_up, 1), centres[:, 0]),
+                        np.where(n_up > 0, (x * upper).sum(1) / np.maximum(n_up, 1), centres[:, 1])], axis=1)
+        if np.allclose(new, centres):
+            break
+        centres = new
+    resp = np.stack([~upper, upper], axis=2).astype(np.float64)  # cells x points x 2
+    tiny = 10 * np.finfo(np.float64).eps
+    previous = -np.inf
+    for _ in range(n_iter):
+        # M step
+        nk = resp.sum(1) + tiny
+        mean = (resp * x[:, :, None]).sum(1) / nk
+        var = (resp * (x[:, :, None] - mean[:, None, :]) ** 2).sum(1) / nk + var_floor
+        weight = nk / p
+        # E step
+        log_dens = (np.log(weight)[:, None, :] - 0.5 * np.log(2 * np.pi * var)[:, None, :]
+                    - 0.5 * (x[:, :, None] - mean[:, None, :]) ** 2 / var[:, None, :])
+        top = log_dens.max(2, keepdims=True)
+        log_norm = top + np.log(np.exp(log_dens - top).sum(2, keepdims=True))
+        resp = np.exp(log_dens - log_norm)
+        bound = log_norm[:, :, 0].mean(1)  # mean log-likelihood per point, per row
+        if np.all(np.abs(bound - previous) < tol):
+            break
+        previous = bound
+    lower = np.argmin(mean, axis=1)
+    rows = np.arange(n)
+    return mean[rows, lower], np.sqrt(var[rows, lower]), ok
+
+
+def protein_background_prior(proteins: np.ndarray, batch_codes: np.ndarray, n_batch: int,
+                             protein_batch_mask: np.ndarray | None = None, n_cells: int = 100,
+                             rng: np.random.Generator | int | None = None):
+    """Empirical prior of the log protein background, per batch: (mean, scale), each
+    n_proteins x n_batch (the batch's value repeated for every protein).
+
+    For each batch, ``n_cells`` cells with any protein counts are drawn with replacement; a
+    two-component Gaussian mixture is fitted to the log1p counts of each cell's measured
+    proteins and its lower component taken as the background. The batch's mean is the mean of
+    those components' means, its scale sqrt(sum of their variances) / n_cells. A cell whose
+    counts are all equal counts as mean 0, sd 0.05. A batch with fewer than 5 measured proteins
+    or no protein counts gets (0, 0.05); a batch without cells gets (0, 1).
+    """
+    if hasattr(proteins, "toarray"):
+        proteins = proteins.toarray()
+    proteins = np.asarray(proteins, dtype=np.float64)
+    batch_codes = np.asarray(batch_codes).reshape(-1)
+    rng = np.random.default_rng(rng)
+    means, scales = np.zeros(n_batch), np.ones(n_batch)
+    for b in range(n_batch):
+        counts = proteins[batch_codes == b]
+        if counts.shape[0] == 0:
+            continue  # (0, 1)
+        if protein_batch_mask is not None:
+            counts = counts[:, np.asarray(protein_batch_mask[b], dtype=bool)]
+        counts = counts[counts.sum(1) > 0]
+        if counts.shape[1] < 5 or counts.shape[0] == 0:
+            scales[b] = 0.05
+            continue
+        chosen = np.log1p(counts[rng.integers(counts.shape[0], size=n_cells)])
+        mu, sd, ok = _two_gaussians(chosen)
+        mu, sd = np.where(ok, mu, 0.0), np.where(ok, sd, 0.05)
+        means[b] = mu.mean()
+        scales[b] = np.sqrt(np.sum(sd**2)) / n_cells
+    n_proteins = proteins.shape[1]
+    return (np.tile(means[None, :], (n_proteins, 1)).astype(np.float32),
+            np.tile(scales[None, :], (n_proteins, 1)).astype(np.float32))
