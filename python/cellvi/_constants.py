@@ -22,4 +22,6 @@ def nz_keys(field: str) -> tuple[str, str]:
 # Files of a saved model directory.
 WEIGHTS_FILE = "weights.npz"
 MODEL_JSON_FILE = "model.json"
-SAVE_FORMAT_VERSION = 1
+ARGUMENTS_FILE = "arguments.npz"  # array and table arguments of a model
+# 2: the registry is a list of fields (format 1, a flat dict of the scVI setup, still loads).
+SAVE_FORMAT_VERSION = 2

@@ -1,8 +1,9 @@
 """Minibatches cut from tensors held once on the device.
 
-The count matrix stays CSR (three torch tensors) on the training device for the whole run; a
-minibatch is gathered with vectorised index arithmetic and densified alone. No AnnData is
-touched per minibatch. The gather also yields the minibatch's non-zero entries, which the
+Every registered field is held once on the training device for the whole run: sparse ones
+as CSR (three torch tensors), the rest as dense tensors. A minibatch is gathered with
+vectorised index arithmetic and each sparse field densified alone. No AnnData is touched per
+minibatch. The gather also yields each sparse field's non-zero entries, which the
 likelihoods use to skip work on zeros.
 """
 from __future__ import annotations
@@ -10,96 +11,100 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from .. import _constants as C
 from ._registry import AnnTensors
 
 
+class _SparseStore:
+    """One CSR field on the storage device (three tensors) and its host index pointer."""
+
+    def __init__(self, X: sp.csr_matrix):
+        self.n_cols = X.shape[1]
+        self.host = {
+            "indptr": torch.from_numpy(X.indptr.astype(np.int64, copy=False)),
+            "indices": torch.from_numpy(X.indices),
+            "values": torch.from_numpy(X.data),
+        }
+        self.csr = X
+
+
 class DeviceData:
     """An :class:`AnnTensors` moved to ``device``; ``minibatch(idx)`` returns a tensor dict.
 
-    With float32 values and int32 indices on the CPU (the usual h5ad layout) the counts are
-    shared with the scipy matrix, not copied. On a GPU the data live in GPU memory for the
+    Every registered field is served under its key. A sparse (CSR) field is densified per
+    minibatch and also gives its non-zero entries (flat index, value) under
+    ``C.nz_keys(key)``; dense fields (per-cell codes, covariates, obsm matrices) are gathered
+    by row. With float32 values and int32 indices on the CPU (the usual h5ad layout) a sparse
+    field shares memory with the scipy matrix. On a GPU the data live in GPU memory for the
     whole run when they take less than ``gpu_fraction`` of the free memory; otherwise they
     stay in pinned host memory and each minibatch is cut there and sent over.
     """
 
     def __init__(self, tensors: AnnTensors, device: torch.device | str = "cpu", gpu_fraction: float = 0.5):
         device = torch.device(device)
-        X = tensors.X
         self.device = device
-        self.n_obs, self.n_vars = X.shape
-        host = {
-            "indptr": torch.from_numpy(X.indptr.astype(np.int64, copy=False)),
-            "indices": torch.from_numpy(X.indices),
-            "values": torch.from_numpy(X.data),
-            C.BATCH_KEY: torch.from_numpy(tensors.batch),
-            C.LABELS_KEY: torch.from_numpy(tensors.labels),
-        }
-        for key, arr in (
-            (C.CAT_COVS_KEY, tensors.categorical_covariates),
-            (C.CONT_COVS_KEY, tensors.continuous_covariates),
-            (C.SIZE_FACTOR_KEY, tensors.size_factor),
-        ):
-            if arr is not None:
-                host[key] = torch.from_numpy(arr)
+        self.n_obs = tensors.n_obs
+        sparse = {k: _SparseStore(v) for k, v in tensors.items() if sp.issparse(v)}
+        dense = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items() if not sp.issparse(v)}
         self.storage_device = device
         if device.type == "cuda":
-            n_bytes = sum(t.numel() * t.element_size() for t in host.values())
+            n_bytes = sum(t.numel() * t.element_size() for t in dense.values())
+            n_bytes += sum(t.numel() * t.element_size() for s in sparse.values() for t in s.host.values())
             free, _ = torch.cuda.mem_get_info(device)
             if n_bytes > gpu_fraction * free:
                 self.storage_device = torch.device("cpu")
-                host = {k: t.pin_memory() for k, t in host.items()}
+                dense = {k: t.pin_memory() for k, t in dense.items()}
+                for s in sparse.values():
+                    s.host = {k: t.pin_memory() for k, t in s.host.items()}
         # On the CPU, scipy's row gather and densify (compiled loops) cut a minibatch in
         # half the time of the tensor arithmetic below, which is kept for GPUs.
-        self._host_csr = X if device.type == "cpu" else None
-        stored = {k: t.to(self.storage_device) for k, t in host.items()}
-        self.indptr, self.indices, self.values = stored.pop("indptr"), stored.pop("indices"), stored.pop("values")
-        self._host_indptr = host["indptr"]  # minibatch sizes are computed here: no device sync
-        self.obs = stored
+        self._on_cpu = device.type == "cpu"
+        for s in sparse.values():
+            stored = {k: t.to(self.storage_device) for k, t in s.host.items()}
+            s.indptr, s.indices, s.values = stored["indptr"], stored["indices"], stored["values"]
+        self.sparse = sparse
+        self.obs = {k: t.to(self.storage_device) for k, t in dense.items()}
+
+    # The count matrix's stored arrays (X is the usual sparse field).
+    @property
+    def n_vars(self) -> int:
+        return self.sparse[C.X_KEY].n_cols
+
+    @property
+    def indptr(self) -> torch.Tensor:
+        return self.sparse[C.X_KEY].indptr
+
+    @property
+    def indices(self) -> torch.Tensor:
+        return self.sparse[C.X_KEY].indices
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.sparse[C.X_KEY].values
 
     def minibatch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Dense counts of rows ``idx`` plus their non-zeros and per-cell covariates."""
+        """Every field's rows ``idx``: dense sparse fields plus their non-zeros, and the rest."""
         idx_host = idx.cpu()
-        if self._host_csr is not None:
-            return self._cut_host(idx_host)
-        total = int((self._host_indptr[idx_host + 1] - self._host_indptr[idx_host]).sum())
+        if self._on_cpu:
+            out = {key: torch.index_select(t, 0, idx_host) for key, t in self.obs.items()}
+            for key, store in self.sparse.items():
+                out.update(_cut_host(store, key, idx_host))
+            return out
+        out = self._cut_tensors(idx.to(self.storage_device), idx_host)
         if self.storage_device != self.device:
-            return {k: t.to(self.device, non_blocking=True)
-                    for k, t in self._cut(idx.to(self.storage_device), total).items()}
-        return self._cut(idx.to(self.device), total)
-
-    def _cut_host(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``_cut`` on the CPU with scipy: the same tensors, in the same order."""
-        sub = self._host_csr[idx.numpy()]
-        rows = np.repeat(np.arange(sub.shape[0], dtype=np.int64), np.diff(sub.indptr))
-        out = {key: torch.index_select(t, 0, idx) for key, t in self.obs.items()}
-        out[C.X_KEY] = torch.from_numpy(sub.toarray())
-        out[C.X_NZ_INDEX_KEY] = torch.from_numpy(rows * self.n_vars + sub.indices)
-        out[C.X_NZ_VALUE_KEY] = torch.from_numpy(sub.data)
+            out = {k: t.to(self.device, non_blocking=True) for k, t in out.items()}
         return out
 
-    def _cut(self, idx: torch.Tensor, total: int) -> dict[str, torch.Tensor]:
-        device = idx.device
-        starts = self.indptr[idx]
-        lengths = self.indptr[idx + 1] - starts
-        n = idx.shape[0]
-        rows = torch.repeat_interleave(torch.arange(n, device=device), lengths, output_size=total)
-        # Position of each gathered entry inside the CSR arrays.
-        offsets = torch.cumsum(lengths, 0) - lengths
-        pos = torch.arange(total, device=device) + (starts - offsets).repeat_interleave(
-            lengths, output_size=total
-        )
-        # index_select and scatter_: several times faster on the CPU than tensor[index].
-        cols = torch.index_select(self.indices, 0, pos).long()
-        vals = torch.index_select(self.values, 0, pos)
-        flat = rows * self.n_vars + cols
-        X = torch.zeros(n * self.n_vars, device=device, dtype=vals.dtype).scatter_(0, flat, vals)
+    def _cut_tensors(self, idx: torch.Tensor, idx_host: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``minibatch`` by tensor arithmetic on the storage device (the GPU path)."""
+        idx_host = idx.cpu() if idx_host is None else idx_host
         out = {key: torch.index_select(t, 0, idx) for key, t in self.obs.items()}
-        out[C.X_KEY] = X.view(n, self.n_vars)
-        out[C.X_NZ_INDEX_KEY] = flat
-        out[C.X_NZ_VALUE_KEY] = vals
+        for key, store in self.sparse.items():
+            total = int((store.host["indptr"][idx_host + 1] - store.host["indptr"][idx_host]).sum())
+            out.update(_cut(store, key, idx, total))
         return out
 
     def iterate(
@@ -111,6 +116,35 @@ class DeviceData:
     ) -> Iterator[dict[str, torch.Tensor]]:
         for idx in split_minibatches(indices, batch_size, shuffle, generator):
             yield self.minibatch(idx)
+
+
+def _cut_host(store: _SparseStore, key: str, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``_cut`` on the CPU with scipy: the same tensors, in the same order."""
+    sub = store.csr[idx.numpy()]
+    rows = np.repeat(np.arange(sub.shape[0], dtype=np.int64), np.diff(sub.indptr))
+    nz_index, nz_value = C.nz_keys(key)
+    return {key: torch.from_numpy(sub.toarray()),
+            nz_index: torch.from_numpy(rows * store.n_cols + sub.indices),
+            nz_value: torch.from_numpy(sub.data)}
+
+
+def _cut(store: _SparseStore, key: str, idx: torch.Tensor, total: int) -> dict[str, torch.Tensor]:
+    """Rows ``idx`` of a stored CSR field, dense, with their non-zero entries (any device)."""
+    device = idx.device
+    starts = store.indptr[idx]
+    lengths = store.indptr[idx + 1] - starts
+    n = idx.shape[0]
+    rows = torch.repeat_interleave(torch.arange(n, device=device), lengths, output_size=total)
+    # Position of each gathered entry inside the CSR arrays.
+    offsets = torch.cumsum(lengths, 0) - lengths
+    pos = torch.arange(total, device=device) + (starts - offsets).repeat_interleave(lengths, output_size=total)
+    # index_select and scatter_: several times faster on the CPU than tensor[index].
+    cols = torch.index_select(store.indices, 0, pos).long()
+    vals = torch.index_select(store.values, 0, pos)
+    flat = rows * store.n_cols + cols
+    X = torch.zeros(n * store.n_cols, device=device, dtype=vals.dtype).scatter_(0, flat, vals)
+    nz_index, nz_value = C.nz_keys(key)
+    return {key: X.view(n, store.n_cols), nz_index: flat, nz_value: vals}
 
 
 def cell_indices(n_obs: int, indices, name: str = "indices") -> np.ndarray:

@@ -8,26 +8,19 @@ consumes) and is saved as JSON next to a model's weights.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import warnings
 import weakref
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from .. import _constants as C
+from ._fields import (CategoricalJointObsField, CategoricalObsField, Field, LayerField,
+                      NumericalJointObsField, NumericalObsField, as_csr_float32, check_counts)
 
-_MAX_LISTED = 10
-_CHUNK = 1 << 22  # values per chunk when scanning a count matrix
-
-
-def _preview(values: Sequence[Any], n: int = _MAX_LISTED) -> str:
-    values = list(values)
-    shown = ", ".join(str(v) for v in values[:n])
-    return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
-
+__all__ = ["AnnTensors", "Registry", "as_csr_float32", "check_counts", "recall_setup", "remember_setup",
+           "standard_fields"]
 
 # ----------------------------------------------------------------------------------------
 # Where a setup is remembered between ``setup_anndata`` and ``Model(adata)``.
@@ -65,168 +58,126 @@ def recall_setup(adata, model_name: str) -> tuple["Registry", "AnnTensors | None
 
 
 # ----------------------------------------------------------------------------------------
-# Checks on the count matrix.
 
 
-def as_csr_float32(X) -> sp.csr_matrix:
-    """Return X as CSR with float32 values, without copying when it already is."""
-    if sp.issparse(X):
-        X = X.tocsr() if X.format != "csr" else X
-        if not isinstance(X, sp.csr_matrix):  # scipy's csr_array
-            X = sp.csr_matrix(X)
-    else:
-        X = np.asarray(X)
-        if X.ndim != 2:
-            raise ValueError(f"the count matrix must be 2-D, got shape {X.shape}")
-        X = sp.csr_matrix(X)
-    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
-        raise TypeError(f"the count matrix must hold numbers, got dtype {X.dtype}")
-    if X.dtype != np.float32:
-        X = X.astype(np.float32)
-    return X
+class AnnTensors(dict):
+    """The arrays a model consumes, cut from one AnnData: field key -> CSR matrix or NumPy
+    array (cells are rows). Entries read as attributes too (``tensors.X``, ``tensors.batch``);
+    the standard optional entries read as None when the model has none."""
 
+    _OPTIONAL = (C.CAT_COVS_KEY, C.CONT_COVS_KEY, C.SIZE_FACTOR_KEY)
 
-def check_counts(X: sp.csr_matrix, source: str, obs_names=None) -> None:
-    """Refuse what cannot be counts; warn on non-integers. ``X`` is CSR float32.
-
-    The stored values are scanned in chunks so that the check's temporaries stay small next
-    to the matrix (it must not double the memory of a large data set).
-    """
-    data = X.data
-    if X.shape[0] == 0:
-        raise ValueError(f"{source} has no cells")
-    if X.shape[1] == 0:
-        raise ValueError(f"{source} has no genes")
-    n_nan = n_inf = n_negative = 0
-    minimum, non_integer = np.inf, None
-    for start in range(0, data.size, _CHUNK):
-        chunk = data[start:start + _CHUNK]
-        finite = np.isfinite(chunk)
-        if not finite.all():
-            n_nan += int(np.isnan(chunk).sum())
-            n_inf += int((~finite).sum()) - int(np.isnan(chunk).sum())
-            chunk = chunk[finite]
-        if chunk.size:
-            minimum = min(minimum, float(chunk.min()))
-            n_negative += int((chunk < 0).sum())
-            if non_integer is None:
-                fractional = chunk[chunk != np.round(chunk)]
-                if fractional.size:
-                    non_integer = float(fractional[0])
-    if n_nan or n_inf:
-        raise ValueError(
-            f"{source} holds {n_nan} NaN and {n_inf} infinite values; the model needs raw "
-            "counts (non-negative integers)"
-        )
-    if n_negative:
-        raise ValueError(
-            f"{source} holds {n_negative} negative values (minimum {minimum:g}); the model needs "
-            "raw counts: pass the layer that holds them with layer=..., not scaled or centred data"
-        )
-    if non_integer is not None:
-        warnings.warn(
-            f"{source} holds non-integer values (e.g. {non_integer:g}); the model expects raw "
-            "counts. This usually means normalized or log-transformed data was passed: use the "
-            "raw counts (layer=... or adata.raw).",
-            UserWarning,
-            stacklevel=4,
-        )
-    totals = np.asarray(X.sum(axis=1)).ravel()
-    empty = np.flatnonzero(totals <= 0)
-    if empty.size:
-        names = np.asarray(obs_names)[empty] if obs_names is not None else empty
-        raise ValueError(
-            f"{source} has {empty.size} cells with zero total counts ({_preview(names)}); "
-            "remove them first, e.g. adata = adata[adata.X.sum(axis=1) > 0].copy() or "
-            "scanpy.pp.filter_cells(adata, min_counts=1)"
-        )
-
-
-# ----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class AnnTensors:
-    """The numbers a model consumes, cut from one AnnData (cells are rows)."""
-
-    X: sp.csr_matrix  # float32 counts
-    batch: np.ndarray  # int64 codes
-    labels: np.ndarray  # int64 codes
-    categorical_covariates: np.ndarray | None  # int64 (n_cells, n_covariates)
-    continuous_covariates: np.ndarray | None  # float32 (n_cells, n_covariates)
-    size_factor: np.ndarray | None  # float32
+    def __getattr__(self, name: str):
+        if name in self:
+            return self[name]
+        if name in self._OPTIONAL:
+            return None
+        raise AttributeError(f"no registered field '{name}'; fields: {', '.join(self)}")
 
     @property
     def n_obs(self) -> int:
-        return self.X.shape[0]
+        return next(iter(self.values())).shape[0]
 
 
-def _category_strings(values: pd.Series) -> tuple[pd.Series, list[str]]:
-    """Values as strings and the category order (categorical order, else sorted)."""
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        values = values.cat.remove_unused_categories()
-        categories = [str(c) for c in values.cat.categories]
-    else:
-        uniques = pd.unique(values.dropna())
-        try:
-            uniques = sorted(uniques)
-        except TypeError:  # mixed types
-            uniques = sorted(uniques, key=str)
-        categories = [str(c) for c in uniques]
-    return values.astype(str), categories
+def standard_fields(layer: str | None = None, batch_key: str | None = None, labels_key: str | None = None,
+                    size_factor_key: str | None = None,
+                    categorical_covariate_keys: Sequence[str] | None = None,
+                    continuous_covariate_keys: Sequence[str] | None = None,
+                    unlabeled_category=None) -> list[Field]:
+    """The fields of the scVI family's setup: counts, batch, labels, size factor and covariates.
+
+    Batches of query data must be new; labels must be known ones; other categorical
+    covariates may add categories.
+    """
+    return [
+        LayerField(C.X_KEY, layer),
+        CategoricalObsField(C.BATCH_KEY, batch_key, "batch_key", query="new"),
+        CategoricalObsField(C.LABELS_KEY, labels_key, "labels_key", query="known",
+                            unlabeled_category=unlabeled_category),
+        NumericalObsField(C.SIZE_FACTOR_KEY, size_factor_key, "size_factor_key", positive=True),
+        CategoricalJointObsField(C.CAT_COVS_KEY, categorical_covariate_keys),
+        NumericalJointObsField(C.CONT_COVS_KEY, continuous_covariate_keys),
+    ]
 
 
-def _obs_column(adata, key: str, role: str) -> pd.Series:
-    if not isinstance(key, str):
-        raise TypeError(f"{role} must be the name of an obs column (a string), got {key!r}")
-    if key not in adata.obs.columns:
-        raise KeyError(
-            f"obs column '{key}' ({role}) not found; available: {_preview(adata.obs.columns, 30)}"
-        )
-    column = adata.obs[key]
-    if column.isna().any():
-        raise ValueError(
-            f"obs column '{key}' ({role}) has {int(column.isna().sum())} missing values; "
-            "fill or drop those cells first"
-        )
-    return column
-
-
-def _codes(adata, key: str, role: str, categories: list[str]) -> np.ndarray:
-    values = _obs_column(adata, key, role).astype(str)
-    codes = pd.Categorical(values, categories=categories).codes.astype(np.int64)
-    if (codes < 0).any():
-        unknown = pd.unique(values[codes < 0])
-        raise ValueError(
-            f"obs column '{key}' ({role}) has categories the model was not set up with: "
-            f"{_preview(unknown)}; known: {_preview(categories, 30)}"
-        )
-    return codes
-
-
-@dataclasses.dataclass
 class Registry:
-    """Everything needed to rebuild a model's tensors from an AnnData, as plain JSON data."""
+    """A model's setup: the list of its fields and their state, as plain JSON data.
 
-    model: str
-    var_names: list[str]
-    layer: str | None = None
-    batch_key: str | None = None
-    labels_key: str | None = None
-    size_factor_key: str | None = None
-    categorical_covariate_keys: list[str] = dataclasses.field(default_factory=list)
-    continuous_covariate_keys: list[str] = dataclasses.field(default_factory=list)
-    batch_categories: list[str] = dataclasses.field(default_factory=lambda: ["0"])
-    label_categories: list[str] = dataclasses.field(default_factory=lambda: ["0"])
-    categorical_covariate_categories: dict[str, list[str]] = dataclasses.field(
-        default_factory=dict
-    )
-    # Label models: the value of the labels column that means "no label". It is not one of
-    # ``label_categories``; unlabelled cells get the code ``n_labels``.
-    unlabeled_category: str | None = None
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # model-specific
+    ``tensors(adata)`` turns any AnnData with the same layout into :class:`AnnTensors`. The
+    fields of the scVI family's setup (counts in ``X``, ``batch``, ``labels``, covariates) are
+    also readable through the properties below.
+    """
 
-    # -- sizes the modules need ------------------------------------------------------------
+    def __init__(self, model: str, fields: Sequence[Field], extra: dict | None = None):
+        self.model = model
+        self.fields: dict[str, Field] = {}
+        for field in fields:
+            if field.key in self.fields:
+                raise ValueError(f"two registry fields share the key '{field.key}'")
+            self.fields[field.key] = field
+        self.extra = dict(extra or {})
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Registry) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Registry({self.model}: {', '.join(map(repr, self.fields.values()))})"
+
+    def field(self, key: str) -> Field:
+        try:
+            return self.fields[key]
+        except KeyError:
+            raise KeyError(f"the {self.model} setup has no field '{key}'; fields: {', '.join(self.fields)}") from None
+
+    def _get(self, key: str, attr: str, default=None):
+        field = self.fields.get(key)
+        return getattr(field, attr, default) if field is not None else default
+
+    # -- the scVI family's fields ------------------------------------------------------------
+    @property
+    def var_names(self) -> list[str]:
+        return self.field(C.X_KEY).var_names
+
+    @property
+    def layer(self) -> str | None:
+        return self._get(C.X_KEY, "layer")
+
+    @property
+    def batch_key(self) -> str | None:
+        return self._get(C.BATCH_KEY, "obs_key")
+
+    @property
+    def labels_key(self) -> str | None:
+        return self._get(C.LABELS_KEY, "obs_key")
+
+    @property
+    def size_factor_key(self) -> str | None:
+        return self._get(C.SIZE_FACTOR_KEY, "obs_key")
+
+    @property
+    def categorical_covariate_keys(self) -> list[str]:
+        return list(self._get(C.CAT_COVS_KEY, "obs_keys", []))
+
+    @property
+    def continuous_covariate_keys(self) -> list[str]:
+        return list(self._get(C.CONT_COVS_KEY, "obs_keys", []))
+
+    @property
+    def batch_categories(self) -> list[str]:
+        return self._get(C.BATCH_KEY, "categories", ["0"])
+
+    @property
+    def label_categories(self) -> list[str]:
+        return self._get(C.LABELS_KEY, "categories", ["0"])
+
+    @property
+    def unlabeled_category(self) -> str | None:
+        return self._get(C.LABELS_KEY, "unlabeled_category")
+
+    @property
+    def categorical_covariate_categories(self) -> dict[str, list[str]]:
+        return self._get(C.CAT_COVS_KEY, "categories", {})
+
     @property
     def n_vars(self) -> int:
         return len(self.var_names)
@@ -249,260 +200,98 @@ class Registry:
 
     # -- JSON --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"model": self.model, "fields": [f.state() for f in self.fields.values()],
+                "extra": copy.deepcopy(self.extra)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Registry":
-        return cls(**d)
+        if "fields" not in d:  # saved before registries were lists of fields (format 1)
+            return cls._from_flat_dict(d)
+        return cls(d["model"], [Field.from_state(s) for s in d["fields"]], d.get("extra"))
+
+    @classmethod
+    def _from_flat_dict(cls, d: dict) -> "Registry":
+        fields = standard_fields(d.get("layer"), d.get("batch_key"), d.get("labels_key"),
+                                 d.get("size_factor_key"), d.get("categorical_covariate_keys"),
+                                 d.get("continuous_covariate_keys"), d.get("unlabeled_category"))
+        fields[0].var_names = list(d["var_names"])
+        fields[1].categories = list(d.get("batch_categories", ["0"]))
+        fields[2].categories = list(d.get("label_categories", ["0"]))
+        fields[4].categories = {k: list(v) for k, v in d.get("categorical_covariate_categories", {}).items()}
+        return cls(d["model"], fields, d.get("extra"))
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def from_anndata(
-        cls,
-        adata,
-        model: str,
-        layer: str | None = None,
-        batch_key: str | None = None,
-        labels_key: str | None = None,
-        size_factor_key: str | None = None,
-        categorical_covariate_keys: Sequence[str] | None = None,
-        continuous_covariate_keys: Sequence[str] | None = None,
-        unlabeled_category: str | None = None,
-        extra: dict | None = None,
-        return_tensors: bool = False,
-    ) -> "Registry | tuple[Registry, AnnTensors]":
-        """Validate the setup against ``adata`` and record it. Does not modify ``adata``.
+    def from_anndata(cls, adata, model: str, fields: Sequence[Field] | None = None,
+                     extra: dict | None = None, return_tensors: bool = False,
+                     **standard) -> "Registry | tuple[Registry, AnnTensors]":
+        """Set ``fields`` up on ``adata`` (default: :func:`standard_fields` of the keyword
+        arguments ``layer``, ``batch_key``, ...) and check every one. Does not modify ``adata``.
 
-        With ``unlabeled_category``, cells whose label is that value are unlabelled; the
-        other values are the label categories. With ``return_tensors``, also return the
-        tensors that the checks built.
+        With ``return_tensors``, also return the tensors that the checks built.
         """
         if not hasattr(adata, "obs") or not hasattr(adata, "var_names"):
             raise TypeError(f"expected an AnnData, got {type(adata).__name__}")
         if adata.n_obs == 0:
             raise ValueError("the AnnData has no cells")
-        var_names = [str(v) for v in adata.var_names]
-        if len(set(var_names)) != len(var_names):
-            dup = pd.Index(var_names)[pd.Index(var_names).duplicated()].unique()
-            raise ValueError(
-                f"gene names (var_names) are duplicated: {_preview(dup)}; make them unique, "
-                "e.g. adata.var_names_make_unique()"
-            )
-        cat_keys = _key_list(categorical_covariate_keys, "categorical_covariate_keys")
-        cont_keys = _key_list(continuous_covariate_keys, "continuous_covariate_keys")
-        reg = cls(
-            model=model,
-            var_names=var_names,
-            layer=layer,
-            batch_key=batch_key,
-            labels_key=labels_key,
-            size_factor_key=size_factor_key,
-            categorical_covariate_keys=cat_keys,
-            continuous_covariate_keys=cont_keys,
-            extra=dict(extra or {}),
-        )
-        if batch_key is not None:
-            reg.batch_categories = _category_strings(_obs_column(adata, batch_key, "batch_key"))[1]
-        if labels_key is not None:
-            reg._set_labels(adata, labels_key, unlabeled_category)
-        elif unlabeled_category is not None:
-            raise ValueError("unlabeled_category needs labels_key (the obs column of the labels)")
-        for key in cat_keys:
-            reg.categorical_covariate_categories[key] = _category_strings(
-                _obs_column(adata, key, "categorical covariate")
-            )[1]
-        # Building the tensors runs every remaining check (layer, counts, covariates).
-        tensors = reg.tensors(adata)
+        if fields is None:
+            fields = standard_fields(**standard)
+        elif standard:
+            raise TypeError(f"pass either fields or the standard setup arguments, not both ({', '.join(standard)})")
+        fields = [copy.deepcopy(f) for f in fields]
+        done: dict[str, Field] = {}
+        for field in fields:
+            field.setup(adata, done)
+            done[field.key] = field
+        reg = cls(model, fields, extra)
+        tensors = reg.tensors(adata)  # every remaining check (counts, codes, covariates)
         return (reg, tensors) if return_tensors else reg
-
-    def _set_labels(self, adata, labels_key: str, unlabeled_category) -> None:
-        categories = _category_strings(_obs_column(adata, labels_key, "labels_key"))[1]
-        self.labels_key = labels_key
-        if unlabeled_category is not None:
-            unlabeled_category = str(unlabeled_category)
-            if unlabeled_category in categories:
-                categories.remove(unlabeled_category)
-            else:
-                warnings.warn(
-                    f"unlabeled_category '{unlabeled_category}' does not occur in obs column "
-                    f"'{labels_key}': every cell is labelled, and training is fully supervised",
-                    UserWarning, stacklevel=4,
-                )
-            if not categories:
-                raise ValueError(
-                    f"obs column '{labels_key}' holds no label other than the unlabeled category "
-                    f"'{unlabeled_category}'; at least one labelled cell type is needed"
-                )
-        self.label_categories = categories
-        self.unlabeled_category = unlabeled_category
 
     def with_labels(self, adata, labels_key: str | None, unlabeled_category, model: str) -> "Registry":
         """A copy of this setup for ``model`` with the labels of ``adata`` (default: the
         registry's own labels column) and an unlabeled category."""
-        reg = copy.deepcopy(self)
-        reg.model = model
         labels_key = labels_key if labels_key is not None else self.labels_key
         if labels_key is None:
             raise ValueError("no labels column: pass labels_key= (the obs column of the cell labels)")
-        reg._set_labels(adata, labels_key, unlabeled_category)
-        return reg
+        fields = [copy.deepcopy(f) for f in self.fields.values()]
+        labels = CategoricalObsField(C.LABELS_KEY, labels_key, "labels_key", query="known",
+                                     unlabeled_category=unlabeled_category)
+        labels.setup(adata, self.fields)
+        fields = [labels if f.key == C.LABELS_KEY else f for f in fields]
+        return Registry(model, fields, self.extra)
 
     def extended_for_query(self, adata) -> "Registry":
-        """A copy of this (reference) setup that also knows the query's new batches and
-        covariate categories, appended after the reference's so that reference codes stay.
+        """A copy of this (reference) setup that also knows the query's new categories (of
+        every categorical field), appended after the reference's so that reference codes stay.
 
         A query batch may not share a name with a reference batch (its cells would be taken
         for the reference's, through frozen weights); query labels must be known labels.
         """
-        reg = copy.deepcopy(self)
-        if self.batch_key is not None:
-            query = _category_strings(_obs_column(adata, self.batch_key, "batch_key"))[1]
-            shared = [b for b in query if b in self.batch_categories]
-            if shared:
-                raise ValueError(
-                    f"query batch{'es' if len(shared) > 1 else ''} {_preview(shared)} in obs column "
-                    f"'{self.batch_key}' also name{'' if len(shared) > 1 else 's'} a reference batch; "
-                    "query batches must be new. Rename them, e.g. "
-                    f"query.obs['{self.batch_key}'] = 'query_' + query.obs['{self.batch_key}'].astype(str)"
-                )
-            reg.batch_categories = self.batch_categories + query
-        for key in self.categorical_covariate_keys:
-            query = _category_strings(_obs_column(adata, key, "categorical covariate"))[1]
-            known = self.categorical_covariate_categories[key]
-            reg.categorical_covariate_categories[key] = known + [c for c in query if c not in known]
-        if self.labels_key is not None and self.labels_key in adata.obs.columns:
-            query = _category_strings(_obs_column(adata, self.labels_key, "labels_key"))[1]
-            allowed = set(self.label_categories) | {self.unlabeled_category}
-            unknown = [c for c in query if c not in allowed]
-            if unknown:
-                hint = (f"; mark cells of unknown type as '{self.unlabeled_category}'"
-                        if self.unlabeled_category is not None else "")
-                raise ValueError(
-                    f"the query's obs column '{self.labels_key}' has label categories the reference "
-                    f"never saw: {_preview(unknown)}; reference labels: "
-                    f"{_preview(self.label_categories, 30)}{hint}"
-                )
-        return reg
+        extended: dict[str, Field] = {}
+        for key, field in self.fields.items():
+            extended[key] = field.for_query(adata, extended)
+        return Registry(self.model, list(extended.values()), self.extra)
 
     # -- applying the setup ----------------------------------------------------------------
     def check_genes(self, adata) -> None:
         """Refuse an AnnData whose genes differ from the registry's, saying which."""
-        names = [str(v) for v in adata.var_names]
-        if names == self.var_names:
-            return
-        theirs, ours = set(names), set(self.var_names)
-        missing = [g for g in self.var_names if g not in theirs]
-        extra = [g for g in names if g not in ours]
-        if not missing and not extra:
-            raise ValueError(
-                "the AnnData has the model's genes in a different order; reorder it with "
-                "adata = adata[:, model.var_names]"
-            )
-        raise ValueError(
-            f"the AnnData's genes do not match the model's ({self.n_vars} genes): "
-            f"{len(missing)} missing ({_preview(missing)}), {len(extra)} not in the model "
-            f"({_preview(extra)}); subset or reorder with adata[:, model.var_names]"
-        )
+        self.field(C.X_KEY).check_names(adata)
 
     def counts(self, adata) -> sp.csr_matrix:
-        if self.layer is None:
-            X, source = adata.X, "adata.X"
-        else:
-            if self.layer not in adata.layers:
-                raise KeyError(
-                    f"layer '{self.layer}' not found; available layers: "
-                    f"{_preview(list(adata.layers.keys())) or '(none)'}"
-                )
-            X, source = adata.layers[self.layer], f"layer '{self.layer}'"
-        if X is None:
-            raise ValueError(f"{source} is empty (None); pass the layer holding the counts")
-        X = as_csr_float32(X)
-        check_counts(X, source, adata.obs_names)
-        return X
+        """The checked count matrix (``X`` field) of ``adata``, without the gene check."""
+        return self.field(C.X_KEY).matrix(adata)
 
     def tensors(self, adata) -> AnnTensors:
         """Cut the model's tensors from ``adata`` (checked against this registry)."""
         if adata.n_obs == 0:
             raise ValueError("the AnnData has no cells")
-        self.check_genes(adata)
-        n = adata.n_obs
-        X = self.counts(adata)
-        batch = (
-            _codes(adata, self.batch_key, "batch_key", self.batch_categories)
-            if self.batch_key is not None
-            else np.zeros(n, dtype=np.int64)
-        )
-        labels = self._label_codes(adata)
-        cat = None
-        if self.categorical_covariate_keys:
-            cat = np.stack(
-                [
-                    _codes(adata, k, "categorical covariate", self.categorical_covariate_categories[k])
-                    for k in self.categorical_covariate_keys
-                ],
-                axis=1,
-            )
-        cont = None
-        if self.continuous_covariate_keys:
-            cols = []
-            for k in self.continuous_covariate_keys:
-                col = _obs_column(adata, k, "continuous covariate")
-                if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
-                    raise TypeError(
-                        f"continuous covariate '{k}' must be numeric, got dtype {col.dtype}; "
-                        "pass categorical columns as categorical_covariate_keys"
-                    )
-                col = col.to_numpy(dtype=np.float32)
-                if not np.isfinite(col).all():
-                    raise ValueError(f"continuous covariate '{k}' has infinite values")
-                cols.append(col)
-            cont = np.stack(cols, axis=1)
-        size_factor = None
-        if self.size_factor_key is not None:
-            col = _obs_column(adata, self.size_factor_key, "size_factor_key")
-            if not pd.api.types.is_numeric_dtype(col):
-                raise TypeError(f"size factor column '{self.size_factor_key}' must be numeric")
-            size_factor = col.to_numpy(dtype=np.float32)
-            if not (np.isfinite(size_factor).all() and (size_factor > 0).all()):
-                raise ValueError(
-                    f"size factor column '{self.size_factor_key}' must be positive and finite"
-                )
-        return AnnTensors(X, batch, labels, cat, cont, size_factor)
-
-    def _label_codes(self, adata) -> np.ndarray:
-        n = adata.n_obs
-        if self.labels_key is None:
-            return np.zeros(n, dtype=np.int64)
-        if self.unlabeled_category is None:
-            return _codes(adata, self.labels_key, "labels_key", self.label_categories)
-        if self.labels_key not in adata.obs.columns:  # new data to classify: no labels yet
-            return np.full(n, self.n_labels, dtype=np.int64)
-        # Unlabelled cells get the code n_labels, one past the label categories.
-        return _codes(adata, self.labels_key, "labels_key",
-                      self.label_categories + [self.unlabeled_category])
+        out = AnnTensors()
+        for key, field in self.fields.items():
+            value = field.array(adata, self.fields)
+            if value is not None:
+                out[key] = value
+        return out
 
     def category_codes(self, field: str, values) -> np.ndarray:
-        """Codes of category names (e.g. a ``transform_batch``) for a registry field."""
-        categories = {C.BATCH_KEY: self.batch_categories, C.LABELS_KEY: self.label_categories}[
-            field
-        ]
-        values = [values] if np.isscalar(values) else list(values)
-        lookup = {c: i for i, c in enumerate(categories)}
-        unknown = [v for v in values if str(v) not in lookup]
-        if unknown:
-            raise ValueError(
-                f"unknown {field} categor{'y' if len(unknown) == 1 else 'ies'} "
-                f"{_preview(unknown)}; known: {_preview(categories, 30)}"
-            )
-        return np.array([lookup[str(v)] for v in values], dtype=np.int64)
-
-
-def _key_list(keys, name: str) -> list[str]:
-    if keys is None:
-        return []
-    if isinstance(keys, str):
-        return [keys]
-    keys = list(keys)
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"{name} has repeated names: {keys}")
-    return keys
+        """Codes of category names (e.g. a ``transform_batch``) for a categorical field."""
+        return self.field(field).codes_of(values)

@@ -3,6 +3,7 @@ of fit. A concrete model names its Module, builds it from the registry and adds 
 queries unique to it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,10 +18,10 @@ import torch
 
 from .. import _constants as C
 from .._settings import settings
-from ..data import AnnTensors, DeviceData, Registry, cell_indices
+from ..data import AnnTensors, DeviceData, Field, ObsmField, Registry, cell_indices
 from ..data._registry import recall_setup, remember_setup
 from ..modules import BaseModule
-from ..train import Trainer, as_count, resolve_device, split_indices
+from ..train import Trainer, TrainingPlan, as_count, resolve_device, split_indices
 from ..train._trainer import single_threaded_global_openblas
 
 logger = logging.getLogger("cellvi")
@@ -36,9 +37,17 @@ def _version() -> str:
 
 class BaseModel:
     """Base of the user-facing models: ``setup_anndata`` -> ``Model(adata)`` -> ``train()`` ->
-    queries -> ``save()`` / ``load()``. Subclasses implement ``_build_module``."""
+    queries -> ``save()`` / ``load()``.
 
-    _module_class: type[BaseModule] = BaseModule
+    It holds what every model shares: setup, construction, data access, training, save/load.
+    Queries are opted into with mixins (``VAEMixin``: latent, ELBO, marginal likelihood;
+    ``ExpressionMixin``: expression and differential expression; ``MappingMixin``: reference
+    mapping). A subclass implements ``setup_anndata`` (its registry fields) and
+    ``_build_module``, and may declare its training defaults in ``_plan_defaults``.
+    """
+
+    # Training-plan settings that differ from TrainingPlan's defaults (see train()).
+    _plan_defaults: dict = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -46,51 +55,21 @@ class BaseModel:
 
     # -- setup ---------------------------------------------------------------------------------
     @classmethod
-    def setup_anndata(
-        cls,
-        adata,
-        layer: str | None = None,
-        batch_key: str | None = None,
-        labels_key: str | None = None,
-        size_factor_key: str | None = None,
-        categorical_covariate_keys: Sequence[str] | None = None,
-        continuous_covariate_keys: Sequence[str] | None = None,
-    ) -> None:
-        """Check ``adata`` and record which of its parts the model uses.
-
-        Nothing is written into ``adata``: the setup is remembered for this object until the
-        model is built from it. Every check runs here, so a model's construction and training
-        do not fail on bad input later.
-
-        Parameters
-        ----------
-        adata
-            AnnData with raw counts (cells x genes; sparse or dense; a view works).
-        layer
-            Key in ``adata.layers`` holding the counts; ``None`` uses ``adata.X``.
-        batch_key
-            obs column of the batch (integers or strings); its effect is removed from the latent.
-        labels_key
-            obs column of cell labels (used by ``dispersion="gene-label"`` and label models).
-        size_factor_key
-            obs column of positive size factors; replaces the observed library size.
-        categorical_covariate_keys, continuous_covariate_keys
-            obs columns of further covariates, injected into the decoder.
-
-        Examples
-        --------
-        >>> import cellvi, anndata
-        >>> adata = anndata.read_h5ad("pbmc.h5ad")
-        >>> cellvi.SCVI.setup_anndata(adata, batch_key="donor")
-        """
-        cls._setup(adata, layer=layer, batch_key=batch_key, labels_key=labels_key,
-                   size_factor_key=size_factor_key, categorical_covariate_keys=categorical_covariate_keys,
-                   continuous_covariate_keys=continuous_covariate_keys)
+    def setup_anndata(cls, adata, **kwargs) -> None:
+        """Check ``adata`` and record which of its parts the model uses (each model documents
+        its own arguments)."""
+        raise NotImplementedError(f"{cls.__name__} defines no setup_anndata")
 
     @classmethod
-    def _setup(cls, adata, **fields) -> None:
-        """Check and remember the setup (the registry's ``fields``) of ``adata`` for this class."""
-        registry, tensors = Registry.from_anndata(adata, cls.__name__, return_tensors=True, **fields)
+    def _setup(cls, adata, fields: Sequence[Field] | None = None, **standard) -> None:
+        """Check and remember the setup of ``adata`` for this class: the model's ``fields``
+        (default: the scVI family's standard fields of the keyword arguments).
+
+        Nothing is written into ``adata``: the setup is remembered for this object until the
+        model is built from it, with the tensors the checks built.
+        """
+        registry, tensors = Registry.from_anndata(adata, cls.__name__, fields=fields, return_tensors=True,
+                                                  **standard)
         remember_setup(adata, registry, tensors)
 
     # -- construction ------------------------------------------------------------------------
@@ -107,7 +86,7 @@ class BaseModel:
         self.module.eval()
         self.is_trained = False
         self._history: list[dict] = []
-        # Set by load_query_data: which weights the query may train (saved with the model).
+        # Set by MappingMixin.load_query_data: which weights the query may train (saved).
         self._query: dict | None = None
 
     def _build_module(self) -> BaseModule:
@@ -135,9 +114,14 @@ class BaseModel:
     def __repr__(self) -> str:
         r = self.registry
         state = "trained" if self.is_trained else "not trained"
-        kwargs = ", ".join(f"{k}={v!r}" for k, v in self.init_kwargs.items())
-        return (f"{type(self).__name__}({kwargs}) on {r.n_vars} genes, {r.n_batch} batches, "
-                f"{state}")
+        kwargs = ", ".join(f"{k}={_short(v)}" for k, v in self.init_kwargs.items())
+        sizes = [f"{r.n_vars} genes"] if C.X_KEY in r.fields else []
+        for key, field in r.fields.items():
+            if key == C.BATCH_KEY:
+                sizes.append(f"{r.n_batch} batches")
+            elif isinstance(field, ObsmField):
+                sizes.append(f"{len(field.column_names)} {key}")
+        return f"{type(self).__name__}({kwargs}) on {', '.join(sizes)}, {state}"
 
     # -- data --------------------------------------------------------------------------------
     def _anndata(self, adata=None):
@@ -195,12 +179,13 @@ class BaseModel:
         batch_size: int = 128,
         early_stopping: bool = False,
         early_stopping_patience: int = 45,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-6,
-        eps: float = 0.01,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        eps: float | None = None,
         n_epochs_kl_warmup: int | None = 400,
         limit_train_batches: int | float | None = None,
         progress_bar: bool | None = None,
+        plan_kwargs: dict | None = None,
     ) -> "BaseModel":
         """Train the model (again, if already trained) on its AnnData.
 
@@ -215,15 +200,19 @@ class BaseModel:
         batch_size
             Cells per minibatch.
         early_stopping, early_stopping_patience
-            Stop when the validation ELBO has not improved for this many epochs.
+            Stop when the watched metric (the validation ELBO) has not improved for this many
+            epochs.
         lr, weight_decay, eps
-            Adam's settings.
+            Adam's settings (default: the model's; 1e-3, 1e-6 and 0.01 for scVI).
         n_epochs_kl_warmup
             Epochs of linear KL warm-up, capped at three quarters of ``max_epochs``.
         limit_train_batches
             Train on at most this many minibatches per epoch (a fraction if a float <= 1).
         progress_bar
             Show a progress bar (default: ``cellvi.settings.progress_bar``).
+        plan_kwargs
+            Further settings of :class:`cellvi.train.TrainingPlan` (e.g.
+            ``reduce_lr_on_plateau=True``, ``n_steps_kl_warmup``, ``adversarial_classifier``).
 
         Returns
         -------
@@ -241,15 +230,23 @@ class BaseModel:
         if max_epochs is None:
             max_epochs = min(round(20000 / n_obs * 400), 400)
         max_epochs = as_count(max_epochs, "max_epochs")
+        given = {"lr": lr, "weight_decay": weight_decay, "eps": eps, "n_epochs_kl_warmup": n_epochs_kl_warmup}
+        settings_ = {**self._plan_defaults, **{k: v for k, v in given.items() if v is not None}}
+        if n_epochs_kl_warmup is None:
+            settings_["n_epochs_kl_warmup"] = None
+        unknown = set(plan_kwargs or {}) - {f.name for f in dataclasses.fields(TrainingPlan)}
+        if unknown:
+            raise TypeError(f"unknown plan_kwargs {sorted(unknown)}; TrainingPlan takes "
+                            f"{', '.join(f.name for f in dataclasses.fields(TrainingPlan))}")
+        plan = TrainingPlan(**{**settings_, **(plan_kwargs or {})})
         train_idx, val_idx = split_indices(n_obs, train_size, validation_size)
         self.module.to(resolve_device(device))
         trainer = Trainer(
             self.module, self._data(), train_idx, val_idx, max_epochs=max_epochs,
-            batch_size=batch_size, lr=lr, weight_decay=weight_decay, eps=eps,
-            n_epochs_kl_warmup=n_epochs_kl_warmup, early_stopping=early_stopping,
+            batch_size=batch_size, plan=plan, early_stopping=early_stopping,
             early_stopping_patience=early_stopping_patience,
             limit_train_batches=limit_train_batches, progress_bar=progress_bar,
-            optimizer_params=self._query_optimizer_params(),
+            optimizer_params=self._optimizer_params(),
             labelled_indices=self._labelled_indices(train_idx),
         )
         self.train_indices, self.validation_indices = train_idx, val_idx
@@ -261,245 +258,19 @@ class BaseModel:
         self.is_trained = True
         return self
 
+    def _optimizer_params(self):
+        """Parameters (or parameter groups) to train; None: all of the module's."""
+        return None
+
     def _labelled_indices(self, train_indices: np.ndarray) -> np.ndarray | None:
         """Cells to cycle through as labelled minibatches (semi-supervised models only)."""
         return None
 
-    # -- reference mapping (scArches-style architecture surgery) -------------------------------
-    @classmethod
-    def prepare_query_anndata(cls, adata, reference, min_gene_fraction: float = 0.5):
-        """A copy of ``adata`` with exactly the reference model's genes, in its order.
-
-        Genes the reference does not know are dropped; reference genes absent from the query
-        are filled with zeros (a warning says how many). ``adata`` itself is not modified.
-
-        Parameters
-        ----------
-        adata
-            The query AnnData (raw counts in the reference's layer, or in ``X``).
-        reference
-            A trained model, or the directory of a saved one.
-        min_gene_fraction
-            Refuse when fewer than this fraction of the reference's genes are in the query
-            (usually a sign of different gene identifiers, e.g. symbols vs Ensembl ids).
-
-        Returns
-        -------
-        A new AnnData (obs and obsm copied) ready for :meth:`load_query_data`.
-
-        Examples
-        --------
-        >>> query = cellvi.SCVI.prepare_query_anndata(query, "reference_model/")
-        >>> model = cellvi.SCVI.load_query_data(query, "reference_model/")
-        """
-        import anndata
-
-        from ..data._registry import as_csr_float32
-        registry = _reference_registry(reference)
-        names = pd.Index([str(v) for v in adata.var_names])
-        if names.has_duplicates:
-            raise ValueError(f"the query's gene names (var_names) are duplicated, e.g. "
-                             f"{list(names[names.duplicated()][:5])}; make them unique first")
-        position = names.get_indexer(registry.var_names)  # query column of each reference gene
-        present = position >= 0
-        n_ref, n_shared = registry.n_vars, int(present.sum())
-        if n_shared < min_gene_fraction * n_ref:
-            raise ValueError(
-                f"only {n_shared} of the reference's {n_ref} genes are in the query "
-                f"({100 * n_shared / n_ref:.0f}%, less than min_gene_fraction={min_gene_fraction}); "
-                f"check that both use the same gene identifiers (e.g. reference genes "
-                f"{registry.var_names[:3]}, query genes {list(names[:3])})"
-            )
-        if registry.layer is not None and registry.layer not in adata.layers:
-            raise KeyError(f"the reference reads its counts from layer '{registry.layer}', which the "
-                           f"query lacks; available layers: {list(adata.layers.keys())}")
-        X = as_csr_float32(adata.X if registry.layer is None else adata.layers[registry.layer])
-        # Select the shared columns in reference order, then place them among zero columns.
-        shared = X[:, position[present]].tocsr()
-        target = np.flatnonzero(present)
-        counts = sp.csr_matrix((shared.data, target[shared.indices], shared.indptr), shape=(X.shape[0], n_ref))
-        counts.sort_indices()
-        if n_shared < n_ref:
-            warnings.warn(f"{n_ref - n_shared} of the reference's {n_ref} genes are missing from the query "
-                          "and were filled with zeros", UserWarning, stacklevel=2)
-        query = anndata.AnnData(
-            X=counts if registry.layer is None else None, obs=adata.obs.copy(),
-            var=pd.DataFrame(index=pd.Index(registry.var_names)),
-            layers={registry.layer: counts} if registry.layer is not None else None,
-            obsm={k: v for k, v in adata.obsm.items()},
-        )
-        query.uns["cellvi_query"] = {"n_genes_missing": n_ref - n_shared, "n_genes_shared": n_shared,
-                                     "n_genes_dropped": int(len(names) - n_shared)}
-        return query
-
-    @classmethod
-    def load_query_data(cls, adata, reference, freeze_dropout: bool = False, unfrozen: bool = False,
-                        device: str = "auto") -> "BaseModel":
-        """A model of the query ``adata`` built on a trained reference (architecture surgery).
-
-        The network gets rows for the query's new batches (and new categories of other
-        categorical covariates); the reference's weights are copied and frozen, BatchNorm
-        running statistics included, and :meth:`train` then trains only the new rows, with
-        no weight decay. The reference cells' latent representation is therefore exactly the
-        reference model's.
-
-        Parameters
-        ----------
-        adata
-            Query AnnData with the reference's genes in its order (see
-            :meth:`prepare_query_anndata`) and the reference's obs columns; its batches must
-            have new names.
-        reference
-            The trained reference model, or the directory of a saved one.
-        freeze_dropout
-            Also switch dropout off while training on the query.
-        unfrozen
-            Train every weight on the query (the reference latent then changes).
-        device
-            Where to put the model.
-
-        Examples
-        --------
-        >>> query = cellvi.SCANVI.prepare_query_anndata(query, reference)
-        >>> model = cellvi.SCANVI.load_query_data(query, reference)
-        >>> model.train(max_epochs=100)
-        >>> query.obs["predicted"] = model.predict()
-        """
-        ref = reference if isinstance(reference, BaseModel) else BaseModel.load(reference, device="cpu")
-        model_cls = type(ref)
-        if cls is not BaseModel and model_cls is not cls:
-            raise TypeError(f"the reference is a {model_cls.__name__} model; use "
-                            f"cellvi.{model_cls.__name__}.load_query_data")
-        if not ref.is_trained:
-            raise ValueError("the reference model is not trained; train it first")
-        try:
-            ref.registry.check_genes(adata)
-        except ValueError as err:
-            raise ValueError(f"{err}. Align the query first: query = cellvi.{model_cls.__name__}."
-                             "prepare_query_anndata(query, reference)") from None
-        registry = ref.registry.extended_for_query(adata)
-        tensors = registry.tensors(adata)
-        model = model_cls(adata, _registry=registry, _tensors=tensors, **ref.init_kwargs)
-        grown = _copy_weights(ref.module, model.module)
-        model._query = {"grown": grown, "unfrozen": bool(unfrozen), "freeze_dropout": bool(freeze_dropout)}
-        model._apply_query_freeze()
-        model.module.to(resolve_device(device))
-        model.is_trained = False
-        return model
-
-    def _apply_query_freeze(self) -> None:
-        """Mark what query training may change (see :meth:`load_query_data`)."""
-        query = self._query
-        for module in self.module.modules():
-            frozen_norm = not query["unfrozen"] and isinstance(module, (torch.nn.BatchNorm1d, torch.nn.LayerNorm))
-            frozen_dropout = query["freeze_dropout"] and isinstance(module, torch.nn.Dropout)
-            module.frozen_in_eval = frozen_norm or frozen_dropout
-        if query["unfrozen"]:
-            return
-        for name, param in self.module.named_parameters():
-            old_shape = query["grown"].get(name)
-            param.requires_grad_(old_shape is not None)
-            if old_shape is not None:
-                reference_part = tuple(slice(0, n) for n in old_shape)
-                param.register_hook(lambda grad, part=reference_part: _zero_part(grad, part))
-
-    def _query_optimizer_params(self):
-        """Parameter groups for query training (None: train everything as usual)."""
-        if self._query is None or self._query["unfrozen"]:
-            return None
-        params = [p for name, p in self.module.named_parameters() if name in self._query["grown"]]
-        if not params:
-            raise ValueError(
-                "the query adds no weights to train: the reference has no batch or categorical "
-                "covariate that the query extends. Its latent needs no training: call "
-                "get_latent_representation() directly, or load_query_data(..., unfrozen=True)"
-            )
-        # No weight decay: Adam's decay would move the frozen reference rows as well.
-        return [{"params": params, "weight_decay": 0.0}]
-
-    # -- latent space --------------------------------------------------------------------------
-    @torch.no_grad()
-    def get_latent_representation(self, adata=None, indices=None, give_mean: bool = True,
-                                  mc_samples: int = 5000, batch_size: int | None = None) -> np.ndarray:
-        """Latent coordinates of cells (cells x n_latent).
-
-        Parameters
-        ----------
-        adata
-            AnnData with the model's genes and obs columns; default: the model's own.
-        indices
-            Cells to return (integers or a boolean mask); default: all.
-        give_mean
-            The posterior mean (for ``latent_distribution="ln"`` estimated with
-            ``mc_samples`` draws) rather than one sample.
-        batch_size
-            Cells per minibatch.
-
-        Examples
-        --------
-        >>> adata.obsm["X_scVI"] = model.get_latent_representation()
-        """
-        out = []
-        for tensors in self._minibatches(adata, indices, batch_size):
-            inf = self.module.inference(**self.module.inference_inputs(tensors))
-            if not give_mean:
-                z = inf["z"]
-            elif self.module.z_encoder.latent_distribution == "ln":
-                mc = as_count(mc_samples, "mc_samples")
-                qz = torch.distributions.Normal(inf["qz_mean"], inf["qz_var"].sqrt())
-                z = self.module.z_encoder.z_transform(qz.sample((mc,))).mean(0)
-            else:
-                z = inf["qz_mean"]
-            out.append(z.cpu())
-        return torch.cat(out).numpy()
-
-    # -- scores of fit ------------------------------------------------------------------------
-    @torch.no_grad()
-    def _per_cell_loss(self, adata, indices, batch_size, part: str) -> np.ndarray:
-        values = []
-        for tensors in self._minibatches(adata, indices, batch_size):
-            _, _, out = self.module(tensors)
-            values.append((-out.elbo if part == "neg_elbo" else out.reconstruction_loss).cpu())
-        return torch.cat(values).numpy()
-
-    def get_elbo(self, adata=None, indices=None, batch_size: int | None = None,
-                 return_mean: bool = True):
-        """Evidence lower bound of log p(x): a negative number; higher is better.
-
-        ``return_mean=False`` gives one value per cell (one posterior sample each)."""
-        elbo = -self._per_cell_loss(adata, indices, batch_size, "neg_elbo")
-        return float(elbo.mean()) if return_mean else elbo
-
-    def get_reconstruction_error(self, adata=None, indices=None, batch_size: int | None = None,
-                                 return_mean: bool = True):
-        """Negative log-likelihood of the counts given one posterior sample: lower is better."""
-        rec = self._per_cell_loss(adata, indices, batch_size, "reconstruction")
-        return float(rec.mean()) if return_mean else rec
-
-    def get_marginal_ll(self, adata=None, indices=None, n_mc_samples: int = 1000,
-                        batch_size: int | None = None, return_mean: bool = True):
-        """Importance-sampled estimate of log p(x) per cell: a negative number, higher is better.
-
-        Parameters
-        ----------
-        n_mc_samples
-            Importance samples per cell (more: tighter and slower).
-        return_mean
-            The mean over cells (a float); ``False`` gives one value per cell.
-
-        Examples
-        --------
-        >>> model.get_marginal_ll(test_adata, n_mc_samples=200)
-        """
-        n_mc = as_count(n_mc_samples, "n_mc_samples")
-        values = [self.module.marginal_ll(t, n_mc).cpu()
-                  for t in self._minibatches(adata, indices, batch_size or 128)]
-        ll = torch.cat(values).numpy()
-        return float(ll.mean()) if return_mean else ll
-
     # -- save / load ---------------------------------------------------------------------------
     def save(self, dir_path: str, overwrite: bool = False) -> None:
-        """Save weights (``weights.npz``) and setup, settings and history (``model.json``).
+        """Save weights (``weights.npz``) and setup, settings and history (``model.json``);
+        array and table arguments of the model (e.g. a marker matrix) go to
+        ``arguments.npz``, their names and labels to ``model.json``.
 
         No pickle is written; the directory loads in Python or R without the AnnData.
 
@@ -516,11 +287,14 @@ class BaseModel:
         os.makedirs(tmp)
         state = {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
         np.savez(os.path.join(tmp, C.WEIGHTS_FILE), **state)
+        init_kwargs, arrays = _encode_arguments(self.init_kwargs)
+        if arrays:
+            np.savez(os.path.join(tmp, C.ARGUMENTS_FILE), **arrays)
         meta = {
             "format_version": C.SAVE_FORMAT_VERSION,
             "cellvi_version": _version(),
             "model": type(self).__name__,
-            "init_kwargs": self.init_kwargs,
+            "init_kwargs": init_kwargs,
             "registry": self.registry.to_dict(),
             "is_trained": self.is_trained,
             "history": self._history,
@@ -558,7 +332,8 @@ class BaseModel:
         registry = Registry.from_dict(meta["registry"])
         # Check the data (genes, categories, counts) before building anything.
         tensors = registry.tensors(adata) if adata is not None else None
-        model = model_cls(adata, _registry=registry, _tensors=tensors, **meta["init_kwargs"])
+        model = model_cls(adata, _registry=registry, _tensors=tensors,
+                          **_decode_arguments(meta["init_kwargs"], dir_path))
         with np.load(os.path.join(dir_path, C.WEIGHTS_FILE), allow_pickle=False) as weights:
             state = {k: torch.from_numpy(weights[k]) for k in weights.files}
         model.module.load_state_dict(state)
@@ -566,7 +341,7 @@ class BaseModel:
         model.module.eval()
         model.is_trained = meta["is_trained"]
         model._history = meta["history"]
-        if meta.get("query") is not None:
+        if meta.get("query") is not None:  # only models with MappingMixin save one
             model._query = meta["query"]
             model._query["grown"] = {k: tuple(v) for k, v in model._query["grown"].items()}
             model._apply_query_freeze()
@@ -593,30 +368,50 @@ def _reference_registry(reference) -> Registry:
     raise TypeError(f"reference must be a cellvi model or a saved model directory, got {type(reference).__name__}")
 
 
-@torch.no_grad()
-def _copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    """Copy ``source``'s weights into ``target``, whose tensors may be larger (new category
-    rows or columns): the source fills the leading part. Returns the names and source shapes
-    of the parameters that grew."""
-    target_state = target.state_dict()
-    grown = {}
-    for name, value in source.state_dict().items():
-        dest = target_state[name]
-        if dest.shape == value.shape:
-            dest.copy_(value)
-            continue
-        if dest.dim() != value.dim() or any(a > b for a, b in zip(value.shape, dest.shape)):
-            raise ValueError(f"cannot map weight '{name}' of shape {tuple(value.shape)} onto {tuple(dest.shape)}")
-        dest[tuple(slice(0, n) for n in value.shape)].copy_(value)
-        grown[name] = tuple(value.shape)
-    parameters = dict(target.named_parameters())
-    return {name: shape for name, shape in grown.items() if name in parameters}
+def _encode_arguments(init_kwargs: dict) -> tuple[dict, dict]:
+    """Model arguments as JSON, with arrays and DataFrames replaced by references to entries
+    of ``arguments.npz`` (a DataFrame: one entry per column, its labels in the JSON)."""
+    plain, arrays = {}, {}
+    for name, value in init_kwargs.items():
+        if isinstance(value, np.ndarray):
+            arrays[name] = _storable(value)
+            plain[name] = {"__array__": name}
+        elif isinstance(value, pd.DataFrame):
+            for i, column in enumerate(value.columns):
+                arrays[f"{name}/{i}"] = _storable(value[column].to_numpy())
+            plain[name] = {"__table__": name, "index": [str(v) for v in value.index],
+                           "columns": [str(c) for c in value.columns]}
+        else:
+            plain[name] = value
+    return plain, arrays
 
 
-def _zero_part(grad: torch.Tensor, part: tuple) -> torch.Tensor:
-    grad = grad.clone()
-    grad[part] = 0
-    return grad
+def _storable(values: np.ndarray) -> np.ndarray:
+    """An array NumPy saves without pickle (object columns become strings)."""
+    return values.astype(str) if values.dtype == object else values
+
+
+def _decode_arguments(init_kwargs: dict, dir_path: str) -> dict:
+    """The inverse of :func:`_encode_arguments`."""
+    refs = {k: v for k, v in init_kwargs.items() if isinstance(v, dict) and ("__array__" in v or "__table__" in v)}
+    if not refs:
+        return dict(init_kwargs)
+    out = dict(init_kwargs)
+    with np.load(os.path.join(dir_path, C.ARGUMENTS_FILE), allow_pickle=False) as arrays:
+        for name, ref in refs.items():
+            if "__array__" in ref:
+                out[name] = arrays[ref["__array__"]]
+            else:
+                out[name] = pd.DataFrame({c: arrays[f"{ref['__table__']}/{i}"] for i, c in enumerate(ref["columns"])},
+                                         index=pd.Index(ref["index"]))
+    return out
+
+
+def _short(value) -> str:
+    """An argument as the model's repr shows it (arrays and tables by their shape)."""
+    if isinstance(value, (np.ndarray, pd.DataFrame)):
+        return f"<{type(value).__name__} {'x'.join(map(str, value.shape))}>"
+    return repr(value)
 
 
 def _json_default(value: Any):

@@ -11,11 +11,12 @@ from .._settings import settings
 from ..analysis import ExpressionMixin
 from ..modules import SCANVAE
 from ..train import as_count
-from ._base import BaseModel, _copy_weights
+from ._base import BaseModel
+from ._mixins import MappingMixin, VAEMixin, _copy_weights
 from ._scvi import SCVI, vae_arguments, vae_settings
 
 
-class SCANVI(ExpressionMixin, BaseModel):
+class SCANVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
     """Single-cell ANnotation using Variational Inference (Xu et al. 2021).
 
     A latent space like scVI's, plus a classifier that predicts each cell's label; it learns

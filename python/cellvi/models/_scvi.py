@@ -4,10 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from typing import Sequence
+
 from ..analysis import ExpressionMixin
 from ..modules import VAE
 from ..train import as_count
 from ._base import BaseModel
+from ._mixins import MappingMixin, VAEMixin
 
 
 def library_log_stats(model: BaseModel) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +51,7 @@ def vae_arguments(model: BaseModel) -> dict:
                 n_continuous_cov=reg.n_continuous_cov, n_cats_per_cov=reg.n_cats_per_cov, **kwargs)
 
 
-class SCVI(ExpressionMixin, BaseModel):
+class SCVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
     """Single-cell variational inference (Lopez et al. 2018): a latent space of the counts with
     batch effects removed, and normalized expression.
 
@@ -85,6 +88,48 @@ class SCVI(ExpressionMixin, BaseModel):
                  latent_distribution: str = "normal", **kwargs):
         super().__init__(adata, **vae_settings(n_hidden, n_latent, n_layers, dropout_rate, dispersion,
                                                gene_likelihood, latent_distribution), **kwargs)
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+    ) -> None:
+        """Check ``adata`` and record which of its parts the model uses.
+
+        Nothing is written into ``adata``: the setup is remembered for this object until the
+        model is built from it. Every check runs here, so a model's construction and training
+        do not fail on bad input later.
+
+        Parameters
+        ----------
+        adata
+            AnnData with raw counts (cells x genes; sparse or dense; a view works).
+        layer
+            Key in ``adata.layers`` holding the counts; ``None`` uses ``adata.X``.
+        batch_key
+            obs column of the batch (integers or strings); its effect is removed from the latent.
+        labels_key
+            obs column of cell labels (used by ``dispersion="gene-label"`` and label models).
+        size_factor_key
+            obs column of positive size factors; replaces the observed library size.
+        categorical_covariate_keys, continuous_covariate_keys
+            obs columns of further covariates, injected into the decoder.
+
+        Examples
+        --------
+        >>> import cellvi, anndata
+        >>> adata = anndata.read_h5ad("pbmc.h5ad")
+        >>> cellvi.SCVI.setup_anndata(adata, batch_key="donor")
+        """
+        cls._setup(adata, layer=layer, batch_key=batch_key, labels_key=labels_key,
+                   size_factor_key=size_factor_key, categorical_covariate_keys=categorical_covariate_keys,
+                   continuous_covariate_keys=continuous_covariate_keys)
 
     def _build_module(self) -> VAE:
         return VAE(**vae_arguments(self))

@@ -15,12 +15,15 @@ class LossOutput:
     ``reconstruction_loss`` and ``kl_local`` are per cell and unweighted, so that
     ``-(reconstruction_loss + kl_local)`` is each cell's evidence lower bound (ELBO).
     ``extra_metrics`` holds further scalars to record per epoch (e.g. a classification loss).
+    ``kl_global`` is a dataset-level KL term (e.g. of per-gene parameters), counted once per
+    data set in the ELBO; a module that has one adds its share to ``loss`` itself.
     """
 
     loss: torch.Tensor
     reconstruction_loss: torch.Tensor
     kl_local: torch.Tensor
     extra_metrics: dict = dataclasses.field(default_factory=dict)
+    kl_global: torch.Tensor | float = 0.0
 
     @property
     def elbo(self) -> torch.Tensor:

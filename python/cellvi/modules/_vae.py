@@ -125,6 +125,14 @@ class VAE(BaseModule):
             zero_inflation=gene_likelihood == "zinb",
         )
 
+    @property
+    def latent_distribution(self) -> str:
+        return self.z_encoder.latent_distribution
+
+    def z_transform(self, untran_z: torch.Tensor) -> torch.Tensor:
+        """z from a draw of the Gaussian posterior (the identity, or softmax for "ln")."""
+        return self.z_encoder.z_transform(untran_z)
+
     # -- tensor dict -> arguments -----------------------------------------------------------
     @staticmethod
     def _covariates(tensors: dict):

@@ -1,10 +1,13 @@
-"""One trainer for every model: Adam, linear KL warm-up, validation, early stopping, history,
-progress bar, devices and seeds. A plain loop: per minibatch it does the module's work and
-nothing else (no per-step host synchronisation, no per-step logging)."""
+"""One trainer for every model: a plain loop (per minibatch the module's work and nothing
+else: no per-step host synchronisation, no per-step logging), with validation, early stopping,
+history, progress bar, devices and seeds. What differs per model is its
+:class:`TrainingPlan`: optimizer settings, KL warm-up, an optional reduce-on-plateau
+scheduler, an optional adversarial batch classifier, the watched metric, loss arguments."""
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import math
 
@@ -13,7 +16,9 @@ import torch
 
 from .._settings import settings
 from ..data import DeviceData, cycle_minibatches, split_minibatches
+from .. import _constants as C
 from ..modules import BaseModule
+from ..nn import Classifier
 
 logger = logging.getLogger("cellvi")
 
@@ -112,19 +117,73 @@ def make_adam(params, **kwargs) -> torch.optim.Adam:
         return torch.optim.Adam(params, **kwargs)
 
 
+@dataclasses.dataclass
+class TrainingPlan:
+    """What a model's training declares; the loop itself (:class:`Trainer`) is shared.
+
+    Parameters
+    ----------
+    lr, weight_decay, eps
+        Adam's settings for the module's parameters.
+    n_epochs_kl_warmup, n_steps_kl_warmup
+        Linear KL warm-up over this many epochs (or optimizer steps, which wins when set),
+        capped at three quarters of the run so that every run ends at full weight.
+    reduce_lr_on_plateau, lr_factor, lr_patience, lr_threshold, lr_min
+        Multiply the learning rate by ``lr_factor`` when ``monitor`` has not improved by
+        more than ``lr_threshold`` for ``lr_patience`` epochs (down to ``lr_min``).
+    monitor
+        The history column that early stopping and the scheduler watch (higher is better:
+        ELBOs are log-likelihood bounds). A ``*_validation`` metric falls back to its
+        ``*_train`` twin when there is no validation set.
+    adversarial_classifier
+        Train a classifier to predict the batch from the latent ``z`` on its own optimizer,
+        and push the encoder to fool it (weight ``scale_adversarial_loss``, by default
+        ``1 - kl_weight``). Off with a single batch.
+    loss_kwargs
+        Extra arguments of the module's ``loss`` during training.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    eps: float = 0.01
+    n_epochs_kl_warmup: int | None = 400
+    n_steps_kl_warmup: int | None = None
+    reduce_lr_on_plateau: bool = False
+    lr_factor: float = 0.6
+    lr_patience: int = 30
+    lr_threshold: float = 0.0
+    lr_min: float = 0.0
+    monitor: str = "elbo_validation"
+    adversarial_classifier: bool = False
+    scale_adversarial_loss: float | str = "auto"
+    adversarial_lr: float = 1e-3
+    loss_kwargs: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("lr", "eps", "lr_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not 0 < self.lr_factor < 1:
+            raise ValueError(f"lr_factor must be between 0 and 1, got {self.lr_factor}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must not be negative, got {self.weight_decay}")
+        self.lr_patience = as_count(self.lr_patience, "lr_patience")
+
+
 class Trainer:
-    """Trains ``module`` on cells of ``data``.
+    """Trains ``module`` on cells of ``data`` as its ``plan`` says.
 
     KL warm-up is linear in steps and reaches weight 1 after
-    ``min(n_epochs_kl_warmup, 0.75 * max_epochs)`` epochs, so every run ends at full weight.
-    Early stopping watches the validation ELBO (the training ELBO when there is no
-    validation set).
+    ``min(n_epochs_kl_warmup, 0.75 * max_epochs)`` epochs (or the same cap in steps), so every
+    run ends at full weight. Early stopping and the scheduler watch ``plan.monitor``.
 
     With ``labelled_indices`` (semi-supervised models), every step also gets a minibatch of
     those cells, cycled through independently of the main one, as ``labelled_tensors``.
     ``optimizer_params`` restricts training to some parameters (or parameter groups with
     their own settings, e.g. no weight decay); the rest are left untouched. Scalar entries of
-    a loss's ``extra_metrics`` are averaged per epoch into the history.
+    a loss's ``extra_metrics`` are averaged per epoch into the history; a loss's
+    ``kl_global`` (a dataset-level term) is counted once per training set in the ELBO.
     """
 
     def __init__(
@@ -135,10 +194,7 @@ class Trainer:
         validation_indices: np.ndarray,
         max_epochs: int,
         batch_size: int = 128,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-6,
-        eps: float = 0.01,
-        n_epochs_kl_warmup: int | None = 400,
+        plan: TrainingPlan | None = None,
         early_stopping: bool = False,
         early_stopping_patience: int = 45,
         early_stopping_min_delta: float = 0.0,
@@ -149,23 +205,40 @@ class Trainer:
     ):
         self.module = module
         self.data = data
+        self.plan = plan = plan if plan is not None else TrainingPlan()
         self.train_indices = train_indices
         self.validation_indices = validation_indices
         self.max_epochs = as_count(max_epochs, "max_epochs")
         self.batch_size = as_count(batch_size, "batch_size")
         if len(train_indices) < 2:
             raise ValueError(f"training needs at least 2 cells, got {len(train_indices)}")
-        warmup = n_epochs_kl_warmup or 0
-        self.warmup_epochs = min(float(warmup), 0.75 * self.max_epochs) if warmup else 0.0
+        self.limit_train_batches = limit_train_batches
+        self.n_batches = self._n_batches(len(split_minibatches(train_indices, self.batch_size)))
+        if plan.n_steps_kl_warmup:
+            steps = min(float(plan.n_steps_kl_warmup), 0.75 * self.max_epochs * self.n_batches)
+            self.warmup_epochs = steps / self.n_batches
+        else:
+            warmup = plan.n_epochs_kl_warmup or 0
+            self.warmup_epochs = min(float(warmup), 0.75 * self.max_epochs) if warmup else 0.0
         self.early_stopping = early_stopping
         self.patience = as_count(early_stopping_patience, "early_stopping_patience")
         self.min_delta = early_stopping_min_delta
-        self.limit_train_batches = limit_train_batches
         self.progress_bar = settings.progress_bar if progress_bar is None else progress_bar
         params = list(optimizer_params if optimizer_params is not None else module.parameters())
         if params and not isinstance(params[0], dict):
             params = [p for p in params if p.requires_grad]
-        self.optimizer = make_adam(params, lr=lr, eps=eps, weight_decay=weight_decay)
+        self.optimizer = make_adam(params, lr=plan.lr, eps=plan.eps, weight_decay=plan.weight_decay)
+        self.scheduler = None
+        if plan.reduce_lr_on_plateau:
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="max", factor=plan.lr_factor, patience=plan.lr_patience,
+                threshold=plan.lr_threshold, threshold_mode="abs", min_lr=plan.lr_min)
+        self.classifier = self.classifier_optimizer = None
+        n_batch = getattr(module, "n_batch", 1)
+        if plan.adversarial_classifier and n_batch > 1:
+            self.classifier = Classifier(module.n_latent, n_batch, n_hidden=32, n_layers=2).to(data.device)
+            self.classifier_optimizer = make_adam(self.classifier.parameters(), lr=plan.adversarial_lr,
+                                                  eps=plan.eps, weight_decay=plan.weight_decay)
         self.generator = seeded_generator(2)
         self.labelled_batches = None
         if labelled_indices is not None and len(labelled_indices) > 0:
@@ -185,51 +258,90 @@ class Trainer:
             return 1.0
         return min(1.0, (epoch + step / n_steps) / self.warmup_epochs)
 
+    def _adversarial_loss(self, z: torch.Tensor, batch: torch.Tensor, true_class: bool) -> torch.Tensor:
+        """Cross-entropy of the batch classifier against the true batch (``true_class``) or
+        against the uniform distribution over the other batches (what fooling it means)."""
+        log_probs = torch.log_softmax(self.classifier(z), dim=-1)
+        if true_class:
+            return -log_probs.gather(1, batch.view(-1, 1)).mean()
+        n_classes = log_probs.shape[-1]
+        others = log_probs.sum(-1) - log_probs.gather(1, batch.view(-1, 1)).squeeze(1)
+        return -(others / (n_classes - 1)).mean()
+
+    def _adversarial_scale(self, kl_weight: float) -> float:
+        scale = self.plan.scale_adversarial_loss
+        return 1.0 - kl_weight if scale == "auto" else float(scale)
+
     def _train_epoch(self, epoch: int) -> dict:
         self.module.train()
+        if self.classifier is not None:
+            self.classifier.train()
         batches = split_minibatches(self.train_indices, self.batch_size, True, self.generator)
-        batches = batches[: self._n_batches(len(batches))]
-        sums = torch.zeros(3, device=self.data.device)  # summed on the device: no per-step sync
+        batches = batches[: self.n_batches]
+        sums = torch.zeros(4, device=self.data.device)  # summed on the device: no per-step sync
         extra_sums: dict[str, torch.Tensor] = {}
         n = 0
         kl_weight = 0.0
+        loss_kwargs = self.plan.loss_kwargs
         for step, idx in enumerate(batches):
             kl_weight = self.kl_weight(epoch, step, len(batches))
             tensors = self.data.minibatch(idx)
-            extra = {}
+            extra = dict(loss_kwargs)
             if self.labelled_batches is not None:
                 extra["labelled_tensors"] = self.data.minibatch(next(self.labelled_batches))
-            _, _, out = self.module(tensors, kl_weight=kl_weight, **extra)
+            inference_out, _, out = self.module(tensors, kl_weight=kl_weight, **extra)
+            loss = out.loss
+            kappa = self._adversarial_scale(kl_weight) if self.classifier is not None else 0.0
+            if kappa > 0:
+                loss = loss + kappa * self._adversarial_loss(inference_out["z"], tensors[C.BATCH_KEY], False)
             self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
             self.optimizer.step()
+            if kappa > 0:
+                classifier_loss = kappa * self._adversarial_loss(inference_out["z"].detach(),
+                                                                 tensors[C.BATCH_KEY], True)
+                self.classifier_optimizer.zero_grad(set_to_none=True)
+                classifier_loss.backward()
+                self.classifier_optimizer.step()
             with torch.no_grad():
-                sums += torch.stack([out.loss * len(idx), out.reconstruction_loss.sum(), out.kl_local.sum()])
+                sums += torch.stack([out.loss * len(idx), out.reconstruction_loss.sum(), out.kl_local.sum(),
+                                     torch.as_tensor(out.kl_global, dtype=sums.dtype, device=sums.device)])
                 for name, value in out.extra_metrics.items():
                     extra_sums[name] = extra_sums.get(name, 0.0) + value.detach()
             n += len(idx)
-        loss, rec, kl = sums.tolist()
-        row = {"loss_train": loss / n, "elbo_train": -(rec + kl) / n,
+        loss, rec, kl, kl_global = sums.tolist()
+        kl_global /= len(batches)
+        row = {"loss_train": loss / n, "elbo_train": -(rec + kl) / n - kl_global / len(self.train_indices),
                "reconstruction_loss_train": rec / n, "kl_local_train": kl / n, "kl_weight": kl_weight}
+        if kl_global:
+            row["kl_global_train"] = kl_global
         row.update({f"{name}_train": float(v) / len(batches) for name, v in extra_sums.items()})
+        if self.scheduler is not None:
+            row["lr"] = self.optimizer.param_groups[0]["lr"]
         return row
 
     @torch.no_grad()
     def evaluate(self, indices, suffix: str) -> dict:
         self.module.eval()
-        sums = torch.zeros(2, device=self.data.device)
+        sums = torch.zeros(3, device=self.data.device)
+        n_chunks = 0
         for idx in split_minibatches(indices, self.batch_size):
             _, _, out = self.module(self.data.minibatch(idx), kl_weight=1.0)
-            sums += torch.stack([out.reconstruction_loss.sum(), out.kl_local.sum()])
-        rec, kl = (sums / len(indices)).tolist()
-        return {f"elbo_{suffix}": -(rec + kl), f"reconstruction_loss_{suffix}": rec,
-                f"kl_local_{suffix}": kl}
+            sums += torch.stack([out.reconstruction_loss.sum(), out.kl_local.sum(),
+                                 torch.as_tensor(out.kl_global, dtype=sums.dtype, device=sums.device)])
+            n_chunks += 1
+        rec, kl = (sums[:2] / len(indices)).tolist()
+        kl_global = float(sums[2]) / n_chunks
+        return {f"elbo_{suffix}": -(rec + kl) - kl_global / len(self.train_indices),
+                f"reconstruction_loss_{suffix}": rec, f"kl_local_{suffix}": kl}
 
     def fit(self) -> list[dict]:
         from tqdm.auto import tqdm  # imported here: `import cellvi` stays light
 
         has_validation = len(self.validation_indices) > 0
-        monitor = "elbo_validation" if has_validation else "elbo_train"
+        monitor = self.plan.monitor
+        if not has_validation and monitor.endswith("_validation"):
+            monitor = monitor[: -len("_validation")] + "_train"
         bar = tqdm(range(self.max_epochs), desc="Training", unit="epoch", disable=not self.progress_bar,
                    dynamic_ncols=True)
         with single_threaded_global_openblas():
@@ -252,10 +364,15 @@ class Trainer:
                     "is not raw counts (normalized, scaled or very large values), a learning rate "
                     "that is too high (try lr=1e-4), or too small a batch_size."
                 )
+            if monitor not in row:
+                raise ValueError(f"the training plan watches '{monitor}', which the history lacks; "
+                                 f"history columns: {', '.join(row)}")
             postfix = {"loss": f"{row['loss_train']:.4g}", "elbo": f"{row['elbo_train']:.4g}"}
             if has_validation:
                 postfix["elbo_val"] = f"{row['elbo_validation']:.4g}"
             bar.set_postfix(postfix, refresh=False)
+            if self.scheduler is not None:
+                self.scheduler.step(row[monitor])
             if self.early_stopping:
                 if row[monitor] > best + self.min_delta:
                     best, since_best = row[monitor], 0

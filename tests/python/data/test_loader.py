@@ -21,7 +21,7 @@ def test_minibatch_matches_scipy_rows(sim):
     assert len(flat) == (dense != 0).sum()
     np.testing.assert_array_equal(mb[C.BATCH_KEY].numpy(), tensors.batch[idx.numpy()])
     # The CPU cut (scipy) and the tensor arithmetic used on GPUs give identical minibatches.
-    by_tensors = data._cut(idx, len(flat))
+    by_tensors = data._cut_tensors(idx)
     assert by_tensors.keys() == mb.keys()
     for key, value in mb.items():
         assert torch.equal(by_tensors[key], value), key

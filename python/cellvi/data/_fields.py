@@ -1,0 +1,624 @@
+"""Registry fields: each names one part of an AnnData that a model uses.
+
+A model's setup is a list of fields. Each field
+- learns what it must remember from the AnnData it is set up on (``setup``): gene or column
+  names, category orders;
+- turns any AnnData with the same layout into one array (``array``), checking it as it goes
+  (clear errors that name the problem and the fix);
+- keeps that state as JSON (``state`` / ``Field.from_state``);
+- extends its categories for query data (``for_query``).
+
+The loader serves every field's array under the field's key; sparse arrays (CSR) also give
+their non-zero entries. A model with a new kind of input declares a new Field subclass (in its
+own file if nothing else needs it); nothing else in ``data/`` changes.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+_MAX_LISTED = 10
+_CHUNK = 1 << 22  # values per chunk when scanning a matrix
+_FIELD_TYPES: dict[str, type["Field"]] = {}
+
+
+def preview(values: Sequence[Any], n: int = _MAX_LISTED) -> str:
+    values = list(values)
+    shown = ", ".join(str(v) for v in values[:n])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > n else "")
+
+
+# ----------------------------------------------------------------------------------------
+# Checks on matrices.
+
+
+def as_csr_float32(X, what: str = "the count matrix") -> sp.csr_matrix:
+    """Return X as CSR with float32 values, without copying when it already is."""
+    if sp.issparse(X):
+        X = X.tocsr() if X.format != "csr" else X
+        if not isinstance(X, sp.csr_matrix):  # scipy's csr_array
+            X = sp.csr_matrix(X)
+    else:
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise ValueError(f"{what} must be 2-D, got shape {X.shape}")
+        X = sp.csr_matrix(X)
+    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+        raise TypeError(f"{what} must hold numbers, got dtype {X.dtype}")
+    if X.dtype != np.float32:
+        X = X.astype(np.float32)
+    return X
+
+
+def scan_values(data: np.ndarray) -> dict:
+    """NaN, infinite and negative counts, the minimum and a first non-integer of ``data``,
+    scanned in chunks so that the temporaries stay small next to a large matrix."""
+    n_nan = n_inf = n_negative = 0
+    minimum, non_integer = np.inf, None
+    for start in range(0, data.size, _CHUNK):
+        chunk = data[start:start + _CHUNK]
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            nan = int(np.isnan(chunk).sum())
+            n_nan += nan
+            n_inf += int((~finite).sum()) - nan
+            chunk = chunk[finite]
+        if chunk.size:
+            minimum = min(minimum, float(chunk.min()))
+            n_negative += int((chunk < 0).sum())
+            if non_integer is None:
+                fractional = chunk[chunk != np.round(chunk)]
+                if fractional.size:
+                    non_integer = float(fractional[0])
+    return {"nan": n_nan, "inf": n_inf, "negative": n_negative, "minimum": minimum,
+            "non_integer": non_integer}
+
+
+def check_values(data: np.ndarray, source: str, values: str, fix: str) -> None:
+    """Refuse NaN/infinite values, and negative ones unless ``values == "continuous"``; warn
+    on non-integers when ``values == "counts"``."""
+    found = scan_values(data)
+    if found["nan"] or found["inf"]:
+        raise ValueError(f"{source} holds {found['nan']} NaN and {found['inf']} infinite values; "
+                         f"the model needs {_WHAT[values]}")
+    if values == "continuous":
+        return
+    if found["negative"]:
+        raise ValueError(
+            f"{source} holds {found['negative']} negative values (minimum {found['minimum']:g}); the "
+            f"model needs {_WHAT[values]}: {fix}"
+        )
+    if values == "counts" and found["non_integer"] is not None:
+        warnings.warn(
+            f"{source} holds non-integer values (e.g. {found['non_integer']:g}); the model expects raw "
+            "counts. This usually means normalized or log-transformed data was passed: use the "
+            "raw counts (layer=... or adata.raw).",
+            UserWarning,
+            stacklevel=5,
+        )
+
+
+_WHAT = {"counts": "raw counts (non-negative integers)", "binary": "non-negative values (counts or 0/1)",
+         "continuous": "finite values"}
+
+
+def check_counts(X: sp.csr_matrix, source: str, obs_names=None, values: str = "counts") -> None:
+    """Refuse what cannot be counts (or binary data); warn on non-integers. ``X`` is CSR."""
+    if X.shape[0] == 0:
+        raise ValueError(f"{source} has no cells")
+    if X.shape[1] == 0:
+        raise ValueError(f"{source} has no genes")
+    check_values(X.data, source, values,
+                 "pass the layer that holds them with layer=..., not scaled or centred data")
+    if values == "continuous":
+        return
+    totals = np.asarray(X.sum(axis=1)).ravel()
+    empty = np.flatnonzero(totals <= 0)
+    if empty.size:
+        names = np.asarray(obs_names)[empty] if obs_names is not None else empty
+        raise ValueError(
+            f"{source} has {empty.size} cells with zero total counts ({preview(names)}); "
+            "remove them first, e.g. adata = adata[adata.X.sum(axis=1) > 0].copy() or "
+            "scanpy.pp.filter_cells(adata, min_counts=1)"
+        )
+
+
+# ----------------------------------------------------------------------------------------
+# obs columns.
+
+
+def category_strings(values: pd.Series) -> tuple[pd.Series, list[str]]:
+    """Values as strings and the category order (categorical order, else sorted)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.cat.remove_unused_categories()
+        categories = [str(c) for c in values.cat.categories]
+    else:
+        uniques = pd.unique(values.dropna())
+        try:
+            uniques = sorted(uniques)
+        except TypeError:  # mixed types
+            uniques = sorted(uniques, key=str)
+        categories = [str(c) for c in uniques]
+    return values.astype(str), categories
+
+
+def obs_column(adata, key: str, role: str) -> pd.Series:
+    if not isinstance(key, str):
+        raise TypeError(f"{role} must be the name of an obs column (a string), got {key!r}")
+    if key not in adata.obs.columns:
+        raise KeyError(
+            f"obs column '{key}' ({role}) not found; available: {preview(adata.obs.columns, 30)}"
+        )
+    column = adata.obs[key]
+    if column.isna().any():
+        raise ValueError(
+            f"obs column '{key}' ({role}) has {int(column.isna().sum())} missing values; "
+            "fill or drop those cells first"
+        )
+    return column
+
+
+def category_codes(adata, key: str, role: str, categories: list[str]) -> np.ndarray:
+    values = obs_column(adata, key, role).astype(str)
+    codes = pd.Categorical(values, categories=categories).codes.astype(np.int64)
+    if (codes < 0).any():
+        unknown = pd.unique(values[codes < 0])
+        raise ValueError(
+            f"obs column '{key}' ({role}) has categories the model was not set up with: "
+            f"{preview(unknown)}; known: {preview(categories, 30)}"
+        )
+    return codes
+
+
+def key_list(keys, name: str) -> list[str]:
+    if keys is None:
+        return []
+    if isinstance(keys, str):
+        return [keys]
+    keys = list(keys)
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{name} has repeated names: {keys}")
+    return keys
+
+
+def numeric_column(adata, key: str, role: str) -> np.ndarray:
+    col = obs_column(adata, key, role)
+    if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+        raise TypeError(f"{role} '{key}' must be numeric, got dtype {col.dtype}; pass categorical "
+                        "columns as categorical_covariate_keys")
+    values = col.to_numpy(dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{role} '{key}' has infinite values")
+    return values
+
+
+# ----------------------------------------------------------------------------------------
+
+
+class Field:
+    """One registered part of an AnnData, served to the model under ``key``.
+
+    Subclasses set their constructor arguments as attributes, list the names of those that
+    make up their JSON state in ``_state_attrs``, and implement ``setup`` (learn from the
+    AnnData) and ``array`` (the checked array of any AnnData).
+    """
+
+    _state_attrs: ClassVar[tuple[str, ...]] = ("key",)
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _FIELD_TYPES[cls.__name__] = cls
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def setup(self, adata, fields: dict[str, "Field"]) -> None:
+        """Learn the state from ``adata`` (``fields``: the fields set up before this one)."""
+
+    def array(self, adata, fields: dict[str, "Field"]):
+        """The field's values for the cells of ``adata``: a CSR matrix, a NumPy array, or
+        None (nothing to serve)."""
+        raise NotImplementedError
+
+    def for_query(self, adata, fields: dict[str, "Field"]) -> "Field":
+        """A copy that also knows the query's new categories (default: an unchanged copy);
+        ``fields``: the fields already extended for the query."""
+        return copy.deepcopy(self)
+
+    def prepare_query(self, query) -> None:
+        """Complete a query AnnData being prepared for mapping (a fresh copy that may be
+        modified), e.g. fill a modality the query lacks. Default: nothing."""
+
+    @property
+    def summary(self) -> dict:
+        """Sizes the module needs (e.g. ``{"n_batch": 3}``)."""
+        return {}
+
+    # -- JSON ----------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"type": type(self).__name__, **{a: copy.deepcopy(getattr(self, a)) for a in self._state_attrs}}
+
+    @staticmethod
+    def from_state(state: dict) -> "Field":
+        state = dict(state)
+        kind = state.pop("type")
+        cls = _FIELD_TYPES.get(kind)
+        if cls is None:
+            raise ValueError(f"unknown registry field type '{kind}' (saved by a newer cellvi, or a "
+                             "model whose module is not imported)")
+        field = cls.__new__(cls)
+        for name in cls._state_attrs:
+            setattr(field, name, state.get(name, getattr(cls, name, None)))
+        return field
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.state() == other.state()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.state().items() if k != 'type')})"
+
+
+class LayerField(Field):
+    """A cells x features matrix from ``X`` or a layer, kept sparse (CSR, float32).
+
+    ``values``: ``"counts"`` (non-negative; non-integers warn; cells with no counts are
+    refused), ``"binary"`` (non-negative, e.g. accessibility counts or 0/1; empty cells refused)
+    or ``"continuous"`` (any finite value). The feature names are recorded and checked.
+    """
+
+    _state_attrs = ("key", "layer", "values", "var_names")
+
+    def __init__(self, key: str, layer: str | None = None, values: str = "counts"):
+        super().__init__(key)
+        if values not in _WHAT:
+            raise ValueError(f"values must be one of {', '.join(_WHAT)}; got {values!r}")
+        self.layer, self.values, self.var_names = layer, values, []
+
+    def setup(self, adata, fields) -> None:
+        var_names = [str(v) for v in adata.var_names]
+        if len(set(var_names)) != len(var_names):
+            dup = pd.Index(var_names)[pd.Index(var_names).duplicated()].unique()
+            raise ValueError(
+                f"gene names (var_names) are duplicated: {preview(dup)}; make them unique, "
+                "e.g. adata.var_names_make_unique()"
+            )
+        self.var_names = var_names
+
+    @property
+    def summary(self) -> dict:
+        return {"n_vars": len(self.var_names)}
+
+    def check_names(self, adata) -> None:
+        """Refuse an AnnData whose features differ from the recorded ones, saying which."""
+        names = [str(v) for v in adata.var_names]
+        if names == self.var_names:
+            return
+        theirs, ours = set(names), set(self.var_names)
+        missing = [g for g in self.var_names if g not in theirs]
+        extra = [g for g in names if g not in ours]
+        if not missing and not extra:
+            raise ValueError(
+                "the AnnData has the model's genes in a different order; reorder it with "
+                "adata = adata[:, model.var_names]"
+            )
+        raise ValueError(
+            f"the AnnData's genes do not match the model's ({len(self.var_names)} genes): "
+            f"{len(missing)} missing ({preview(missing)}), {len(extra)} not in the model "
+            f"({preview(extra)}); subset or reorder with adata[:, model.var_names]"
+        )
+
+    def matrix(self, adata) -> sp.csr_matrix:
+        """The layer as CSR float32, checked (without checking the feature names)."""
+        if self.layer is None:
+            X, source = adata.X, "adata.X"
+        else:
+            if self.layer not in adata.layers:
+                raise KeyError(
+                    f"layer '{self.layer}' not found; available layers: "
+                    f"{preview(list(adata.layers.keys())) or '(none)'}"
+                )
+            X, source = adata.layers[self.layer], f"layer '{self.layer}'"
+        if X is None:
+            raise ValueError(f"{source} is empty (None); pass the layer holding the counts")
+        X = as_csr_float32(X)
+        check_counts(X, source, adata.obs_names, self.values)
+        return X
+
+    def array(self, adata, fields) -> sp.csr_matrix:
+        self.check_names(adata)
+        return self.matrix(adata)
+
+
+class ObsmField(Field):
+    """A dense cells x columns matrix from ``adata.obsm[obsm_key]`` (e.g. protein counts).
+
+    Column names come from a DataFrame's columns, else from ``adata.uns[names_uns_key]``, else
+    ``<obsm_key>_<i>``; they are recorded and new data must have the same ones (a DataFrame
+    may hold them in another order). ``values`` as for :class:`LayerField`; ``min_columns``
+    refuses too few columns.
+    """
+
+    _state_attrs = ("key", "obsm_key", "names_uns_key", "values", "column_names", "min_columns",
+                    "zeros_for_query")
+
+    def __init__(self, key: str, obsm_key: str, names_uns_key: str | None = None,
+                 values: str = "counts", min_columns: int = 1, zeros_for_query: bool = False):
+        super().__init__(key)
+        self.obsm_key, self.names_uns_key, self.values = obsm_key, names_uns_key, values
+        self.min_columns, self.column_names = min_columns, []
+        self.zeros_for_query = zeros_for_query
+
+    def prepare_query(self, query) -> None:
+        """With ``zeros_for_query``, a query without the matrix (or without some of its
+        columns) gets zeros there, as a DataFrame with the model's columns (a warning says so)."""
+        if not self.zeros_for_query:
+            return
+        have = query.obsm.get(self.obsm_key)
+        if have is not None and not isinstance(have, pd.DataFrame):
+            values = have.toarray() if sp.issparse(have) else np.asarray(have)
+            names = self.column_names if values.shape[1] == len(self.column_names) else self._names(query, values)
+            have = pd.DataFrame(values, index=query.obs_names, columns=names)
+        table = pd.DataFrame(0.0, index=query.obs_names, columns=self.column_names, dtype=np.float32)
+        missing = list(self.column_names)
+        if have is not None:
+            shared = [c for c in self.column_names if c in set(map(str, have.columns))]
+            have.columns = [str(c) for c in have.columns]
+            table[shared] = have[shared].to_numpy(dtype=np.float32)
+            missing = [c for c in self.column_names if c not in set(shared)]
+        if missing:
+            warnings.warn(f"the query lacks {len(missing)} of the model's {len(self.column_names)} columns of "
+                          f"obsm['{self.obsm_key}'] ({preview(missing)}); they were filled with zeros and "
+                          "count as not measured", UserWarning, stacklevel=4)
+        query.obsm[self.obsm_key] = table
+
+    @property
+    def summary(self) -> dict:
+        return {f"n_{self.key}": len(self.column_names)}
+
+    def _raw(self, adata):
+        if not isinstance(self.obsm_key, str):
+            raise TypeError(f"the obsm key must be a string, got {self.obsm_key!r}")
+        if self.obsm_key not in adata.obsm:
+            raise KeyError(f"obsm key '{self.obsm_key}' not found; available: "
+                           f"{preview(list(adata.obsm.keys())) or '(none)'}")
+        return adata.obsm[self.obsm_key]
+
+    def _names(self, adata, raw) -> list[str]:
+        if isinstance(raw, pd.DataFrame):
+            return [str(c) for c in raw.columns]
+        n = raw.shape[1] if raw.ndim == 2 else 0
+        if self.names_uns_key is not None:
+            if self.names_uns_key not in adata.uns:
+                raise KeyError(f"uns key '{self.names_uns_key}' (the column names of obsm "
+                               f"'{self.obsm_key}') not found; available: {preview(list(adata.uns.keys()))}")
+            names = [str(v) for v in np.asarray(adata.uns[self.names_uns_key]).ravel()]
+            if len(names) != n:
+                raise ValueError(f"uns['{self.names_uns_key}'] has {len(names)} names for the {n} columns "
+                                 f"of obsm['{self.obsm_key}']")
+            return names
+        return [f"{self.obsm_key}_{i}" for i in range(n)]
+
+    def setup(self, adata, fields) -> None:
+        raw = self._raw(adata)
+        names = self._names(adata, raw)
+        if len(set(names)) != len(names):
+            dup = pd.Index(names)[pd.Index(names).duplicated()].unique()
+            raise ValueError(f"the column names of obsm['{self.obsm_key}'] are duplicated: {preview(dup)}")
+        if len(names) < self.min_columns:
+            raise ValueError(f"obsm['{self.obsm_key}'] has {len(names)} columns; the model needs at least "
+                             f"{self.min_columns}")
+        self.column_names = names
+
+    def array(self, adata, fields) -> np.ndarray:
+        raw = self._raw(adata)
+        source = f"obsm['{self.obsm_key}']"
+        if raw.shape[0] != adata.n_obs:
+            raise ValueError(f"{source} has {raw.shape[0]} rows for {adata.n_obs} cells; it must be "
+                             "aligned with the cells (one row per cell, in obs order)")
+        if isinstance(raw, pd.DataFrame):
+            names = [str(c) for c in raw.columns]
+            if names != self.column_names:
+                missing = [c for c in self.column_names if c not in set(names)]
+                if missing:
+                    raise ValueError(f"{source} lacks the model's columns {preview(missing)}; "
+                                     f"model columns: {preview(self.column_names, 30)}")
+                raw = raw[self.column_names]
+            if not raw.index.astype(str).equals(adata.obs_names.astype(str)):
+                raise ValueError(f"the rows of {source} (a DataFrame) are not the cells of the AnnData "
+                                 "(index differs from obs_names); reindex it: "
+                                 f"adata.obsm['{self.obsm_key}'] = df.loc[adata.obs_names]")
+            values = raw.to_numpy()
+        else:
+            values = raw.toarray() if sp.issparse(raw) else np.asarray(raw)
+            if values.ndim != 2 or values.shape[1] != len(self.column_names):
+                raise ValueError(f"{source} has shape {values.shape}; the model expects "
+                                 f"{len(self.column_names)} columns")
+        if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
+            raise TypeError(f"{source} must hold numbers, got dtype {values.dtype}")
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        check_values(values.ravel(), source, self.values, f"pass the raw counts in obsm['{self.obsm_key}']")
+        return values
+
+
+class CategoricalObsField(Field):
+    """Codes of one categorical obs column (``obs_key=None``: one category, every cell 0).
+
+    ``query``: what a query's categories may be (``"new"``: only unseen ones, appended, as
+    batches must be; ``"append"``: unseen ones are appended; ``"known"``: only known ones).
+    With ``unlabeled_category``, cells with that value get the code ``n_categories`` (one past
+    the categories) and an AnnData without the column is all unlabelled.
+    """
+
+    _state_attrs = ("key", "obs_key", "role", "query", "categories", "unlabeled_category")
+
+    def __init__(self, key: str, obs_key: str | None, role: str | None = None, query: str = "append",
+                 unlabeled_category=None):
+        super().__init__(key)
+        self.obs_key, self.role, self.query = obs_key, role or f"{key}_key", query
+        self.categories = ["0"]
+        self.unlabeled_category = None if unlabeled_category is None else str(unlabeled_category)
+
+    @property
+    def summary(self) -> dict:
+        return {f"n_{self.key}": len(self.categories)}
+
+    def setup(self, adata, fields) -> None:
+        if self.obs_key is None:
+            if self.unlabeled_category is not None:
+                raise ValueError(f"unlabeled_category needs {self.role} (the obs column of the labels)")
+            return
+        categories = category_strings(obs_column(adata, self.obs_key, self.role))[1]
+        if self.unlabeled_category is not None:
+            if self.unlabeled_category in categories:
+                categories.remove(self.unlabeled_category)
+            else:
+                warnings.warn(
+                    f"unlabeled_category '{self.unlabeled_category}' does not occur in obs column "
+                    f"'{self.obs_key}': every cell is labelled, and training is fully supervised",
+                    UserWarning, stacklevel=5,
+                )
+            if not categories:
+                raise ValueError(
+                    f"obs column '{self.obs_key}' holds no label other than the unlabeled category "
+                    f"'{self.unlabeled_category}'; at least one labelled cell type is needed"
+                )
+        self.categories = categories
+
+    def array(self, adata, fields) -> np.ndarray:
+        n = adata.n_obs
+        if self.obs_key is None:
+            return np.zeros(n, dtype=np.int64)
+        if self.unlabeled_category is None:
+            return category_codes(adata, self.obs_key, self.role, self.categories)
+        if self.obs_key not in adata.obs.columns:  # new data to classify: no labels yet
+            return np.full(n, len(self.categories), dtype=np.int64)
+        return category_codes(adata, self.obs_key, self.role, self.categories + [self.unlabeled_category])
+
+    def codes_of(self, values) -> np.ndarray:
+        """Codes of category names (e.g. a ``transform_batch``)."""
+        values = [values] if np.isscalar(values) else list(values)
+        lookup = {c: i for i, c in enumerate(self.categories)}
+        unknown = [v for v in values if str(v) not in lookup]
+        if unknown:
+            raise ValueError(
+                f"unknown {self.key} categor{'y' if len(unknown) == 1 else 'ies'} "
+                f"{preview(unknown)}; known: {preview(self.categories, 30)}"
+            )
+        return np.array([lookup[str(v)] for v in values], dtype=np.int64)
+
+    def for_query(self, adata, fields) -> "CategoricalObsField":
+        field = copy.deepcopy(self)
+        if self.obs_key is None or self.obs_key not in adata.obs.columns and self.query != "new":
+            return field
+        query = category_strings(obs_column(adata, self.obs_key, self.role))[1]
+        if self.query == "new":
+            shared = [c for c in query if c in self.categories]
+            if shared:
+                plural = len(shared) > 1
+                raise ValueError(
+                    f"query {self.key}{'es' if plural and self.key.endswith('h') else 's' if plural else ''} "
+                    f"{preview(shared)} in obs column '{self.obs_key}' also name{'' if plural else 's'} a "
+                    f"reference {self.key}; query {self.key} categories must be new. Rename them, e.g. "
+                    f"query.obs['{self.obs_key}'] = 'query_' + query.obs['{self.obs_key}'].astype(str)"
+                )
+            field.categories = self.categories + query
+        elif self.query == "append":
+            field.categories = self.categories + [c for c in query if c not in self.categories]
+        else:
+            allowed = set(self.categories) | {self.unlabeled_category}
+            unknown = [c for c in query if c not in allowed]
+            if unknown:
+                hint = (f"; mark cells of unknown type as '{self.unlabeled_category}'"
+                        if self.unlabeled_category is not None else "")
+                raise ValueError(
+                    f"the query's obs column '{self.obs_key}' has {self.key} categories the reference "
+                    f"never saw: {preview(unknown)}; reference {self.key}: "
+                    f"{preview(self.categories, 30)}{hint}"
+                )
+        return field
+
+
+class CategoricalJointObsField(Field):
+    """Codes of several categorical obs columns, stacked (cells x columns; None without any)."""
+
+    _state_attrs = ("key", "obs_keys", "role", "categories")
+
+    def __init__(self, key: str, obs_keys: Sequence[str] | None, role: str = "categorical covariate"):
+        super().__init__(key)
+        self.obs_keys, self.role = key_list(obs_keys, f"{key} keys"), role
+        self.categories: dict[str, list[str]] = {}
+
+    @property
+    def summary(self) -> dict:
+        return {f"n_cats_per_{self.key}": [len(self.categories[k]) for k in self.obs_keys]}
+
+    def setup(self, adata, fields) -> None:
+        self.categories = {k: category_strings(obs_column(adata, k, self.role))[1] for k in self.obs_keys}
+
+    def array(self, adata, fields):
+        if not self.obs_keys:
+            return None
+        return np.stack([category_codes(adata, k, self.role, self.categories[k]) for k in self.obs_keys], axis=1)
+
+    def for_query(self, adata, fields) -> "CategoricalJointObsField":
+        field = copy.deepcopy(self)
+        for k in self.obs_keys:
+            query = category_strings(obs_column(adata, k, self.role))[1]
+            known = self.categories[k]
+            field.categories[k] = known + [c for c in query if c not in known]
+        return field
+
+
+class NumericalObsField(Field):
+    """One numeric obs column as float32 (None when ``obs_key`` is None); ``positive`` refuses
+    zero and negative values (e.g. size factors)."""
+
+    _state_attrs = ("key", "obs_key", "role", "positive")
+
+    def __init__(self, key: str, obs_key: str | None, role: str | None = None, positive: bool = False):
+        super().__init__(key)
+        self.obs_key, self.role, self.positive = obs_key, role or f"{key}_key", positive
+
+    def array(self, adata, fields):
+        if self.obs_key is None:
+            return None
+        col = obs_column(adata, self.obs_key, self.role)
+        if not pd.api.types.is_numeric_dtype(col):
+            raise TypeError(f"{self.role} column '{self.obs_key}' must be numeric, got dtype {col.dtype}")
+        values = col.to_numpy(dtype=np.float32)
+        if not np.isfinite(values).all() or (self.positive and not (values > 0).all()):
+            raise ValueError(f"{self.role} column '{self.obs_key}' must be "
+                             f"{'positive and ' if self.positive else ''}finite")
+        return values
+
+
+class NumericalJointObsField(Field):
+    """Several numeric obs columns, stacked (cells x columns, float32; None without any)."""
+
+    _state_attrs = ("key", "obs_keys", "role")
+
+    def __init__(self, key: str, obs_keys: Sequence[str] | None, role: str = "continuous covariate"):
+        super().__init__(key)
+        self.obs_keys, self.role = key_list(obs_keys, f"{key} keys"), role
+
+    @property
+    def summary(self) -> dict:
+        return {f"n_{self.key}": len(self.obs_keys)}
+
+    def array(self, adata, fields):
+        if not self.obs_keys:
+            return None
+        return np.stack([numeric_column(adata, k, self.role) for k in self.obs_keys], axis=1)
+
+
+class CellIndexField(Field):
+    """Each cell's position in its AnnData (int64), for models with per-cell parameters."""
+
+    def array(self, adata, fields) -> np.ndarray:
+        return np.arange(adata.n_obs, dtype=np.int64)
