@@ -103,20 +103,26 @@ def _raw_statistics(X: sp.csr_matrix, idx: np.ndarray, genes: np.ndarray | None)
     }
 
 
-def _sample_scales(model, adata, cells: np.ndarray, batches, n_samples: int, genes, rng) -> torch.Tensor:
-    """Posterior normalized expression of ``n_samples`` cells drawn with replacement, genes x
-    samples: the statistics reduce each gene over samples, several times faster along
-    contiguous memory than down the columns of a samples x genes array."""
+def _sample_scales(model, adata, cells: np.ndarray, batches, n_samples: int, features, rng) -> torch.Tensor:
+    """Posterior normalized expression of ``n_samples`` cells drawn with replacement, features
+    x samples: the statistics reduce each feature over samples, several times faster along
+    contiguous memory than down the columns of a samples x features array."""
     drawn = np.sort(rng.choice(cells, size=n_samples, replace=True))
-    n_genes = model.registry.n_vars if genes is None else len(genes)
+    n_features = len(model._de_feature_names()) if features is None else len(features)
     # NumPy asks the kernel for huge pages for an array this size; a fresh torch buffer of
     # 180 MB cost three times as long in page faults as filling it.
-    by_gene = torch.from_numpy(np.empty((n_genes, n_samples), dtype=np.float32))
-    chunks = model._expression_chunks(adata, drawn, transform_batch=batches, genes=genes, library_size=1,
-                                      n_samples=1, return_mean=True, batch_size=None, genes_major=True)
-    for rows, values in chunks:
-        by_gene[:, rows] = values.cpu()
-    return by_gene
+    by_feature = torch.from_numpy(np.empty((n_features, n_samples), dtype=np.float32))
+    for rows, values in model._de_chunks(adata, drawn, batches, features):
+        by_feature[:, rows] = values.cpu()
+    return by_feature
+
+
+def _raw_statistics_of_blocks(blocks: list, idx: np.ndarray, features: np.ndarray | None) -> dict:
+    """Raw statistics of each count block (e.g. genes, then proteins), each normalized by its
+    own library size, side by side, then the chosen features."""
+    parts = [_raw_statistics(X, idx, None) for X in blocks]
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return out if features is None else {k: v[features] for k, v in out.items()}
 
 
 def estimate_pseudocounts(by_gene1: torch.Tensor, by_gene2: torch.Tensor, raw_mean1: np.ndarray,
@@ -326,10 +332,11 @@ def differential_expression(
         registry.category_codes(C.BATCH_KEY, batches1 + batches2)  # unknown batch ids fail here
     else:
         batches1 = batches2 = None
-    genes = model._gene_mask(gene_list)
-    gene_names = registry.var_names if genes is None else [registry.var_names[i] for i in genes]
+    all_names = model._de_feature_names()
+    genes = model._feature_mask(gene_list, all_names)
+    gene_names = all_names if genes is None else [all_names[i] for i in genes]
     comparisons = _comparisons(data_adata, groupby, group1, group2, idx1, idx2)
-    X = registry.counts(data_adata) if adata is not None else model._tensors().X
+    blocks = model._de_count_blocks(adata)
     rng = np.random.default_rng(settings.seed)
     generator = seeded_generator(3)
 
@@ -341,7 +348,7 @@ def differential_expression(
                                      disable=not settings.progress_bar or len(comparisons) == 1):
         s1 = _sample_scales(model, adata, i1, batches1, n_samples, genes, rng)
         s2 = _sample_scales(model, adata, i2, batches2, n_samples, genes, rng)
-        raw = {suffix: _raw_statistics(X, idx, genes) for suffix, idx in (("1", i1), ("2", i2))}
+        raw = {suffix: _raw_statistics_of_blocks(blocks, idx, genes) for suffix, idx in (("1", i1), ("2", i2))}
         offset = pseudocounts
         if offset is None:
             offset = (estimate_pseudocounts(s1, s2, raw["1"]["raw_mean"], raw["2"]["raw_mean"])

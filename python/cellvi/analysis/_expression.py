@@ -27,16 +27,38 @@ class ExpressionMixin:
     """Adds expression queries to a model (needs ``_minibatches``, ``registry``, ``module``)."""
 
     def _gene_mask(self, gene_list: Sequence[str] | None) -> np.ndarray | None:
-        if gene_list is None:
+        return self._feature_mask(gene_list, self.registry.var_names)
+
+    @staticmethod
+    def _feature_mask(names: Sequence[str] | None, available: Sequence[str], what: str = "gene_list"
+                      ) -> np.ndarray | None:
+        """Positions of ``names`` among ``available`` (None: all)."""
+        if names is None:
             return None
-        if isinstance(gene_list, str):
-            gene_list = [gene_list]
-        lookup = {g: i for i, g in enumerate(self.registry.var_names)}
-        missing = [g for g in gene_list if g not in lookup]
+        if isinstance(names, str):
+            names = [names]
+        lookup = {g: i for i, g in enumerate(available)}
+        missing = [g for g in names if g not in lookup]
         if missing:
             shown = ", ".join(map(str, missing[:10]))
-            raise KeyError(f"{len(missing)} genes of gene_list are not in the model: {shown}")
-        return np.array([lookup[g] for g in gene_list], dtype=np.int64)
+            raise KeyError(f"{len(missing)} names of {what} are not in the model: {shown}")
+        return np.array([lookup[g] for g in names], dtype=np.int64)
+
+    # -- what differential expression compares (a model with more features overrides these) --
+    def _de_feature_names(self) -> list[str]:
+        """Names of the features differential expression tests (default: the genes)."""
+        return list(self.registry.var_names)
+
+    def _de_count_blocks(self, adata) -> list:
+        """Raw counts of those features as CSR blocks, each with its own library size."""
+        return [self.registry.counts(adata) if adata is not None else self._tensors().X]
+
+    def _de_chunks(self, adata, cells: np.ndarray, transform_batch, features: np.ndarray | None):
+        """(output rows, normalized expression features x cells) of one posterior sample per
+        listed cell."""
+        return self._expression_chunks(adata, cells, transform_batch=transform_batch, genes=features,
+                                       library_size=1, n_samples=1, return_mean=True, batch_size=None,
+                                       genes_major=True)
 
     def _transform_batches(self, transform_batch) -> list[int | None]:
         if transform_batch is None:
