@@ -3,5 +3,6 @@ from ._base import BaseModel, load_model
 from ._mixins import MappingMixin, VAEMixin
 from ._scanvi import SCANVI
 from ._scvi import SCVI, LinearSCVI
+from ._totalvi import TOTALVI
 
-__all__ = ["BaseModel", "MappingMixin", "VAEMixin", "LinearSCVI", "SCANVI", "SCVI", "load_model"]
+__all__ = ["BaseModel", "MappingMixin", "VAEMixin", "LinearSCVI", "SCANVI", "SCVI", "TOTALVI", "load_model"]
