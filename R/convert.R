@@ -63,6 +63,13 @@
   s
 }
 
+# An error of a kind (a Python exception name, e.g. "KeyError" for a missing name): in R an
+# ordinary error with this message; cellvi.interop.read_rds() raises it as that exception.
+.stop_kind <- function(kind, ...) {
+  stop(structure(class = c("cellvi_error", "error", "condition"),
+                 list(message = paste0(...), call = NULL, type = kind)))
+}
+
 # Resolve TRUE / FALSE / NULL / character names against what is available.
 .select_names <- function(request, available, what) {
   if (is.null(request) || isFALSE(request)) return(character(0))
@@ -72,8 +79,8 @@
   }
   missing <- setdiff(request, available)
   if (length(missing)) {
-    stop(what, " '", paste(missing, collapse = "', '"), "' not found; available: ",
-         .show_some(available, 20), call. = FALSE)
+    .stop_kind("KeyError", what, " '", paste(missing, collapse = "', '"),
+               "' not found; available: ", .show_some(available, 20))
   }
   unique(request)
 }
@@ -195,6 +202,15 @@
   is.factor(v) || (is.atomic(v) && !is.null(v) && is.null(dim(v)))
 }
 
+# A convertible column as one of the types that travel: factor, logical, integer, double or
+# character (Date/POSIXt, difftime, complex and raw values become strings).
+.plain_column <- function(v) {
+  if (inherits(v, c("Date", "POSIXt", "difftime")) || is.complex(v) || is.raw(v)) {
+    v <- as.character(v)
+  }
+  v
+}
+
 # One R metadata column -> numpy array or pandas (extension) array of the same length:
 # factor -> Categorical (levels and order kept, ordered flag kept, NA -> code -1);
 # logical -> bool (with NA: pandas nullable "boolean"); integer -> int32 (with NA: nullable
@@ -210,9 +226,7 @@
                                         categories = .py_index(levels(v)),
                                         ordered = is.ordered(v)))
   }
-  if (inherits(v, c("Date", "POSIXt", "difftime")) || is.complex(v) || is.raw(v)) {
-    v <- as.character(v)
-  }
+  v <- .plain_column(v)
   na <- is.na(v)
   if (is.logical(v)) {
     vals <- np_copy(!na & v, "bool")
@@ -245,7 +259,11 @@
   available <- colnames(df)
   if (is.null(available)) available <- character(0)
   keep <- .select_names(request, available, paste(what, "column(s)"))
-  cols <- lapply(keep, function(nm) df[[nm]])
+  cols <- lapply(keep, function(nm) {
+    v <- df[[nm]]
+    if (isS4(v)) v <- tryCatch(as.vector(v), error = function(e) v)  # e.g. an Rle
+    v
+  })
   names(cols) <- keep
   ok <- vapply(cols, .is_convertible_column, logical(1))
   if (any(!ok)) {
@@ -266,9 +284,9 @@
   idx <- match(features, available)
   if (anyNA(idx)) {
     miss <- unique(features[is.na(idx)])
-    stop(length(miss), " of ", length(features), " requested feature(s) not found: ",
-         .show_some(miss), "; available features include: ", .show_some(available),
-         call. = FALSE)
+    .stop_kind("KeyError", length(miss), " of ", length(features),
+               " requested feature(s) not found: ", .show_some(miss),
+               "; available features include: ", .show_some(available))
   }
   if (anyDuplicated(idx)) stop("features contains duplicated names: ",
                                .show_some(unique(features[duplicated(idx)])), call. = FALSE)
@@ -302,28 +320,251 @@
   out
 }
 
-# The common path: counts (genes x cells, any matrix-like), obs/var column lists, reductions.
-.build_anndata <- function(counts, obs_cols, var_cols, reductions, features, allow_non_counts,
-                           what, hint) {
+# ---- R objects -> parts ------------------------------------------------------------------------
+# What an object holds for an AnnData, as plain R values ("parts"): counts (features x cells,
+# any matrix class), cell and feature names, obs and var columns (named lists of vectors in
+# cell / feature order), reductions (cells x k matrices, rows in cell order), proteins (proteins
+# x cells, dense, or NULL) and further matrices of the counts' shape (layers). They are chosen
+# here once for both ways to Python: as_anndata() (reticulate, in this R session) and
+# cellvi.interop.read_rds() (rpy2: Python sources this file and rds.R into the R it embeds, so
+# nothing in this section may call Python or depend on the package namespace).
+
+# obsm key of the protein counts (as the Python models expect them).
+.protein_obsm_key <- "protein_expression"
+
+.parts <- function(counts, obs = list(), var = list(), reductions = list(), proteins = NULL,
+                   layers = list(), what = "the count matrix", hint = "Pass the raw counts") {
+  list(counts = counts,
+       cells = .or_default(colnames(counts), as.character(seq_len(ncol(counts)))),
+       features = .or_default(rownames(counts), as.character(seq_len(nrow(counts)))),
+       obs = obs, var = var, reductions = reductions, proteins = proteins, layers = layers,
+       what = what, hint = hint)
+}
+
+# Protein counts (proteins x cells, any matrix class) -> dense double matrix with columns in
+# `cells` order and named rows.
+.protein_matrix <- function(m, cells, what) {
+  m <- tryCatch(as.matrix(m), error = function(e) {
+    stop(what, " (class ", class(m)[1], ") could not be turned into a matrix: ",
+         conditionMessage(e), call. = FALSE)
+  })
+  if (!is.numeric(m) && !is.logical(m)) stop(what, " is not numeric", call. = FALSE)
+  storage.mode(m) <- "double"
+  if (is.null(rownames(m))) rownames(m) <- as.character(seq_len(nrow(m)))
+  if (!is.null(colnames(m)) && !identical(colnames(m), cells)) {
+    idx <- match(cells, colnames(m))
+    if (anyNA(idx)) {
+      stop(what, " lacks ", sum(is.na(idx)), " of the ", length(cells), " cells (e.g. ",
+           .show_some(cells[is.na(idx)], 3), ")", call. = FALSE)
+    }
+    m <- m[, idx, drop = FALSE]
+  } else if (ncol(m) != length(cells)) {
+    stop(what, " has ", ncol(m), " cells, the counts ", length(cells), call. = FALSE)
+  }
+  colnames(m) <- cells
+  m
+}
+
+# Protein counts from a Seurat assay (antibody-derived tags, e.g. "ADT").
+.seurat_proteins <- function(object, protein_assay, cells) {
+  assays <- SeuratObject::Assays(object)
+  if (!is.character(protein_assay) || length(protein_assay) != 1L ||
+      !protein_assay %in% assays) {
+    .stop_kind("KeyError", "protein assay '", paste(protein_assay, collapse = ", "),
+               "' not found; available assays: ", .show_some(assays),
+               ". Pass protein_assay = the assay of the antibody-derived tag (ADT) counts.")
+  }
+  .protein_matrix(.seurat_matrix(object, protein_assay, "counts"), cells,
+                  paste0("protein assay '", protein_assay, "'"))
+}
+
+# Protein counts from the "counts" assay of a SingleCellExperiment's altExp.
+.sce_proteins <- function(object, protein_altexp, cells) {
+  available <- if (methods::is(object, "SingleCellExperiment")) {
+    SingleCellExperiment::altExpNames(object)
+  } else {
+    character(0)
+  }
+  if (!is.character(protein_altexp) || length(protein_altexp) != 1L ||
+      !protein_altexp %in% available) {
+    .stop_kind("KeyError", "protein altExp '", paste(protein_altexp, collapse = ", "),
+               "' not found; available altExps: ", .show_some(available),
+               ". Pass protein_altexp = the altExp of the antibody-derived tag (ADT) counts.")
+  }
+  alt <- SingleCellExperiment::altExp(object, protein_altexp)
+  an <- SummarizedExperiment::assayNames(alt)
+  if (!"counts" %in% an) {
+    .stop_kind("KeyError", "altExp '", protein_altexp, "' has no 'counts' assay; available: ",
+               .show_some(an))
+  }
+  .protein_matrix(SummarizedExperiment::assay(alt, "counts", withDimnames = TRUE), cells,
+                  paste0("protein altExp '", protein_altexp, "'"))
+}
+
+# Further matrices (layers) of the counts' shape, by name, read by `get(name)`; ones whose
+# genes or cells differ from the counts' are left out with a warning.
+.same_shape_layers <- function(names, get, counts) {
+  out <- list()
+  for (l in names) {
+    m <- get(l)
+    if (!identical(dim(m), dim(counts)) ||
+        !identical(unname(dimnames(m)), unname(dimnames(counts)))) {
+      warning("layer '", l, "' skipped: its genes or cells differ from those of the counts",
+              call. = FALSE)
+      next
+    }
+    out[[l]] <- m
+  }
+  out
+}
+
+# A Seurat object's parts: `assay`'s `slot` as the counts, meta.data, the assay's feature
+# metadata, reductions, the protein assay's counts and other slots / layers of `assay`.
+.seurat_parts <- function(object, assay = NULL, slot = "counts", metadata = TRUE,
+                          reductions = TRUE, protein_assay = NULL, layers = NULL) {
+  assays <- SeuratObject::Assays(object)
+  assay <- .or_default(assay, SeuratObject::DefaultAssay(object))
+  if (!is.character(assay) || length(assay) != 1 || !assay %in% assays) {
+    .stop_kind("KeyError", "assay '", paste(assay, collapse = ", "), "' not found; available: ",
+               .show_some(assays))
+  }
+  counts <- .seurat_matrix(object, assay, slot)
+  if (!length(counts)) {
+    .stop_kind("KeyError", "assay '", assay, "' holds no ", slot, " (its '", slot,
+               "' is empty)")
+  }
+  parts <- .parts(counts, what = paste0("Seurat assay '", assay, "' (", slot, ")"),
+                  hint = "Pass the raw counts: slot = \"counts\"")
+  meta <- object[[]]
+  rows <- match(parts$cells, rownames(meta))
+  if (anyNA(rows)) {
+    .stop_kind("ValueError", "the rows of meta.data do not match the cells of assay '", assay,
+               "'")
+  }
+  parts$obs <- .metadata_columns(meta, metadata, "metadata", rows = rows)
+  fmeta <- object[[assay]][[]]
+  if (is.data.frame(fmeta) && ncol(fmeta)) {
+    parts$var <- .metadata_columns(fmeta, TRUE, "feature metadata",
+                                   rows = match(parts$features, rownames(fmeta)))
+  }
+  red_names <- .select_names(reductions, SeuratObject::Reductions(object), "reduction(s)")
+  reds <- lapply(red_names, function(r) SeuratObject::Embeddings(object, reduction = r))
+  names(reds) <- red_names
+  parts$reductions <- .align_reductions(reds, parts$cells)
+  if (!is.null(protein_assay)) {
+    parts$proteins <- .seurat_proteins(object, protein_assay, parts$cells)
+  }
+  if (length(layers) && !isFALSE(layers)) {
+    have <- .seurat_layer_names(object, assay)
+    lay <- .select_names(layers, setdiff(have, c(slot, "counts", "scale.data")), "layer(s)")
+    parts$layers <- .same_shape_layers(lay, function(l) .seurat_matrix(object, assay, l),
+                                       counts)
+  }
+  parts
+}
+
+# Non-empty slots (SeuratObject 4) or layers (SeuratObject 5) of an assay.
+.seurat_layer_names <- function(object, assay) {
+  if (.seuratobject_v5()) return(SeuratObject::Layers(object[[assay]]))
+  have <- c("counts", "data", "scale.data")
+  have[vapply(have, function(l) {
+    length(SeuratObject::GetAssayData(object, slot = l, assay = assay)) > 0
+  }, logical(1))]
+}
+
+# A SummarizedExperiment's parts: assay `assay.type` as the counts, colData, rowData,
+# reducedDims (SingleCellExperiment), the protein altExp's counts and the other assays.
+.sce_parts <- function(object, assay.type = "counts", metadata = TRUE, reductions = TRUE,
+                       protein_altexp = NULL, layers = NULL) {
+  an <- SummarizedExperiment::assayNames(object)
+  if (is.character(assay.type) && !assay.type %in% an || length(assay.type) != 1) {
+    .stop_kind("KeyError", "assay.type '", paste(assay.type, collapse = ", "),
+               "' not found; available: ", .show_some(an))
+  }
+  parts <- .parts(SummarizedExperiment::assay(object, assay.type, withDimnames = TRUE),
+                  what = paste0("assay '", assay.type, "'"),
+                  hint = "Pass the raw counts: assay.type = \"counts\"")
+  parts$obs <- .metadata_columns(SummarizedExperiment::colData(object), metadata, "colData")
+  parts$var <- .metadata_columns(SummarizedExperiment::rowData(object), TRUE, "rowData")
+  if (methods::is(object, "SingleCellExperiment")) {
+    red_names <- .select_names(reductions, SingleCellExperiment::reducedDimNames(object),
+                               "reducedDim(s)")
+    reds <- lapply(red_names, function(r) {
+      e <- SingleCellExperiment::reducedDim(object, r)
+      if (!is.null(colnames(object))) rownames(e) <- colnames(object)
+      e
+    })
+    names(reds) <- red_names
+    parts$reductions <- .align_reductions(reds, parts$cells)
+  } else if (is.character(reductions) && length(reductions)) {
+    stop("a SummarizedExperiment has no reducedDims", call. = FALSE)
+  }
+  if (!is.null(protein_altexp)) {
+    parts$proteins <- .sce_proteins(object, protein_altexp, parts$cells)
+  }
+  if (length(layers) && !isFALSE(layers)) {
+    counts_name <- if (is.character(assay.type)) assay.type else an[assay.type]
+    lay <- .select_names(layers, setdiff(an, counts_name), "layer(s)")
+    parts$layers <- .same_shape_layers(
+      lay, function(l) SummarizedExperiment::assay(object, l, withDimnames = TRUE),
+      parts$counts)
+  }
+  parts
+}
+
+# ---- parts -> AnnData (reticulate) -------------------------------------------------------------
+
+# Protein counts must be counts too: finite, and (unless allowed) non-negative whole numbers.
+.check_protein_counts <- function(m, allow_non_counts, what) {
+  if (anyNA(m) || any(is.infinite(m))) {
+    stop(what, " contains NaN/NA or infinite values; counts must be finite.", call. = FALSE)
+  }
+  if (allow_non_counts || !length(m)) return(invisible(TRUE))
+  if (min(m) < 0 || any(m != round(m))) {
+    stop(what, " does not hold raw counts (negative or non-integer values, e.g. ",
+         signif(m[m < 0 | m != round(m)][1], 6), "): pass the raw ADT counts ",
+         "(or set allow_non_counts = TRUE to convert them anyway).", call. = FALSE)
+  }
+  invisible(TRUE)
+}
+
+# proteins x cells matrix -> pandas DataFrame, cells x proteins (float64).
+.py_protein_frame <- function(m) {
   py <- .cellvi_py()
-  m <- .as_dgc(counts, what)
-  genes <- .or_default(rownames(m), as.character(seq_len(nrow(m))))
-  cells <- .or_default(colnames(m), as.character(seq_len(ncol(m))))
+  values <- t(m)
+  dimnames(values) <- NULL
+  py$pd$DataFrame(reticulate::np_array(values, dtype = "float64", order = "C"),
+                  index = .py_index(colnames(m)), columns = .py_index(rownames(m)))
+}
+
+# The parts as an AnnData: counts -> CSR X, obs, var, reductions -> obsm["X_<name>"], proteins
+# -> obsm["protein_expression"] (a DataFrame). `features` keeps those genes, in that order.
+.build_anndata <- function(parts, features, allow_non_counts) {
+  py <- .cellvi_py()
+  m <- .as_dgc(parts$counts, parts$what)
+  genes <- parts$features
+  cells <- parts$cells
+  var_cols <- parts$var
   fidx <- .select_features(features, genes)
   if (!is.null(fidx)) {
     m <- m[fidx, , drop = FALSE]
     genes <- genes[fidx]
     var_cols <- lapply(var_cols, function(v) v[fidx])
   }
-  adata <- py$ad$AnnData(X = .dgc_to_py_csr(m, allow_non_counts, what, hint),
-                         obs = .py_dataframe(obs_cols, cells),
+  if (!is.null(parts$proteins)) {
+    .check_protein_counts(parts$proteins, allow_non_counts, "the protein counts")
+  }
+  adata <- py$ad$AnnData(X = .dgc_to_py_csr(m, allow_non_counts, parts$what, parts$hint),
+                         obs = .py_dataframe(parts$obs, cells),
                          var = .py_dataframe(var_cols, genes))
-  reductions <- .align_reductions(reductions, cells)
-  for (nm in names(reductions)) {
-    emb <- reductions[[nm]]
+  for (nm in names(parts$reductions)) {
+    emb <- parts$reductions[[nm]]
     dimnames(emb) <- NULL
     adata$obsm$`__setitem__`(paste0("X_", nm),
                              reticulate::np_array(emb, dtype = "float64", order = "C"))
+  }
+  if (!is.null(parts$proteins)) {
+    adata$obsm$`__setitem__`(.protein_obsm_key, .py_protein_frame(parts$proteins))
   }
   adata
 }
@@ -338,7 +579,9 @@
 #' its `@x`, `@i`, `@p` slots are handed over as they are.
 #'
 #' The counts are checked first: NaN and infinite values are always refused; negative or
-#' non-integer values (normalized data) are refused unless `allow_non_counts = TRUE`.
+#' non-integer values (normalized data) are refused unless `allow_non_counts = TRUE`. Protein
+#' counts (`protein_assay`, `protein_altexp`) are checked the same way; they are few, so they
+#' travel dense, as the models expect them.
 #'
 #' Metadata column types map as follows (and back, with [as_sce()] / [as_seurat()]):
 #' factor -> pandas `Categorical` with the same levels in the same order (unused levels and
@@ -362,6 +605,11 @@
 #'   (none), or a character vector of reduction names.
 #' @param allow_non_counts `FALSE`: refuse negative or non-integer values (normalized data).
 #'   `TRUE`: convert them anyway.
+#' @param protein_assay Seurat: an assay of protein counts (antibody-derived tags, e.g.
+#'   `"ADT"`) to convert too, for totalVI: its `counts` go to `obsm["protein_expression"]`
+#'   as a pandas DataFrame (cells x proteins, protein names as columns). `NULL`: none.
+#' @param protein_altexp SingleCellExperiment: the same from `altExp(object,
+#'   protein_altexp)`'s `counts` assay (e.g. `"ADT"`). `NULL`: none.
 #' @param obs,var Matrix method: optional data.frames of cell (rows = columns of `object`)
 #'   and feature (rows = rows of `object`) metadata.
 #' @param ... Not used; an error if given.
@@ -381,6 +629,12 @@
 #'     colData = data.frame(batch = factor(rep(c("b", "a"), 5), levels = c("b", "a"))))
 #'   as_anndata(sce, features = c("gene1", "gene5"))
 #' }
+#' if (cellvi_available() && requireNamespace("SeuratObject", quietly = TRUE)) {
+#'   # a Seurat object with an ADT assay (CITE-seq): proteins in obsm["protein_expression"]
+#'   cite <- cellvi_dataset("pbmc_cite_small")
+#'   adata <- as_anndata(cite, protein_assay = "ADT")
+#'   adata$obsm[["protein_expression"]]$shape
+#' }
 #' @export
 as_anndata <- function(object, ...) {
   UseMethod("as_anndata")
@@ -398,15 +652,9 @@ as_anndata.default <- function(object, ...) {
 #' @export
 as_anndata.Seurat <- function(object, assay = NULL, slot = "counts", features = NULL,
                               metadata = TRUE, reductions = TRUE, allow_non_counts = FALSE,
-                              ...) {
+                              protein_assay = NULL, ...) {
   .no_dots(...)
   .require_pkg("SeuratObject", "convert a Seurat object")
-  assays <- SeuratObject::Assays(object)
-  assay <- .or_default(assay, SeuratObject::DefaultAssay(object))
-  if (!is.character(assay) || length(assay) != 1 || !assay %in% assays) {
-    stop("assay '", paste(assay, collapse = ", "), "' not found; available: ",
-         .show_some(assays), call. = FALSE)
-  }
   if (!is.character(slot) || length(slot) != 1) stop("slot must be one string, e.g. \"counts\"",
                                                      call. = FALSE)
   if (slot %in% c("data", "scale.data") && !allow_non_counts) {
@@ -414,21 +662,9 @@ as_anndata.Seurat <- function(object, assay = NULL, slot = "counts", features = 
          "need raw counts: use slot = \"counts\" (or set allow_non_counts = TRUE).",
          call. = FALSE)
   }
-  counts <- .seurat_matrix(object, assay, slot)
-  cells <- colnames(counts)
-  meta <- object[[]]
-  obs_cols <- .metadata_columns(meta, metadata, "metadata", rows = match(cells, rownames(meta)))
-  fmeta <- object[[assay]][[]]
-  var_cols <- if (is.data.frame(fmeta) && ncol(fmeta)) {
-    .metadata_columns(fmeta, TRUE, "feature metadata", rows = match(rownames(counts),
-                                                                    rownames(fmeta)))
-  } else list()
-  red_names <- .select_names(reductions, SeuratObject::Reductions(object), "reduction(s)")
-  reds <- lapply(red_names, function(r) SeuratObject::Embeddings(object, reduction = r))
-  names(reds) <- red_names
-  .build_anndata(counts, obs_cols, var_cols, reds, features, allow_non_counts,
-                 what = paste0("Seurat assay '", assay, "' (", slot, ")"),
-                 hint = "Pass the raw counts: slot = \"counts\"")
+  parts <- .seurat_parts(object, assay = assay, slot = slot, metadata = metadata,
+                         reductions = reductions, protein_assay = protein_assay)
+  .build_anndata(parts, features, allow_non_counts)
 }
 
 .seuratobject_v5 <- function() {
@@ -442,8 +678,8 @@ as_anndata.Seurat <- function(object, assay = NULL, slot = "counts", features = 
     layers <- tryCatch(SeuratObject::Layers(object[[assay]], search = slot),
                        error = function(e) character(0))
     if (!length(layers)) {
-      stop("layer '", slot, "' not found in assay '", assay, "'; available: ",
-           .show_some(SeuratObject::Layers(object[[assay]])), call. = FALSE)
+      .stop_kind("KeyError", "layer '", slot, "' not found in assay '", assay, "'; available: ",
+                 .show_some(SeuratObject::Layers(object[[assay]])))
     }
     if (length(layers) > 1) {
       stop("assay '", assay, "' has ", length(layers), " layers matching '", slot, "' (",
@@ -464,32 +700,16 @@ as_anndata.Seurat <- function(object, assay = NULL, slot = "counts", features = 
 #' @export
 as_anndata.SummarizedExperiment <- function(object, assay.type = "counts", features = NULL,
                                             metadata = TRUE, reductions = TRUE,
-                                            allow_non_counts = FALSE, ...) {
+                                            allow_non_counts = FALSE, protein_altexp = NULL,
+                                            ...) {
   .no_dots(...)
   .require_pkg("SummarizedExperiment", "convert a SingleCellExperiment")
-  an <- SummarizedExperiment::assayNames(object)
-  if (is.character(assay.type) && !assay.type %in% an || length(assay.type) != 1) {
-    stop("assay.type '", paste(assay.type, collapse = ", "), "' not found; available: ",
-         .show_some(an), call. = FALSE)
-  }
-  counts <- SummarizedExperiment::assay(object, assay.type, withDimnames = TRUE)
-  obs_cols <- .metadata_columns(SummarizedExperiment::colData(object), metadata, "colData")
-  var_cols <- .metadata_columns(SummarizedExperiment::rowData(object), TRUE, "rowData")
-  reds <- list()
   if (methods::is(object, "SingleCellExperiment")) {
     .require_pkg("SingleCellExperiment", "convert a SingleCellExperiment")
-    red_names <- .select_names(reductions, SingleCellExperiment::reducedDimNames(object),
-                               "reducedDim(s)")
-    reds <- lapply(red_names, function(r) SingleCellExperiment::reducedDim(object, r))
-    names(reds) <- red_names
-    cells <- colnames(object)
-    if (!is.null(cells)) reds <- lapply(reds, function(e) { rownames(e) <- cells; e })
-  } else if (is.character(reductions) && length(reductions)) {
-    stop("a SummarizedExperiment has no reducedDims", call. = FALSE)
   }
-  .build_anndata(counts, obs_cols, var_cols, reds, features, allow_non_counts,
-                 what = paste0("assay '", assay.type, "'"),
-                 hint = "Pass the raw counts: assay.type = \"counts\"")
+  parts <- .sce_parts(object, assay.type = assay.type, metadata = metadata,
+                      reductions = reductions, protein_altexp = protein_altexp)
+  .build_anndata(parts, features, allow_non_counts)
 }
 
 #' @rdname as_anndata
@@ -509,8 +729,7 @@ as_anndata.Matrix <- function(object, features = NULL, obs = NULL, var = NULL,
     if (any(bad)) stop(x[[3]], " must have one row per matrix ", x[[4]], " (", x[[2]], ")",
                        call. = FALSE)
   }
-  .build_anndata(object, obs_cols, var_cols, list(), features, allow_non_counts,
-                 what = "the count matrix", hint = "Pass the raw counts")
+  .build_anndata(.parts(object, obs = obs_cols, var = var_cols), features, allow_non_counts)
 }
 
 #' @rdname as_anndata
@@ -627,10 +846,11 @@ as_anndata.matrix <- as_anndata.Matrix
 }
 
 # obsm -> named list of cells x k matrices (rows named by cell). "X_pca" becomes "pca".
-# Numeric arrays and DataFrames are converted; sparse or non-numeric entries are left out.
-.py_obsm_to_r <- function(adata, cells) {
+# Numeric arrays and DataFrames are converted; sparse or non-numeric entries are left out, and
+# so are the keys in `skip`.
+.py_obsm_to_r <- function(adata, cells, skip = character(0)) {
   py <- .cellvi_py()
-  keys <- .py_to_chr(py$bi$list(adata$obsm$keys()))
+  keys <- setdiff(.py_to_chr(py$bi$list(adata$obsm$keys())), skip)
   out <- list()
   for (k in keys) {
     v <- adata$obsm$`__getitem__`(k)
@@ -652,6 +872,31 @@ as_anndata.matrix <- as_anndata.Matrix
   out
 }
 
+# obsm["protein_expression"] (a DataFrame or an array, cells x proteins) -> proteins x cells
+# matrix (dense), or NULL when there is none. Protein names: the DataFrame's columns, else
+# uns["protein_names"], else "1", "2", ...
+.py_proteins_to_r <- function(adata, cells) {
+  py <- .cellvi_py()
+  if (!.protein_obsm_key %in% .py_to_chr(py$bi$list(adata$obsm$keys()))) return(NULL)
+  v <- adata$obsm$`__getitem__`(.protein_obsm_key)
+  names <- if (reticulate::py_has_attr(v, "columns")) {
+    .py_to_chr(v$columns)
+  } else if ("protein_names" %in% .py_to_chr(py$bi$list(adata$uns$keys()))) {
+    .py_to_chr(adata$uns$`__getitem__`("protein_names"))
+  }
+  if (reticulate::py_to_r(py$sp$issparse(v))) v <- v$toarray()
+  arr <- py$np$asarray(v, dtype = "float64")
+  if (reticulate::py_to_r(arr$ndim) != 2L) {
+    warning("obsm '", .protein_obsm_key, "' is not a 2-d numeric array; it was left out.",
+            call. = FALSE)
+    return(NULL)
+  }
+  m <- t(reticulate::py_to_r(arr))
+  if (is.null(names) || length(names) != nrow(m)) names <- as.character(seq_len(nrow(m)))
+  dimnames(m) <- list(names, cells)
+  m
+}
+
 .check_anndata <- function(adata) {
   if (!inherits(adata, "python.builtin.object") ||
       !reticulate::py_has_attr(adata, "obs") || !reticulate::py_has_attr(adata, "var") ||
@@ -670,12 +915,18 @@ as_anndata.matrix <- as_anndata.Matrix
 #' becomes another assay, `obs` becomes `colData` and `var` becomes `rowData` (types restored
 #' as described in [as_anndata()]: Categorical -> factor with the levels in order, bool ->
 #' logical, integers -> integer (double beyond the integer range), floats -> double with NaN as
-#' NA, strings -> character), and numeric `obsm` entries become `reducedDims`, named without
-#' their `X_` prefix (`X_scVI` -> `scVI`).
+#' NA, strings -> character), numeric `obsm` entries become `reducedDims`, named without
+#' their `X_` prefix (`X_scVI` -> `scVI`), and the protein counts of
+#' `obsm["protein_expression"]` (CITE-seq, as totalVI reads them) become the alternative
+#' experiment `protein_altexp` ("ADT").
 #'
 #' @param adata A Python `anndata.AnnData` (reticulate object).
 #' @param X_name Name of the assay that receives `X` (default `"counts"`; if a layer has that
 #'   name too, `X` is stored as `"X"`).
+#' @param protein_altexp Name of the alternative experiment that receives the protein counts
+#'   of `obsm["protein_expression"]` (totalVI's input; proteins x cells, as the dense
+#'   `counts` assay of `altExp(sce, protein_altexp)`). `NULL`: proteins become a reducedDim
+#'   like any other obsm entry.
 #' @return A `SingleCellExperiment`.
 #' @seealso [as_seurat()], [as_anndata()], [read_h5ad()]
 #' @examples
@@ -687,7 +938,7 @@ as_anndata.matrix <- as_anndata.Matrix
 #'   levels(sce$RNA_snn_res.1)
 #' }
 #' @export
-as_sce <- function(adata, X_name = "counts") {
+as_sce <- function(adata, X_name = "counts", protein_altexp = "ADT") {
   .check_anndata(adata)
   .require_pkg("SingleCellExperiment", "build a SingleCellExperiment")
   .require_pkg("S4Vectors", "build a SingleCellExperiment")
@@ -704,12 +955,19 @@ as_sce <- function(adata, X_name = "counts") {
     assays[[ln]] <- .py_matrix_to_dgc(adata$layers$`__getitem__`(ln), genes, cells,
                                       paste0("layer '", ln, "'"))
   }
-  SingleCellExperiment::SingleCellExperiment(
+  proteins <- if (!is.null(protein_altexp)) .py_proteins_to_r(adata, cells)
+  sce <- SingleCellExperiment::SingleCellExperiment(
     assays = assays,
     colData = S4Vectors::DataFrame(obs, check.names = FALSE),
     rowData = S4Vectors::DataFrame(var, check.names = FALSE),
-    reducedDims = .py_obsm_to_r(adata, cells)
+    reducedDims = .py_obsm_to_r(adata, cells,
+                                skip = if (!is.null(proteins)) .protein_obsm_key)
   )
+  if (!is.null(proteins)) {
+    SingleCellExperiment::altExp(sce, protein_altexp) <-
+      SummarizedExperiment::SummarizedExperiment(assays = list(counts = proteins))
+  }
+  sce
 }
 
 # "X_scVI" / "scVI" -> "scVI_"; Seurat keys are letters and digits followed by "_".
@@ -728,11 +986,16 @@ as_sce <- function(adata, X_name = "counts") {
 #' [as_anndata()]), `var` becomes the assay's feature metadata, and each numeric `obsm` entry
 #' becomes a `DimReduc` named without its `X_` prefix, with a key made from the name
 #' (`X_scVI` -> reduction `scVI`, key `scVI_`). `layers` are not carried over. If `obs` has an
-#' `orig.ident` column it also sets the identities. Seurat itself replaces underscores in
-#' feature names with dashes.
+#' `orig.ident` column it also sets the identities. The protein counts of
+#' `obsm["protein_expression"]` (CITE-seq, as totalVI reads them) become the assay
+#' `protein_assay` ("ADT"). Seurat itself replaces underscores in feature names (genes and
+#' proteins) with dashes.
 #'
 #' @param adata A Python `anndata.AnnData` (reticulate object).
 #' @param assay Name of the assay to create (default `"RNA"`).
+#' @param protein_assay Name of the assay that receives the protein counts of
+#'   `obsm["protein_expression"]` (totalVI's input) as its `counts`. `NULL`: proteins become
+#'   a reduction like any other obsm entry.
 #' @return A `Seurat` object.
 #' @seealso [as_sce()], [as_anndata()], [read_h5ad()]
 #' @examples
@@ -743,7 +1006,7 @@ as_sce <- function(adata, X_name = "counts") {
 #'   SeuratObject::Reductions(seu)   # "pca" "tsne"
 #' }
 #' @export
-as_seurat <- function(adata, assay = "RNA") {
+as_seurat <- function(adata, assay = "RNA", protein_assay = "ADT") {
   .check_anndata(adata)
   .require_pkg("SeuratObject", "build a Seurat object")
   obs <- .py_df_to_r(adata$obs)
@@ -757,7 +1020,14 @@ as_seurat <- function(adata, assay = "RNA") {
     rownames(var) <- rownames(object[[assay]])
     object[[assay]] <- SeuratObject::AddMetaData(object[[assay]], metadata = var)
   }
-  reds <- .py_obsm_to_r(adata, colnames(object))
+  proteins <- if (!is.null(protein_assay)) .py_proteins_to_r(adata, cells)
+  if (!is.null(proteins)) {
+    rownames(proteins) <- gsub("_", "-", rownames(proteins), fixed = TRUE)  # as Seurat would
+    object[[protein_assay]] <- SeuratObject::CreateAssayObject(
+      counts = .as_dgc(proteins, "the protein counts"))
+  }
+  reds <- .py_obsm_to_r(adata, colnames(object),
+                        skip = if (!is.null(proteins)) .protein_obsm_key)
   for (nm in names(reds)) {
     emb <- reds[[nm]]
     key <- .seurat_key(nm)

@@ -235,3 +235,99 @@ test_that("kang_se_12261.h5ad reads into an SCE with its metadata", {
   expect_true(all(SummarizedExperiment::assay(sce)@x == round(SummarizedExperiment::assay(sce)@x)))
   expect_identical(SummarizedExperiment::rowData(sce)$feature[1], "ISG15")
 })
+
+# ---- proteins (CITE-seq) ---------------------------------------------------------------------
+
+# 3 proteins x 5 cells of counts, named as toy_counts()'s cells.
+toy_adt <- function() {
+  matrix(c(10, 0, 3, 25, 1, 7, 0, 0, 12, 4, 9, 2, 30, 5, 1), nrow = 3,
+         dimnames = list(c("CD3", "CD4", "CD19"), paste0("cell_", 1:5)))
+}
+
+py_proteins <- function(adata) {
+  df <- adata$obsm[["protein_expression"]]
+  list(class = class(df)[1],
+       values = reticulate::py_to_r(df$to_numpy()),
+       columns = py_val(df$columns$tolist()),
+       index = py_val(df$index$tolist()))
+}
+
+test_that("a Seurat ADT assay travels as obsm protein_expression and comes back as an assay", {
+  skip_if_no_python()
+  seu <- toy_seurat()
+  seu[["ADT"]] <- suppressWarnings(SeuratObject::CreateAssayObject(counts = toy_adt()))
+  adata <- as_anndata(seu, protein_assay = "ADT")
+  p <- py_proteins(adata)
+  expect_match(p$class, "DataFrame")
+  expect_equal(p$columns, c("CD3", "CD4", "CD19"))
+  expect_equal(p$index, colnames(seu))
+  expect_equal(p$values, t(toy_adt()), ignore_attr = TRUE)
+  expect_false("X_ADT" %in% py_keys(adata$obsm))
+  # without protein_assay the proteins stay behind
+  expect_false("protein_expression" %in% py_keys(as_anndata(seu)$obsm))
+
+  back <- suppressWarnings(as_seurat(adata))
+  expect_true("ADT" %in% SeuratObject::Assays(back))
+  adt <- SeuratObject::GetAssayData(back, assay = "ADT", slot = "counts")
+  expect_s4_class(adt, "dgCMatrix")
+  expect_identical(adt, SeuratObject::GetAssayData(seu, assay = "ADT", slot = "counts"))
+  expect_false("protein_expression" %in% SeuratObject::Reductions(back))
+  # the cells of the assay follow the object's order even when stored in another
+  shuffled <- seu
+  shuffled[["ADT"]] <- suppressWarnings(SeuratObject::CreateAssayObject(
+    counts = toy_adt()[, 5:1]))
+  expect_equal(py_proteins(as_anndata(shuffled, protein_assay = "ADT"))$values,
+               t(toy_adt()), ignore_attr = TRUE)
+})
+
+test_that("an SCE ADT altExp travels as obsm protein_expression and comes back as an altExp", {
+  skip_if_no_python()
+  sce <- toy_sce()
+  SingleCellExperiment::altExp(sce, "ADT") <- SummarizedExperiment::SummarizedExperiment(
+    list(counts = toy_adt()))
+  adata <- as_anndata(sce, protein_altexp = "ADT")
+  p <- py_proteins(adata)
+  expect_equal(p$columns, rownames(toy_adt()))
+  expect_equal(p$index, colnames(sce))
+  expect_equal(p$values, t(toy_adt()), ignore_attr = TRUE)
+  back <- as_sce(adata)
+  expect_equal(SingleCellExperiment::altExpNames(back), "ADT")
+  adt <- SummarizedExperiment::assay(SingleCellExperiment::altExp(back, "ADT"), "counts")
+  expect_true(is.matrix(adt))  # proteins are few: dense
+  expect_identical(adt, toy_adt())
+  expect_equal(SingleCellExperiment::reducedDimNames(back), "PCA")
+  # sparse protein counts in R convert the same
+  sparse <- sce
+  SingleCellExperiment::altExp(sparse, "ADT") <- SummarizedExperiment::SummarizedExperiment(
+    list(counts = methods::as(toy_adt(), "CsparseMatrix")))
+  expect_equal(py_proteins(as_anndata(sparse, protein_altexp = "ADT"))$values,
+               t(toy_adt()), ignore_attr = TRUE)
+  # as_sce(protein_altexp = NULL): the obsm entry stays an ordinary reducedDim
+  expect_true("protein_expression" %in%
+                SingleCellExperiment::reducedDimNames(as_sce(adata, protein_altexp = NULL)))
+})
+
+test_that("missing or bad protein counts get clear errors", {
+  skip_if_no_python()
+  seu <- toy_seurat()
+  expect_error(as_anndata(seu, protein_assay = "ADT"),
+               "protein assay 'ADT' not found; available assays: RNA")
+  expect_error(as_anndata(toy_sce(), protein_altexp = "ADT"),
+               "protein altExp 'ADT' not found; available altExps: \\(none\\)")
+  bad <- toy_adt()
+  bad[1, 1] <- 0.5
+  seu[["ADT"]] <- suppressWarnings(SeuratObject::CreateAssayObject(counts = bad))
+  expect_error(as_anndata(seu, protein_assay = "ADT"), "does not hold raw counts.*0.5")
+  expect_no_error(as_anndata(seu, protein_assay = "ADT", allow_non_counts = TRUE))
+})
+
+test_that("the shipped CITE-seq data set comes as Seurat (ADT assay) and SCE (ADT altExp)", {
+  skip_if_no_python()
+  cite <- cellvi_dataset("pbmc_cite_small")
+  expect_equal(dim(cite), c(500L, 400L))
+  expect_equal(dim(cite[["ADT"]]), c(14L, 400L))
+  expect_true("CD3-TotalSeqB" %in% rownames(cite[["ADT"]]))
+  sce <- cellvi_dataset("pbmc_cite_small", as = "SingleCellExperiment")
+  expect_equal(dim(SingleCellExperiment::altExp(sce, "ADT")), c(14L, 400L))
+  expect_true("CD3_TotalSeqB" %in% rownames(SingleCellExperiment::altExp(sce, "ADT")))
+})

@@ -20,3 +20,29 @@ def pbmc_small():
     import anndata
 
     return anndata.read_h5ad(os.path.join(os.path.dirname(__file__), "pbmc_small.h5ad"))
+
+
+def pbmc_cite_small():
+    """400 PBMCs x 500 genes with 14 surface proteins (CITE-seq; raw counts), for totalVI.
+
+    ``X`` holds the RNA counts and ``obsm["protein_expression"]`` the antibody-derived tag
+    counts (a DataFrame, cells x proteins, e.g. ``CD3_TotalSeqB``, ``CD19_TotalSeqB``), as
+    ``cellvi.TOTALVI.setup_anndata`` reads them.
+
+    Provenance: 10x Genomics' ``pbmc_10k_protein_v3`` (peripheral blood mononuclear cells of a
+    healthy donor, TotalSeq-B antibodies; licence CC BY 4.0), as filtered for the totalVI
+    paper (Gayoso et al. 2021; YosefLab/totalVI_reproducibility, 6,855 cells x 4,000 genes).
+    Kept here: 400 cells drawn at random (seed 0) and the 500 genes with the highest variance
+    of log1p(counts per 10,000) over those cells; counts unchanged. Built by
+    ``scripts/make_pbmc_cite_small.py``.
+
+    Examples
+    --------
+    >>> import cellvi.datasets
+    >>> adata = cellvi.datasets.pbmc_cite_small()
+    >>> adata.shape, adata.obsm["protein_expression"].shape
+    ((400, 500), (400, 14))
+    """
+    import anndata
+
+    return anndata.read_h5ad(os.path.join(os.path.dirname(__file__), "pbmc_cite_small.h5ad"))

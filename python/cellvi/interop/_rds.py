@@ -1,9 +1,10 @@
 """Read a Seurat or SingleCellExperiment saved as ``.rds`` into an AnnData, through rpy2.
 
-The R side is one small R function (``_R_READER``), defined once per process, that reads the
-object and returns a list of plain R vectors: the count matrix as the slots of a dgCMatrix,
-data-frame columns as (type, values[, levels]) and names as one joined string. The Python side
-turns those into NumPy arrays through their buffers (no per-element loops, no dense copies).
+The R side is the R package's own code (``.rds_read`` in R/rds.R, on the conversion code of
+R/convert.R that ``as_anndata()`` uses), loaded once per process: it reads the object and
+returns a list of plain R vectors: the count matrix as the slots of a dgCMatrix, data-frame
+columns as (type, values[, levels]) and names as one joined string. The Python side turns
+those into NumPy arrays through their buffers (no per-element loops, no dense copies).
 """
 from __future__ import annotations
 
@@ -30,249 +31,42 @@ _RPY2_MISSING = (
 _SEP = "\x1e"
 _NA_INTEGER = np.iinfo(np.int32).min  # R's NA_integer_ and NA for logicals
 
-_R_CODE = r"""
-local({
-  SEP <- "\036"
+# The R side is the R package's own conversion code (R/convert.R chooses what an object holds
+# for an AnnData, for as_anndata() and for this reader alike; R/rds.R encodes it for the trip
+# through rpy2). From a source checkout both files are sourced from the repository, so that the
+# reader and the R package in that checkout never differ; otherwise the installed R package's
+# copy (cellvi:::.rds_read) is used.
+_R_FILES = ("convert.R", "rds.R")
 
-  cellvi_fail <- function(type, fmt, ...) {
-    stop(structure(class = c("cellvi_error", "error", "condition"),
-                   list(message = sprintf(fmt, ...), call = NULL, type = type)))
+_R_LOADER = r"""
+function(files) {
+  if (length(files)) {
+    env <- new.env(parent = globalenv())
+    for (f in files) sys.source(f, envir = env, keep.source = FALSE)
+    return(get(".rds_read", envir = env))
   }
-
-  # strings: one joined string (fast to send) plus the 0-based positions of NAs
-  chr <- function(x) {
-    x <- enc2utf8(as.character(x))
-    na <- is.na(x)
-    x[na] <- ""
-    out <- list(n = length(x), na = which(na) - 1L)
-    if (any(grepl(SEP, x, fixed = TRUE))) out$values <- x
-    else out$joined <- paste(x, collapse = SEP)
-    out
-  }
-
-  names_or_index <- function(x, n) if (is.null(x)) as.character(seq_len(n) - 1L) else x
-
-  # a matrix as the slots of a dgCMatrix (features x cells); other classes are coerced
-  sparse <- function(m, what) {
-    if (!inherits(m, "dgCMatrix")) {
-      requireNamespace("Matrix", quietly = TRUE)
-      m <- tryCatch({
-        if (is.matrix(m) || methods::is(m, "Matrix")) {
-          m <- methods::as(m, "CsparseMatrix")
-          m <- methods::as(m, "generalMatrix")
-          methods::as(m, "dMatrix")
-        } else methods::as(m, "dgCMatrix")
-      }, error = function(e) cellvi_fail("TypeError",
-           "could not convert %s (class %s) to a dgCMatrix: %s", what, class(m)[1L],
-           conditionMessage(e)))
-      if (!inherits(m, "dgCMatrix"))
-        cellvi_fail("TypeError", "could not convert %s to a dgCMatrix (got %s)", what, class(m)[1L])
-    }
-    list(x = m@x, i = m@i, p = m@p, dim = m@Dim)
-  }
-
-  # a layer keeps its storage: base matrix -> dense values, anything else -> dgCMatrix slots
-  matrix_part <- function(m, what) {
-    if (is.matrix(m)) {
-      storage.mode(m) <- "double"
-      list(dense = as.vector(m), dim = dim(m))
-    } else sparse(m, what)
-  }
-
-  column <- function(v) {
-    if (isS4(v)) v <- tryCatch(as.vector(v), error = function(e) NULL)
-    if (is.null(v) || !is.atomic(v) || !is.null(dim(v))) return(NULL)
-    if (is.factor(v))
-      return(list(type = "factor", codes = as.integer(unclass(v)), levels = chr(levels(v)),
-                  ordered = is.ordered(v)))
-    if (is.null(oldClass(v))) {
-      if (is.logical(v)) return(list(type = "logical", values = v))
-      if (is.integer(v)) return(list(type = "integer", values = v))
-      if (is.double(v)) return(list(type = "double", values = v))
-      if (is.character(v)) return(list(type = "character", values = chr(v)))
-    }
-    list(type = "character", values = chr(as.character(v)), converted = TRUE)
-  }
-
-  frame <- function(cols, what) {
-    nms <- names(cols)
-    if (is.null(nms)) nms <- character(0)
-    out <- lapply(cols, column)
-    keep <- !vapply(out, is.null, TRUE)
-    conv <- vapply(out, function(r) isTRUE(r$converted), TRUE)
-    if (any(!keep))
-      warning(sprintf("%s columns skipped (not atomic vectors): %s", what,
-                      paste(nms[!keep], collapse = ", ")), call. = FALSE)
-    if (any(conv))
-      warning(sprintf("%s columns read as strings (class %s): %s", what,
-                      paste(unique(vapply(cols[conv], function(v) class(v)[1L], "")), collapse = ", "),
-                      paste(nms[conv], collapse = ", ")), call. = FALSE)
-    list(names = chr(nms[keep]), columns = unname(out[keep]))
-  }
-
-  # align data-frame rows to `ids` by row names (when it has real ones); NULL if impossible
-  align_rows <- function(df, ids) {
-    if (is.null(df) || nrow(df) != length(ids)) return(NULL)
-    rn <- rownames(df)
-    if (is.null(rn) || (is.data.frame(df) && .row_names_info(df) <= 0L) || identical(rn, ids))
-      return(df)
-    idx <- match(ids, rn)
-    if (anyNA(idx)) return(NULL)
-    df[idx, , drop = FALSE]
-  }
-
-  embedding <- function(m, cells) {
-    m <- tryCatch(as.matrix(m), error = function(e) NULL)
-    if (is.null(m) || !(is.numeric(m) || is.logical(m)) || length(dim(m)) != 2L) return(NULL)
-    rn <- rownames(m)
-    if (!is.null(rn) && !identical(rn, cells)) {
-      idx <- match(cells, rn)
-      if (anyNA(idx)) return(NULL)
-      m <- m[idx, , drop = FALSE]
-    } else if (nrow(m) != length(cells)) return(NULL)
-    list(values = as.double(m), ncol = ncol(m))
-  }
-
-  embeddings <- function(mats, cells) {
-    if (length(mats) == 0L) return(list(names = chr(character(0)), values = list()))
-    out <- lapply(mats, embedding, cells = cells)
-    keep <- !vapply(out, is.null, TRUE)
-    if (any(!keep))
-      warning(sprintf("reductions skipped (not a numeric matrix over the same cells): %s",
-                      paste(names(mats)[!keep], collapse = ", ")), call. = FALSE)
-    list(names = chr(names(mats)[keep]), values = unname(out[keep]))
-  }
-
-  pick_layers <- function(layers, all_layers, available) {
-    if (all_layers) return(available)
-    missing <- setdiff(layers, available)
-    if (length(missing))
-      cellvi_fail("KeyError", "layer(s) %s not found; available: %s",
-                  paste0("'", missing, "'", collapse = ", "),
-                  if (length(available)) paste(available, collapse = ", ") else "none")
-    layers
-  }
-
-  read_seurat <- function(obj, assay, layers, all_layers) {
-    available <- names(obj@assays)
-    if (is.null(assay)) assay <- obj@active.assay
-    if (!assay %in% available)
-      cellvi_fail("KeyError", "assay '%s' not found in the Seurat object; available: %s",
-                  assay, paste(available, collapse = ", "))
-    a <- obj@assays[[assay]]
-    if (inherits(a, "Assay5")) {
-      ns <- asNamespace("SeuratObject")
-      if (!exists("LayerData", envir = ns, inherits = FALSE))
-        cellvi_fail("ImportError",
-                    "assay '%s' is a Seurat v5 Assay5; reading it needs SeuratObject >= 5.0 in R (installed: %s)",
-                    assay, as.character(utils::packageVersion("SeuratObject")))
-      have <- get("Layers", envir = ns)(a)
-      get_layer <- function(l) get("LayerData", envir = ns)(a, layer = l)
-      var_df <- if (methods::.hasSlot(a, "meta.data")) a@meta.data else NULL
-      hint <- " (split layers? run JoinLayers() in R first)"
-    } else {
-      have <- c("counts", "data")
-      have <- have[vapply(have, function(l) prod(dim(methods::slot(a, l))) > 0, TRUE)]
-      get_layer <- function(l) methods::slot(a, l)
-      var_df <- if (methods::.hasSlot(a, "meta.features")) a@meta.features else NULL
-      hint <- ""
-    }
-    if (!"counts" %in% have)
-      cellvi_fail("KeyError", "assay '%s' holds no counts; it has: %s%s", assay,
-                  if (length(have)) paste(have, collapse = ", ") else "nothing", hint)
-    counts <- get_layer("counts")
-    features <- names_or_index(rownames(counts), nrow(counts))
-    cells <- names_or_index(colnames(counts), ncol(counts))
-    meta <- align_rows(obj@meta.data, cells)
-    if (is.null(meta))
-      cellvi_fail("ValueError", "the rows of meta.data do not match the cells of assay '%s'", assay)
-    var_df <- align_rows(var_df, features)
-    if (is.null(var_df)) var_df <- data.frame(row.names = seq_along(features))
-    others <- setdiff(have, c("counts", "scale.data"))
-    lay <- pick_layers(layers, all_layers, others)
-    parts <- list()
-    for (l in lay) {
-      m <- get_layer(l)
-      if (!identical(dim(m), dim(counts)) || !identical(unname(dimnames(m)), unname(dimnames(counts)))) {
-        warning(sprintf("layer '%s' skipped: its genes or cells differ from those of counts", l), call. = FALSE)
-        next
-      }
-      parts[[l]] <- matrix_part(m, sprintf("the '%s' layer of assay '%s'", l, assay))
-    }
-    reds <- lapply(obj@reductions, function(r) r@cell.embeddings)
-    list(kind = "Seurat", assay = assay,
-         x = sparse(counts, sprintf("the counts of assay '%s'", assay)),
-         obs_names = chr(cells), var_names = chr(features),
-         obs = frame(as.list(meta), "meta.data"), var = frame(as.list(var_df), "meta.features"),
-         obsm = embeddings(reds, cells),
-         layers = list(names = chr(names(parts)), values = unname(parts)))
-  }
-
-  read_sce <- function(obj, assay, layers, all_layers) {
-    SE <- asNamespace("SummarizedExperiment")
-    available <- SE$assayNames(obj)
-    if (is.null(assay)) assay <- "counts"
-    if (!assay %in% available)
-      cellvi_fail("KeyError", "assay '%s' not found in the %s; available: %s", assay, class(obj)[1L],
-                  if (length(available)) paste(available, collapse = ", ") else "none")
-    cells <- names_or_index(colnames(obj), ncol(obj))
-    features <- names_or_index(rownames(obj), nrow(obj))
-    lay <- pick_layers(layers, all_layers, setdiff(available, assay))
-    parts <- list()
-    for (l in lay)
-      parts[[l]] <- matrix_part(SE$assay(obj, l, withDimnames = FALSE), sprintf("assay '%s'", l))
-    reds <- if (methods::is(obj, "SingleCellExperiment"))
-      as.list(asNamespace("SingleCellExperiment")$reducedDims(obj)) else list()
-    list(kind = class(obj)[1L], assay = assay,
-         x = sparse(SE$assay(obj, assay, withDimnames = FALSE), sprintf("assay '%s'", assay)),
-         obs_names = chr(cells), var_names = chr(features),
-         obs = frame(as.list(SE$colData(obj)), "colData"),
-         var = frame(as.list(SE$rowData(obj)), "rowData"),
-         obsm = embeddings(reds, cells),
-         layers = list(names = chr(names(parts)), values = unname(parts)))
-  }
-
-  read_any <- function(path, assay, layers, all_layers) {
-    obj <- tryCatch(readRDS(path), error = function(e)
-      cellvi_fail("ValueError", "could not read '%s' as an .rds file: %s", path, conditionMessage(e)))
-    cls <- class(obj)
-    pkg <- attr(cls, "package")
-    if (isS4(obj) && !is.null(pkg) && !pkg %in% c(".GlobalEnv", "methods") &&
-        !suppressPackageStartupMessages(requireNamespace(pkg, quietly = TRUE)))
-      cellvi_fail("ImportError", "'%s' holds an object of class %s from the R package %s, which R cannot load; install it in R",
-                  path, cls[1L], pkg)
-    if (methods::is(obj, "Seurat"))
-      return(read_seurat(obj, assay, layers, all_layers))
-    if (methods::is(obj, "SummarizedExperiment")) {
-      if (!suppressPackageStartupMessages(requireNamespace("SummarizedExperiment", quietly = TRUE)))
-        cellvi_fail("ImportError", "reading a %s needs the R package SummarizedExperiment", cls[1L])
-      return(read_sce(obj, assay, layers, all_layers))
-    }
-    cellvi_fail("TypeError",
-                "'%s' holds an R object of class %s, not a Seurat or SingleCellExperiment object",
-                path, paste(cls, collapse = "/"))
-  }
-
-  function(path, assay, layers, all_layers) {
-    warns <- character(0)
-    res <- tryCatch(
-      withCallingHandlers(
-        suppressPackageStartupMessages(read_any(path, assay, layers, all_layers)),
-        warning = function(w) {
-          warns <<- c(warns, conditionMessage(w))
-          invokeRestart("muffleWarning")
-        }),
-      cellvi_error = function(e) list(error = e$type, message = conditionMessage(e)),
-      error = function(e) list(error = "RuntimeError",
-                               message = paste0("R failed while reading '", path, "': ",
-                                                conditionMessage(e))))
-    res$warnings <- warns
-    res
-  }
-})
+  if (!suppressPackageStartupMessages(requireNamespace("cellvi", quietly = TRUE))) return(NULL)
+  ns <- asNamespace("cellvi")
+  if (!exists(".rds_read", envir = ns, inherits = FALSE)) return(NULL)
+  get(".rds_read", envir = ns)
+}
 """
 
 _R_READER = None
+
+
+def _r_source_files() -> list[str]:
+    """R/convert.R and R/rds.R of the checkout this package runs from, or [] when it runs
+    from an installed copy (no R package source beside it)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    description = os.path.join(root, "DESCRIPTION")
+    files = [os.path.join(root, "R", f) for f in _R_FILES]
+    try:
+        with open(description, encoding="utf-8") as fh:
+            is_cellvi = any(line.strip() == "Package: cellvi" for line in fh)
+    except OSError:
+        return []
+    return files if is_cellvi and all(os.path.isfile(f) for f in files) else []
 
 
 def _r():
@@ -285,7 +79,13 @@ def _r():
         raise ImportError(_RPY2_MISSING) from e
     if _R_READER is None:
         with localconverter(ro.default_converter):
-            _R_READER = ro.r(_R_CODE)
+            reader = ro.r(_R_LOADER)(ro.StrVector(_r_source_files()))
+        if reader is ro.NULL or isinstance(reader, type(ro.NULL)):
+            raise ImportError(
+                "read_rds needs the R code of cellvi's R package: install the R package cellvi "
+                "in the R that rpy2 uses (R CMD INSTALL <cellvi checkout>), or run cellvi from a "
+                "source checkout")
+        _R_READER = reader
     return ro, localconverter, _R_READER
 
 
@@ -409,6 +209,7 @@ def read_rds(
     assay: Optional[str] = None,
     *,
     layers: Union[bool, str, Sequence[str]] = False,
+    protein_assay: Union[None, bool, str] = None,
 ) -> "anndata.AnnData":
     """Read a Seurat or SingleCellExperiment object saved with ``saveRDS`` into an AnnData.
 
@@ -431,6 +232,12 @@ def read_rds(
         is dense and usually covers only the variable features). SingleCellExperiment: the
         other assays (e.g. ``"logcounts"``). A sparse matrix in R becomes a CSR matrix, a
         dense one a dense array; both float32, cells x genes.
+    protein_assay
+        Protein counts (CITE-seq antibody-derived tags) to read into
+        ``obsm["protein_expression"]``, as totalVI expects them: the ``counts`` of a Seurat
+        assay or of a SingleCellExperiment ``altExp`` of that name. ``None`` (default): the
+        one named ``"ADT"`` when there is one; a name: that one (a ``KeyError`` if missing);
+        ``False``: none.
 
     Returns
     -------
@@ -440,32 +247,41 @@ def read_rds(
       R's dgCMatrix without transposing or densifying (a genes x cells CSC matrix has the
       same arrays as a cells x genes CSR matrix). Other matrix classes are converted to a
       dgCMatrix in R first.
-    - ``obs_names`` / ``var_names``: cell and gene names (``"0"``, ``"1"``, ... where R has
-      none).
+    - ``obs_names`` / ``var_names``: cell and gene names (``"1"``, ``"2"``, ... where R has
+      none, as ``as_anndata()`` names them in R).
     - ``obs``: Seurat ``meta.data`` or SCE ``colData``; ``var``: Seurat ``meta.features`` or
       SCE ``rowData``. Column types are kept: factor -> ``Categorical`` with R's levels in
       R's order (unused levels kept; ordered factors stay ordered; NA -> missing), logical
       -> ``bool`` (pandas ``"boolean"`` when it has NAs), integer -> ``int32`` (pandas
       nullable ``"Int32"`` when it has NAs), numeric -> ``float64`` (NA -> NaN), character ->
-      ``object`` strings (NA -> ``None``). Other classes (Date, POSIXct, ...) are read with
-      ``as.character`` and non-atomic columns (lists, nested data frames, matrices) are
+      ``object`` strings (NA -> ``None``). Date, POSIXct, difftime, complex and raw values
+      are read as strings, and non-atomic columns (lists, nested data frames, matrices) are
       skipped, with a warning naming them.
     - ``obsm["X_<name>"]``: every Seurat reduction's ``cell.embeddings`` (e.g. ``X_pca``,
       ``X_tsne``) or SCE ``reducedDims`` (names kept as they are, e.g. ``X_PCA``), float64,
       rows in the order of the cells.
     - ``layers``: as asked with ``layers``.
+    - ``obsm["protein_expression"]``: the protein counts (see ``protein_assay``), a pandas
+      DataFrame (cells x proteins, float64) with the protein names as columns.
+
+    What is read is chosen by the R package's own conversion code (``R/convert.R``, the code
+    of ``as_anndata()`` in R): from a source checkout of cellvi it is sourced from there,
+    otherwise the installed R package cellvi provides it.
 
     Raises
     ------
     FileNotFoundError
         ``path`` does not exist.
     ImportError
-        rpy2 is not installed, or R lacks the package that defines the object's class.
+        rpy2 is not installed, R lacks the package that defines the object's class, or the
+        R code of cellvi is found neither beside this package (a source checkout) nor as an
+        installed R package.
     TypeError
         The file holds something other than a Seurat or SingleCellExperiment object (the
         message names its class).
     KeyError
-        ``assay`` or a requested layer is not there (the message lists those that are).
+        ``assay``, a requested layer or ``protein_assay`` is not there (the message lists
+        those that are).
     ValueError
         The file is not an ``.rds`` R can read.
 
@@ -499,6 +315,11 @@ def read_rds(
     else:
         wanted = [str(x) for x in layers]
 
+    if protein_assay is True:
+        protein_assay = "ADT"
+    if protein_assay is not None and protein_assay is not False and not isinstance(protein_assay, str):
+        raise TypeError(f"protein_assay must be a string, None or False, got {type(protein_assay).__name__}")
+
     ro, localconverter, reader = _r()
     with localconverter(ro.default_converter):
         res = reader(
@@ -506,6 +327,8 @@ def read_rds(
             ro.NULL if assay is None else ro.StrVector([assay]),
             ro.StrVector(wanted),
             ro.BoolVector([all_layers]),
+            ro.NULL if protein_assay is None else (
+                ro.BoolVector([False]) if protein_assay is False else ro.StrVector([protein_assay])),
         )
         res = _items(res)
         for message in res.pop("warnings", []):
@@ -531,6 +354,15 @@ def read_rds(
             obsm[name if name.startswith("X_") else f"X_{name}"] = values.reshape(
                 (len(obs_names), k), order="F").copy(order="C")
         layer_mats = {name: _layer(_items(part)) for name, part in _named_list(res["layers"]).items()}
+        proteins = res.get("proteins")
+        if proteins is not None and proteins is not ro.NULL:
+            import pandas as pd
+
+            proteins = _items(proteins)
+            names = _names(proteins["names"])
+            # R's proteins x cells by column: the same values as cells x proteins by row
+            values = _buffer(proteins["values"], np.float64).reshape(len(obs_names), len(names)).copy()
+            obsm["protein_expression"] = pd.DataFrame(values, index=obs_names, columns=names)
 
     return anndata.AnnData(
         X=X,

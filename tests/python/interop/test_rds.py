@@ -60,6 +60,19 @@ sce <- SingleCellExperiment(
                                    dimnames = list(colnames(counts), c("u1", "u2")))))
 saveRDS(sce, file.path(out, "sce.rds"))
 saveRDS(data.frame(a = 1:3, b = letters[1:3]), file.path(out, "df.rds"))
+
+# CITE-seq: an ADT assay (Seurat) / altExp (SCE) of protein counts, sparse in Seurat, dense in
+# the SCE; its values as R sees them (proteins x cells) in adt.csv.
+set.seed(1)
+adt <- matrix(as.double(rpois(3L * n, 20)), nrow = 3L,
+              dimnames = list(c("CD3", "CD4", "CD19"), colnames(counts)))
+write.csv(adt, file.path(out, "adt.csv"))
+cite <- pbmc
+cite[["ADT"]] <- CreateAssayObject(counts = adt)
+saveRDS(cite, file.path(out, "cite.rds"))
+sce_cite <- sce
+altExp(sce_cite, "ADT") <- SummarizedExperiment::SummarizedExperiment(list(counts = adt))
+saveRDS(sce_cite, file.path(out, "sce_cite.rds"))
 """
 
 
@@ -216,11 +229,43 @@ def test_errors_name_what_was_found(rds_dir):
 
     with pytest.raises(TypeError, match="class data.frame"):
         read_rds(rds_dir / "df.rds")
-    with pytest.raises(KeyError, match="assay 'ADT' not found .*available: RNA"):
+    with pytest.raises(KeyError, match="assay 'ADT' not found.*available: RNA"):
         read_rds(rds_dir / "pbmc_small.rds", assay="ADT")
-    with pytest.raises(KeyError, match="assay 'raw' not found .*available: counts, logcounts"):
+    with pytest.raises(KeyError, match="'raw' not found; available: counts, logcounts"):
         read_rds(rds_dir / "sce.rds", assay="raw")
+    with pytest.raises(KeyError, match="protein assay 'CITE' not found; available assays: RNA, ADT"):
+        read_rds(rds_dir / "cite.rds", protein_assay="CITE")
+    with pytest.raises(KeyError, match="protein altExp 'ADT' not found; available altExps: \\(none\\)"):
+        read_rds(rds_dir / "sce.rds", protein_assay="ADT")
     with pytest.raises(KeyError, match="layer.*'scale.data' not found; available: data"):
         read_rds(rds_dir / "pbmc_small.rds", layers=["scale.data"])
     with pytest.raises(ValueError, match="could not read .* as an .rds file"):
         read_rds(rds_dir / "cells.csv")
+
+
+def test_proteins_of_an_adt_assay_and_altexp(rds_dir, pbmc):
+    from cellvi.interop import read_rds
+
+    adt = pd.read_csv(rds_dir / "adt.csv", index_col=0)  # proteins x cells
+    for name in ("cite.rds", "sce_cite.rds"):
+        adata = read_rds(rds_dir / name)
+        proteins = adata.obsm["protein_expression"]
+        assert isinstance(proteins, pd.DataFrame), name
+        assert proteins.columns.tolist() == ["CD3", "CD4", "CD19"], name
+        assert proteins.index.tolist() == adata.obs_names.tolist() == adt.columns.tolist(), name
+        assert proteins.dtypes.unique().tolist() == [np.float64], name
+        np.testing.assert_array_equal(proteins.to_numpy(), adt.to_numpy().T)
+        assert (adata.X != pbmc.X).nnz == 0, name  # the counts are the RNA's
+        assert "X_ADT" not in adata.obsm, name
+    assert "protein_expression" not in read_rds(rds_dir / "cite.rds", protein_assay=False).obsm
+    assert "protein_expression" not in read_rds(rds_dir / "pbmc_small.rds").obsm
+
+
+def test_reader_is_the_r_packages_code():
+    """From a checkout, read_rds sources the R package's own R/convert.R (no copy of it)."""
+    from cellvi.interop import _rds
+
+    files = _rds._r_source_files()
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+    assert files == [os.path.join(root, "R", "convert.R"), os.path.join(root, "R", "rds.R")]
+    assert not hasattr(_rds, "_R_CODE")
