@@ -1,5 +1,70 @@
 # Differential expression with a trained model, shaped like Seurat's FindMarkers output:
-# FindMarkersSCVI (Seurat) and findMarkersSCVI (SingleCellExperiment).
+# FindMarkersSCVI (Seurat) and findMarkersSCVI (SingleCellExperiment), declared as verbs on the
+# one path of aaa-verbs.R: the groups are resolved first (plan), then the recorded model is
+# loaded and its differential_expression() run per comparison (output: a table).
+
+# Seurat: one comparison of identities (or `group.by` values) `ident.1` and `ident.2`.
+# SCE: `group1` against `group2`, or with `group1 = NULL` every group against the rest,
+# stacked with `group` and `gene` columns.
+.markers_plan <- function(plan, eco, object, a, args) {
+  if (eco$name == "seurat") {
+    groups <- if (is.null(a$group.by)) {
+      SeuratObject::Idents(object)
+    } else {
+      if (!a$group.by %in% colnames(object[[]])) {
+        stop("metadata column '", a$group.by, "' not found; available: ",
+             .show_some(colnames(object[[]]), 20), call. = FALSE)
+      }
+      object[[a$group.by, drop = TRUE]]
+    }
+    idx <- .group_cells(as.character(groups), a$ident.1, a$ident.2)
+    idx$message <- paste0("Comparing ", length(idx$idx1), " cells with ", length(idx$idx2),
+                          " cells")
+    plan$comparisons <- list(idx)
+    plan$stack <- FALSE
+    return(plan)
+  }
+  groups <- a$groups
+  if (is.character(groups) && length(groups) == 1L && ncol(object) != 1L) {
+    if (!groups %in% colnames(SummarizedExperiment::colData(object))) {
+      stop("colData column '", groups, "' not found; available: ",
+           .show_some(colnames(SummarizedExperiment::colData(object)), 20),
+           call. = FALSE)
+    }
+    groups <- SummarizedExperiment::colData(object)[[groups]]
+  }
+  if (length(groups) != ncol(object)) {
+    stop("`groups` must have one label per cell (", ncol(object), "), not ", length(groups),
+         call. = FALSE)
+  }
+  groups <- as.character(groups)
+  firsts <- if (is.null(a$group1)) sort(unique(groups)) else a$group1
+  plan$comparisons <- lapply(firsts, function(g) {
+    idx <- .group_cells(groups, g, a$group2)
+    idx$group <- g
+    idx$message <- paste0("Group ", g, ": ", length(idx$idx1), " vs ", length(idx$idx2),
+                          " cells")
+    idx
+  })
+  plan$stack <- is.null(a$group1)
+  plan
+}
+
+.out_markers <- function(model, adata, a, plan, cells) {
+  tables <- lapply(plan$comparisons, function(cmp) {
+    if (isTRUE(a$verbose)) message(cmp$message)
+    table <- .de_table(model, adata, cmp$idx1, cmp$idx2, a)
+    if (plan$stack) table <- cbind(group = cmp$group, gene = rownames(table), table)
+    table
+  })
+  if (length(tables) == 1L) return(list(table = tables[[1]]))
+  out <- do.call(rbind, tables)
+  rownames(out) <- NULL
+  list(table = out)
+}
+
+.markers_scvi_verb <- .verb(plan = .markers_plan, outputs = list(.out_markers),
+                            accepts = c("SCVI", "LinearSCVI", "SCANVI"))
 
 # Runs the model's differential_expression for cell index sets (1-based R indices) and
 # returns a data.frame: Seurat's columns first, then the model's own.
@@ -64,20 +129,7 @@ FindMarkersSCVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL, re
                             features = NULL, mode = "change", delta = 0.25, fdr_target = 0.05,
                             batch_correction = FALSE, batchid1 = NULL, batchid2 = NULL,
                             n_samples = 5000, verbose = TRUE) {
-  groups <- if (is.null(group.by)) {
-    SeuratObject::Idents(object)
-  } else {
-    if (!group.by %in% colnames(object[[]])) {
-      stop("metadata column '", group.by, "' not found; available: ",
-           .show_some(colnames(object[[]]), 20), call. = FALSE)
-    }
-    object[[group.by, drop = TRUE]]
-  }
-  idx <- .group_cells(as.character(groups), ident.1, ident.2)
-  model <- .reduction_model(object, reduction)
-  adata <- .query_anndata(object, model, assay = SeuratObject::DefaultAssay(object[[reduction]]))
-  if (verbose) message("Comparing ", length(idx$idx1), " cells with ", length(idx$idx2), " cells")
-  .de_table(model, adata, idx$idx1, idx$idx2, environment())
+  .run_verb(.seurat, object, .markers_scvi_verb, environment())
 }
 
 #' Differentially expressed genes with scVI (SingleCellExperiment)
@@ -102,34 +154,7 @@ findMarkersSCVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "s
                             features = NULL, mode = "change", delta = 0.25, fdr_target = 0.05,
                             batch_correction = FALSE, batchid1 = NULL, batchid2 = NULL,
                             n_samples = 5000, verbose = TRUE) {
-  if (is.character(groups) && length(groups) == 1L && ncol(x) != 1L) {
-    if (!groups %in% colnames(SummarizedExperiment::colData(x))) {
-      stop("colData column '", groups, "' not found; available: ",
-           .show_some(colnames(SummarizedExperiment::colData(x)), 20),
-           call. = FALSE)
-    }
-    groups <- SummarizedExperiment::colData(x)[[groups]]
-  }
-  if (length(groups) != ncol(x)) {
-    stop("`groups` must have one label per cell (", ncol(x), "), not ", length(groups), call. = FALSE)
-  }
-  groups <- as.character(groups)
-  fit <- .dimred_model(x, dimred)
-  model <- fit$model
-  adata <- fit$adata
-  firsts <- if (is.null(group1)) sort(unique(groups)) else group1
-  a <- environment()
-  tables <- lapply(firsts, function(g) {
-    idx <- .group_cells(groups, g, group2)
-    if (verbose) message("Group ", g, ": ", length(idx$idx1), " vs ", length(idx$idx2), " cells")
-    table <- .de_table(model, adata, idx$idx1, idx$idx2, a)
-    if (is.null(group1)) table <- cbind(group = g, gene = rownames(table), table)
-    table
-  })
-  if (length(tables) == 1L) return(tables[[1]])
-  out <- do.call(rbind, tables)
-  rownames(out) <- NULL
-  out
+  .run_verb(.sce, x, .markers_scvi_verb, environment())
 }
 
 # 1-based indices of the cells of `ident.1` and of `ident.2` (or of the rest).

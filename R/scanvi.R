@@ -1,6 +1,6 @@
 # scANVI (RunSCANVI for Seurat, runSCANVI for SingleCellExperiment) and reference mapping
-# (MapQuerySCVI, for both). Training and saving are the scVI verbs' (scvi.R); what is added
-# here is the label write-back, shared by annotation and mapping.
+# (MapQuerySCVI, for both), declared as verbs on the one path of aaa-verbs.R. What is added
+# here is the label output (shared by annotation and mapping) and the mapping plan.
 
 # ---- shared: predictions -----------------------------------------------------------------
 
@@ -26,60 +26,64 @@
        matrix_name = paste0("prediction.score.", labels_key))
 }
 
-.write_predictions_seurat <- function(object, predictions) {
-  for (name in names(predictions$columns)) object[[name]] <- predictions$columns[[name]]
-  if (!is.null(predictions$matrix)) {
-    assay <- SeuratObject::CreateAssayObject(data = t(predictions$matrix))
-    # Keys are alphanumeric plus "_"; Seurat would otherwise warn and make one.
-    SeuratObject::Key(assay) <- paste0(gsub("[^[:alnum:]]", "", predictions$matrix_name), "_")
-    object[[predictions$matrix_name]] <- assay
-  }
-  object
+# The predictions of a model that classifies (scANVI) for the object's cells; NULL for others.
+.out_predictions <- function(model, adata, a, plan, cells) {
+  if (!reticulate::py_has_attr(model, "predict")) return(NULL)
+  labels_key <- .py_value(model$registry$labels_key)
+  predictions <- .prediction_columns(.label_probabilities(model), cells, labels_key,
+                                     isTRUE(a$probabilities))
+  matrices <- list()
+  if (!is.null(predictions$matrix)) matrices[[predictions$matrix_name]] <- predictions$matrix
+  list(columns = predictions$columns, cell_matrices = matrices)
 }
 
-.write_predictions_sce <- function(x, predictions) {
-  for (name in names(predictions$columns)) {
-    SummarizedExperiment::colData(x)[[name]] <- predictions$columns[[name]]
-  }
-  if (!is.null(predictions$matrix)) {
-    SummarizedExperiment::colData(x)[[predictions$matrix_name]] <- predictions$matrix
+# labels_key is required: the metadata column of the labels.
+.arg_labels_key <- structure(function(x, name) {
+  if (!is.character(x) || length(x) != 1L || is.na(x)) {
+    stop("`labels_key` must be the name of the metadata column of cell labels, not ",
+         .show(x), call. = FALSE)
   }
   x
-}
+}, obs_column = TRUE)
 
-.scanvi_args <- function(a) {
-  if (!is.character(a$labels_key) || length(a$labels_key) != 1L || is.na(a$labels_key)) {
-    stop("`labels_key` must be the name of the metadata column of cell labels, not ",
-         .show(a$labels_key), call. = FALSE)
-  }
-  if (length(a$unlabeled_category) != 1L || is.na(a$unlabeled_category)) {
+.arg_unlabeled <- function(x, name) {
+  if (length(x) != 1L || is.na(x)) {
     stop("`unlabeled_category` must be one value (the label of unannotated cells), not ",
-         .show(a$unlabeled_category), call. = FALSE)
+         .show(x), call. = FALSE)
   }
-  args <- .verb_args(a)
-  args$setup$unlabeled_category <- as.character(a$unlabeled_category)
-  args$model_args$classification_ratio <- .as_number(a$classification_ratio,
-                                                     "classification_ratio", 0)
-  args$probabilities <- .as_flag(a$probabilities, "probabilities")
-  args
+  as.character(x)
 }
 
-# Trains scANVI on `adata`, from scratch or from the scVI model `scvi_model`; returns the fit
-# and its label probabilities.
-.fit_scanvi <- function(adata, args, a, scvi_model) {
-  build <- NULL
-  if (!is.null(scvi_model)) {
-    build <- function(cv) {
-      .py_call(cv$SCANVI$from_scvi_model(
-        scvi_model, args$setup$unlabeled_category, labels_key = args$setup$labels_key,
-        adata = adata, classification_ratio = args$model_args$classification_ratio))
-    }
+# scANVI from scratch, or (with `scvi_reduction` / `scvi_dimred`) from the object's scVI model,
+# whose genes, counts and covariates it then takes.
+.scanvi_from_scvi <- function(plan, eco, object, a, args) {
+  start <- a[[if (eco$name == "seurat") "scvi_reduction" else "scvi_dimred"]]
+  if (is.null(start)) return(plan)
+  found <- .recorded_model(eco, object, start)
+  scvi_model <- found$model
+  if (eco$name == "seurat") {
+    plan$input$counts <- .or_default(a$assay, found$input$counts)
+  } else {
+    plan$input <- found$input
   }
-  fit <- .fit_model(adata, "SCANVI", args, a$seed, a$model_dir, a$verbose, build = build)
-  fit$model_class <- "SCANVI"
-  fit$probabilities <- .label_probabilities(fit$model)
-  fit
+  plan$features <- .model_genes(scvi_model)
+  plan$columns <- unique(c(setdiff(.model_obs_columns(scvi_model), FALSE), args$setup$labels_key))
+  plan$build <- function(cv, adata) {
+    .py_call(cv$SCANVI$from_scvi_model(
+      scvi_model, args$setup$unlabeled_category, labels_key = args$setup$labels_key,
+      adata = adata, classification_ratio = args$model_args$classification_ratio))
+  }
+  plan
 }
+
+.scanvi_verb <- .verb(
+  "SCANVI",
+  setup = c(list(labels_key = .arg_labels_key, unlabeled_category = .arg_unlabeled),
+            .covariate_setup[c("batch_key", "categorical_covariate_keys",
+                               "continuous_covariate_keys")]),
+  model_args = c(.vae_args, list(classification_ratio = .arg_number(0))),
+  train_args = .train_spec, options = list(probabilities = .arg_flag),
+  plan = .scanvi_from_scvi, outputs = list(.out_latent, .out_predictions))
 
 # ---- scANVI ------------------------------------------------------------------------------
 
@@ -124,26 +128,7 @@ RunSCANVI <- function(object, labels_key, unlabeled_category = "Unknown", batch_
                       early_stopping = FALSE, lr = 1e-3, device = "auto", seed = NULL,
                       model_dir = NULL, model_kwargs = list(), probabilities = FALSE,
                       reduction.name = "scanvi", reduction.key = "scANVI_", verbose = TRUE) {
-  if (!inherits(object, "Seurat")) stop("`object` must be a Seurat object", call. = FALSE)
-  args <- .scanvi_args(environment())
-  scvi_model <- NULL
-  if (!is.null(scvi_reduction)) {
-    scvi_model <- .reduction_model(object, scvi_reduction)
-    assay <- .or_default(assay, SeuratObject::DefaultAssay(object[[scvi_reduction]]))
-    features <- .model_genes(scvi_model)
-    args$columns <- unique(c(setdiff(.model_obs_columns(scvi_model), FALSE), labels_key))
-  }
-  assay <- .or_default(assay, SeuratObject::DefaultAssay(object))
-  adata <- as_anndata(object, assay = assay, features = features, metadata = args$columns,
-                      reductions = FALSE)
-  fit <- .fit_scanvi(adata, args, environment(), scvi_model)
-  embeddings <- fit$latent[colnames(object), , drop = FALSE]
-  colnames(embeddings) <- paste0(reduction.key, seq_len(ncol(embeddings)))
-  predictions <- .prediction_columns(fit$probabilities, colnames(object), labels_key, probabilities)
-  object[[reduction.name]] <- SeuratObject::CreateDimReducObject(
-    embeddings = embeddings, key = reduction.key, assay = assay,
-    misc = .settings_record(fit, args))
-  .write_predictions_seurat(object, predictions)
+  .run_verb(.seurat, object, .scanvi_verb, environment())
 }
 
 #' Annotate cells with scANVI on a SingleCellExperiment
@@ -174,34 +159,84 @@ runSCANVI <- function(x, labels_key, unlabeled_category = "Unknown", batch_key =
                       early_stopping = FALSE, lr = 1e-3, device = "auto", seed = NULL,
                       model_dir = NULL, model_kwargs = list(), probabilities = FALSE,
                       name = "scANVI", verbose = TRUE) {
-  if (!methods::is(x, "SingleCellExperiment")) {
-    stop("`x` must be a SingleCellExperiment", call. = FALSE)
-  }
-  args <- .scanvi_args(environment())
-  scvi_model <- NULL
-  if (!is.null(scvi_dimred)) {
-    scvi_fit <- .dimred_model(x, scvi_dimred)
-    scvi_model <- scvi_fit$model
-    assay.type <- S4Vectors::metadata(x)$cellvi[[scvi_dimred]]$assay.type
-    features <- .model_genes(scvi_model)
-    args$columns <- unique(c(setdiff(.model_obs_columns(scvi_model), FALSE), labels_key))
-  }
-  adata <- as_anndata(x, assay.type = assay.type, features = features, metadata = args$columns,
-                      reductions = FALSE)
-  fit <- .fit_scanvi(adata, args, environment(), scvi_model)
-  latent <- fit$latent[colnames(x), , drop = FALSE]
-  colnames(latent) <- paste0(name, "_", seq_len(ncol(latent)))
-  predictions <- .prediction_columns(fit$probabilities, colnames(x), labels_key, probabilities)
-  record <- .settings_record(fit, args)
-  record$assay.type <- assay.type
-  SingleCellExperiment::reducedDim(x, name) <- latent
-  meta <- S4Vectors::metadata(x)
-  meta$cellvi[[name]] <- record
-  S4Vectors::metadata(x) <- meta
-  .write_predictions_sce(x, predictions)
+  .run_verb(.sce, x, .scanvi_verb, environment())
 }
 
 # ---- reference mapping -------------------------------------------------------------------
+
+# Mapping: the model is the reference's class, set up from the reference (its genes, its obs
+# columns, the query's batch column under the reference's name), grown for the query's new
+# batches (scArches' surgery) and trained on the query only; the latent and, for a scANVI
+# reference, the transferred labels are written back.
+.map_query_plan <- function(plan, eco, query, a, args) {
+  reference_dir <- .reference_dir(a$reference_model, a$reference.reduction)
+  reference <- load_cellvi_model(reference_dir)
+  model_class <- .model_class(reference)
+  setup <- lapply(list(batch_key = reference$registry$batch_key,
+                       labels_key = reference$registry$labels_key), function(k) .py_value(k))
+  # The query's cell metadata the model reads: the batch (under the reference's column name),
+  # covariates, and the labels if the query has them.
+  meta_names <- eco$columns(query)
+  columns <- setdiff(.model_obs_columns(reference), FALSE)
+  batch_column <- .or_default(a$query_batch_key, setup$batch_key)
+  if (!is.null(setup$batch_key)) {
+    if (!batch_column %in% meta_names) {
+      stop("the query has no metadata column '", batch_column, "' (the reference's batch ",
+           "column); pass query_batch_key = the query's batch column", call. = FALSE)
+    }
+    columns <- unique(c(setdiff(columns, setup$batch_key), batch_column))
+  }
+  plan$columns <- columns[columns %in% meta_names]  # a query need not carry the labels
+  plan$features <- NULL
+  cls <- .core()[[model_class]]
+  plan$adapt <- function(adata) {
+    if (!is.null(setup$batch_key) && batch_column != setup$batch_key) {
+      obs <- adata$obs
+      obs$`__setitem__`(setup$batch_key, obs$`__getitem__`(batch_column))
+    }
+    .py_call(cls$prepare_query_anndata(adata, reference))  # warns of missing genes
+  }
+  unfrozen <- args$options$unfrozen
+  # Without batches (or other categories) new to the reference there is nothing to learn:
+  # the query is encoded by the reference network as it is.
+  plan$train <- unfrozen || !is.null(setup$batch_key) ||
+    length(unlist(.py_value(reference$registry$categorical_covariate_keys))) > 0
+  if (!plan$train && isTRUE(a$verbose)) {
+    message("The reference has no batch column: the query is encoded as it is, without training")
+  }
+  plan$build <- function(cv, adata) {
+    .py_call(cls$load_query_data(adata, reference, freeze_dropout = args$options$freeze_dropout,
+                                 unfrozen = unfrozen))
+  }
+  plan$model <- model_class
+  plan$setup <- setup
+  plan$record <- list(reference_dir = reference_dir)
+  defaults <- switch(model_class, SCVI = c("scvi", "scVI"), LinearSCVI = c("ldvae", "LDVAE"),
+                     SCANVI = c("scanvi", "scANVI"), TOTALVI = c("totalvi", "totalVI"),
+                     c(tolower(model_class), model_class))
+  if (eco$name == "seurat") {
+    plan$latent_name <- .or_default(a$reduction.name, defaults[1])
+    plan$latent_key <- .or_default(a$reduction.key, paste0(defaults[2], "_"))
+  } else {
+    plan$latent_name <- .or_default(a$reduction.name, defaults[2])
+  }
+  plan
+}
+
+.map_query_verb <- .verb(
+  train_args = c(.train_spec[c("max_epochs", "batch_size", "train_size")],
+                 list(early_stopping = .arg_fixed(FALSE)), .train_spec[c("lr", "device",
+                                                                         "progress_bar")]),
+  options = list(probabilities = .arg_flag, freeze_dropout = .arg_flag, unfrozen = .arg_flag),
+  plan = .map_query_plan,
+  outputs = list(.out_latent, function(model, adata, a, plan, cells) {
+    predictions <- .out_predictions(model, adata, a, plan, cells)
+    if (is.null(predictions) && isTRUE(a$verbose)) {
+      message("The reference is a ", plan$model, " model: no labels to transfer (a scANVI ",
+              "reference transfers its labels)")
+    }
+    predictions
+  }))
 
 # The directory of a reference model given as a directory, or as a Seurat object or
 # SingleCellExperiment that a cellvi verb ran on (its reduction / reducedDim `reduction`).
@@ -271,89 +306,5 @@ MapQuerySCVI <- function(query, reference_model, reference.reduction = NULL,
                          freeze_dropout = FALSE, unfrozen = FALSE, device = "auto", seed = NULL,
                          model_dir = NULL, probabilities = FALSE, reduction.name = NULL,
                          reduction.key = NULL, verbose = TRUE) {
-  is_seurat <- inherits(query, "Seurat")
-  if (!is_seurat && !methods::is(query, "SingleCellExperiment")) {
-    stop("`query` must be a Seurat object or a SingleCellExperiment", call. = FALSE)
-  }
-  train_args <- .train_args(max_epochs, batch_size, train_size, FALSE, lr, device, verbose)
-  probabilities <- .as_flag(probabilities, "probabilities")
-  reference_dir <- .reference_dir(reference_model, reference.reduction)
-  reference <- load_cellvi_model(reference_dir)
-  model_class <- .py_value(reference$`__class__`$`__name__`)
-  setup <- lapply(list(batch_key = reference$registry$batch_key,
-                       labels_key = reference$registry$labels_key), function(k) .py_value(k))
-  # The query's cell metadata the model reads: the batch (under the reference's column name),
-  # covariates, and the labels if the query has them.
-  meta_names <- if (is_seurat) colnames(query[[]]) else colnames(SummarizedExperiment::colData(query))
-  columns <- setdiff(.model_obs_columns(reference), FALSE)
-  batch_column <- .or_default(query_batch_key, setup$batch_key)
-  if (!is.null(setup$batch_key)) {
-    if (!batch_column %in% meta_names) {
-      stop("the query has no metadata column '", batch_column, "' (the reference's batch ",
-           "column); pass query_batch_key = the query's batch column", call. = FALSE)
-    }
-    columns <- unique(c(setdiff(columns, setup$batch_key), batch_column))
-  }
-  columns <- columns[columns %in% meta_names]  # a query need not carry the labels
-  adata <- if (is_seurat) {
-    as_anndata(query, assay = assay, metadata = if (length(columns)) columns else FALSE,
-               reductions = FALSE)
-  } else {
-    as_anndata(query, assay.type = assay.type, metadata = if (length(columns)) columns else FALSE,
-               reductions = FALSE)
-  }
-  if (!is.null(setup$batch_key) && batch_column != setup$batch_key) {
-    obs <- adata$obs
-    obs$`__setitem__`(setup$batch_key, obs$`__getitem__`(batch_column))
-  }
-  cells <- colnames(query)
-  cls <- .core()[[model_class]]
-  adata <- .py_call(cls$prepare_query_anndata(adata, reference))  # warns of missing genes
-  unfrozen <- .as_flag(unfrozen, "unfrozen")
-  # Without batches (or other categories) new to the reference there is nothing to learn:
-  # the query is encoded by the reference network as it is.
-  grows <- unfrozen || !is.null(setup$batch_key) ||
-    length(unlist(.py_value(reference$registry$categorical_covariate_keys))) > 0
-  if (!grows && verbose) {
-    message("The reference has no batch column: the query is encoded as it is, without training")
-  }
-  build <- function(cv) {
-    .py_call(cls$load_query_data(adata, reference,
-                                 freeze_dropout = .as_flag(freeze_dropout, "freeze_dropout"),
-                                 unfrozen = unfrozen))
-  }
-  fit <- .fit_model(adata, model_class, list(train_args = train_args), seed, model_dir, verbose,
-                    build = build, train = grows)
-  fit$model_class <- model_class
-  record <- .settings_record(fit, list(setup = setup, train_args = train_args))
-  record$reference_dir <- reference_dir
-  defaults <- list(SCVI = c("scvi", "scVI"), LinearSCVI = c("ldvae", "LDVAE"),
-                   SCANVI = c("scanvi", "scANVI"))[[model_class]]
-  latent <- fit$latent[cells, , drop = FALSE]
-  predictions <- if (model_class == "SCANVI") {
-    .prediction_columns(.label_probabilities(fit$model), cells, setup$labels_key, probabilities)
-  }
-  if (is_seurat) {
-    reduction.name <- .or_default(reduction.name, defaults[1])
-    reduction.key <- .or_default(reduction.key, paste0(defaults[2], "_"))
-    colnames(latent) <- paste0(reduction.key, seq_len(ncol(latent)))
-    query[[reduction.name]] <- SeuratObject::CreateDimReducObject(
-      embeddings = latent, key = reduction.key,
-      assay = .or_default(assay, SeuratObject::DefaultAssay(query)), misc = record)
-    if (!is.null(predictions)) query <- .write_predictions_seurat(query, predictions)
-  } else {
-    reduction.name <- .or_default(reduction.name, defaults[2])
-    colnames(latent) <- paste0(reduction.name, "_", seq_len(ncol(latent)))
-    record$assay.type <- assay.type
-    SingleCellExperiment::reducedDim(query, reduction.name) <- latent
-    meta <- S4Vectors::metadata(query)
-    meta$cellvi[[reduction.name]] <- record
-    S4Vectors::metadata(query) <- meta
-    if (!is.null(predictions)) query <- .write_predictions_sce(query, predictions)
-  }
-  if (verbose && is.null(predictions)) {
-    message("The reference is a ", model_class, " model: no labels to transfer (a scANVI ",
-            "reference transfers its labels)")
-  }
-  query
+  .run_verb(.eco_of(query), query, .map_query_verb, environment())
 }

@@ -1,0 +1,482 @@
+# One internal path for every verb (DESIGN.md, "R verbs as declarations").
+#
+# A verb is a declaration made with .verb(): the Python model class it fits (or, for a query
+# verb, none: it loads the model recorded on the object), the arguments that go to
+# setup_anndata(), to the model and to train() -- each with its checker -- and its outputs
+# (functions of the model that return results: a latent space, loadings, per-cell columns,
+# assays, or a table). .run_verb() does the rest, the same way for every verb and both
+# ecosystems:
+#
+#   convert the object to AnnData -> set up, build, train and save the model (or load the one
+#   recorded on the object) -> query it -> write the results back
+#
+# through an ecosystem adapter (.seurat, .sce) that knows where each kind of result goes
+# (DimReduc or reducedDim, meta.data or colData, assay or altExp). The object is modified only
+# at the end, on R's copy, so an error at any step leaves the user's object as it was.
+#
+# The file is named aaa- so that R collates it first: the verb files declare their verbs at
+# top level with the functions defined here.
+
+# ---- argument checkers -----------------------------------------------------------------------
+# A checker takes (value, argument name) and returns the value Python gets. Attributes mark
+# checkers of obs columns (their values are the metadata columns converted with the counts),
+# checkers that read an R argument of another name (`arg`), and fixed values (`fixed`).
+
+.arg_count <- function(minimum = 1L, null_ok = FALSE) {
+  force(minimum)
+  force(null_ok)
+  function(x, name) .as_count(x, name, minimum = minimum, null_ok = null_ok)
+}
+
+.arg_number <- function(lower = -Inf, upper = Inf, null_ok = FALSE) {
+  force(lower)
+  force(upper)
+  force(null_ok)
+  function(x, name) .as_number(x, name, lower, upper, null_ok = null_ok)
+}
+
+.arg_flag <- function(x, name) .as_flag(x, name)
+
+.arg_choice <- function(...) {
+  choices <- c(...)
+  function(x, name) .as_choice(x, name, choices)
+}
+
+# One obs column name, or NULL.
+.arg_column <- structure(function(x, name) {
+  if (is.null(x)) return(NULL)
+  if (!is.character(x) || length(x) != 1L || is.na(x)) {
+    stop("`", name, "` must be one column name, not ", .show(x), call. = FALSE)
+  }
+  x
+}, obs_column = TRUE)
+
+# Several obs column names, or NULL (Python wants a list, even of one name).
+.arg_columns <- structure(function(x, name) {
+  x <- .as_names(x, name)
+  if (is.null(x)) NULL else as.list(x)
+}, obs_column = TRUE)
+
+# The checker `checker` reading the R argument `arg` (the Python name is the list's name).
+.arg_as <- function(arg, checker) {
+  attr(checker, "arg") <- arg
+  checker
+}
+
+# A value the verb always passes (its R function has no such argument).
+.arg_fixed <- function(value) {
+  force(value)
+  structure(function(x, name) value, fixed = TRUE)
+}
+
+# Values of the arguments named in `checkers`, read from the verb's environment `a` and checked;
+# arguments the verb does not have are skipped. `drop_null`: leave out NULL values (setup keys
+# not given) instead of passing None.
+.check_args <- function(checkers, a, drop_null = FALSE) {
+  out <- list()
+  for (py_name in names(checkers)) {
+    check <- checkers[[py_name]]
+    arg <- .or_default(attr(check, "arg"), py_name)
+    fixed <- isTRUE(attr(check, "fixed"))
+    if (!fixed && !exists(arg, envir = a, inherits = FALSE)) next
+    value <- check(if (fixed) NULL else get(arg, envir = a, inherits = FALSE), arg)
+    if (is.null(value) && drop_null) next
+    out[py_name] <- list(value)
+  }
+  out
+}
+
+# ---- shared argument declarations -----------------------------------------------------------
+
+# setup_anndata() keys of the scVI family.
+.covariate_setup <- list(batch_key = .arg_column, labels_key = .arg_column,
+                         categorical_covariate_keys = .arg_columns,
+                         continuous_covariate_keys = .arg_columns)
+
+# Network settings of scVI-like models.
+.vae_args <- list(n_latent = .arg_count(), n_hidden = .arg_count(), n_layers = .arg_count(),
+                  dropout_rate = .arg_number(0, 1),
+                  gene_likelihood = .arg_choice("zinb", "nb", "poisson"),
+                  dispersion = .arg_choice("gene", "gene-batch", "gene-label", "gene-cell"))
+
+# train() settings; `verbose` becomes the progress bar.
+.train_spec <- list(max_epochs = .arg_count(null_ok = TRUE), batch_size = .arg_count(2L),
+                    train_size = .arg_number(0, 1), early_stopping = .arg_flag,
+                    lr = .arg_number(0), device = .arg_choice("auto", "cpu", "cuda", "mps"),
+                    progress_bar = .arg_as("verbose", .arg_flag))
+
+# ---- a verb ------------------------------------------------------------------------------------
+
+# model       Python class (a name on the cellvi module) the verb fits; NULL: the verb queries
+#             the model recorded on the object (under its `reduction` / `dimred` argument).
+# setup       checkers of the setup_anndata() arguments (named as in Python).
+# model_args  checkers of the model's arguments; a `model_kwargs` list of the verb is added.
+# train_args  checkers of train()'s arguments.
+# options     checkers of further arguments the outputs read (not sent to Python).
+# proteins    the model reads protein counts (Seurat `protein_assay`, SCE `protein_altexp`).
+# outputs     functions (model, adata, a, plan, cells) -> list of results: latent (cells x k,
+#             rownames = cells), loadings (features x k), columns (named list of per-cell
+#             vectors), cell_matrices (named list of cells x k matrices), assays (list with
+#             `rna` and/or `protein`: list(data = features x cells, whole = all features?)),
+#             table (a data.frame returned instead of the object).
+# plan        function(plan, eco, object, a, args) -> plan: changes the default plan (input,
+#             features, columns, model, build, adapt, train, setup, record, latent names).
+# accepts     model classes a query verb can use (NULL: any).
+# fit_by      the verbs that make its model, named by ecosystem (for error messages).
+.verb <- function(model = NULL, setup = list(), model_args = list(), train_args = list(),
+                  options = list(), proteins = FALSE, outputs = list(), plan = NULL,
+                  accepts = NULL, fit_by = c(seurat = "RunSCVI()", sce = "runSCVI()")) {
+  list(model = model, setup = setup, model_args = model_args, train_args = train_args,
+       options = options, proteins = proteins, outputs = outputs, plan = plan,
+       accepts = accepts, fit_by = fit_by)
+}
+
+# Checks every argument a verb (whose environment is `a`) passes to Python.
+.verb_args <- function(verb, a) {
+  setup <- .check_args(verb$setup, a, drop_null = TRUE)
+  model_args <- .check_args(verb$model_args, a)
+  if (exists("model_kwargs", envir = a, inherits = FALSE)) {
+    if (!is.list(a$model_kwargs)) stop("`model_kwargs` must be a named list", call. = FALSE)
+    model_args <- c(model_args, a$model_kwargs)
+  }
+  train_args <- .check_args(verb$train_args, a)
+  options <- .check_args(verb$options, a)
+  is_column <- vapply(verb$setup, function(f) isTRUE(attr(f, "obs_column")), logical(1))
+  columns <- unique(unlist(setup[intersect(names(verb$setup)[is_column], names(setup))],
+                           use.names = FALSE))
+  list(setup = setup, model_args = model_args, train_args = train_args, options = options,
+       columns = if (length(columns)) columns else FALSE)
+}
+
+# ---- the path ----------------------------------------------------------------------------------
+
+# Runs `verb` on `object` (a Seurat object or SCE, handled by the adapter `eco`) with the verb's
+# arguments in the environment `a`.
+.run_verb <- function(eco, object, verb, a) {
+  eco$check(object)
+  args <- .verb_args(verb, a)
+  plan <- list(model = verb$model, input = eco$input(object, a, verb$proteins),
+               features = a$features, columns = args$columns, setup = args$setup)
+  if (!is.null(verb$plan)) plan <- verb$plan(plan, eco, object, a, args)
+  verbose <- isTRUE(a$verbose)
+  if (is.null(plan$model)) {
+    found <- .recorded_model(eco, object, a[[eco$model_arg]], verb)
+    model <- found$model
+    plan$input <- found$input
+    record <- found$record
+    adata <- eco$anndata(object, plan$input, .model_genes(model), .model_obs_columns(model))
+  } else {
+    adata <- eco$anndata(object, plan$input, plan$features, plan$columns)
+    if (!is.null(plan$adapt)) adata <- plan$adapt(adata)
+    fit <- .fit_model(adata, plan$model, args, a$seed, a$model_dir, verbose, build = plan$build,
+                      train = !isFALSE(plan$train))
+    model <- fit$model
+    record <- c(list(model = plan$model, model_dir = fit$dir, setup = plan$setup,
+                     model_args = args$model_args, train_args = args$train_args,
+                     cellvi_version = .py_value(.core()$`__version__`)), plan$record)
+  }
+  results <- list()
+  cells <- colnames(object)
+  for (output in verb$outputs) results <- c(results, output(model, adata, a, plan, cells))
+  if ("table" %in% names(results)) return(results$table)
+  eco$write(object, results, record, plan, a, verbose)
+}
+
+.new_model_dir <- function(model_class) {
+  root <- file.path(tools::R_user_dir("cellvi", "data"), "models")
+  stamp <- format(Sys.time(), "%Y%m%d-%H%M%S")
+  # tempfile() makes its suffix without R's random-number stream: a user's set.seed() before
+  # each verb neither repeats a directory (one model overwriting another) nor is disturbed.
+  tempfile(paste0(model_class, "-", stamp, "-"), tmpdir = root)
+}
+
+# Sets up and builds a model on an AnnData handle (or makes it with `build(core, adata)`, e.g.
+# from another model), trains it (unless `train = FALSE`) and saves it; list(model, dir).
+.fit_model <- function(adata, model_class, args, seed, model_dir, verbose, build = NULL,
+                       train = TRUE) {
+  cv <- .core()
+  if (!is.null(seed)) cv$settings$seed <- .as_count(seed, "seed", minimum = 0L)
+  cls <- cv[[model_class]]
+  if (is.null(build) && is.null(cls)) {
+    stop("the cellvi Python core (version ", .py_value(cv$`__version__`), ") has no model ",
+         model_class, "; update it (cellvi::install_cellvi())", call. = FALSE)
+  }
+  model <- if (is.null(build)) {
+    .py_call(do.call(cls$setup_anndata, c(list(adata), args$setup)))
+    .py_call(do.call(cls, c(list(adata), args$model_args)))
+  } else {
+    build(cv, adata)
+  }
+  if (verbose && train) {
+    message("Training ", model_class, " on ", .py_value(adata$n_obs), " cells x ",
+            .py_value(adata$n_vars), " genes")
+  }
+  if (train) .py_call(do.call(model$train, args$train_args))
+  model_dir <- .or_default(model_dir, .new_model_dir(model_class))
+  dir.create(dirname(model_dir), recursive = TRUE, showWarnings = FALSE)
+  .py_call(model$save(model_dir, overwrite = TRUE))
+  model_dir <- normalizePath(model_dir)
+  .cellvi_env$models[[model_dir]] <- model
+  if (verbose) message("Model saved in ", model_dir)
+  list(model = model, dir = model_dir)
+}
+
+#' Load a saved cellvi model
+#'
+#' Loads (once per session, then from a cache) a model directory written by the verbs or by
+#' Python's `model.save()`.
+#'
+#' @param model_dir The model's directory.
+#' @return The Python model (a reticulate handle without automatic conversion: wrap results
+#'   in `reticulate::py_to_r()`).
+#' @examples
+#' \dontrun{
+#' model <- load_cellvi_model(Misc(seurat[["scvi"]])$model_dir)
+#' reticulate::py_to_r(model$history)
+#' }
+#' @export
+load_cellvi_model <- function(model_dir) {
+  if (!is.character(model_dir) || length(model_dir) != 1L || !dir.exists(model_dir)) {
+    stop("no saved cellvi model at ", .show(model_dir), call. = FALSE)
+  }
+  model_dir <- normalizePath(model_dir)
+  if (is.null(.cellvi_env$models[[model_dir]])) {
+    .cellvi_env$models[[model_dir]] <- .py_call(.core()$load_model(model_dir))
+  }
+  .cellvi_env$models[[model_dir]]
+}
+
+# The model recorded on an object under `where` (a reduction / reducedDim name), checked
+# against the classes `verb` accepts: list(model, input, record).
+.recorded_model <- function(eco, object, where, verb = .verb()) {
+  found <- eco$recorded(object, where, verb$fit_by[[eco$name]])
+  found$model <- load_cellvi_model(found$record$model_dir)
+  if (length(verb$accepts)) {
+    cls <- .model_class(found$model)
+    if (!cls %in% verb$accepts) {
+      stop(eco$what, " '", where, "' holds a ", cls, " model; this verb needs a ",
+           paste(verb$accepts, collapse = " or "), " model (run ", verb$fit_by[[eco$name]],
+           " first)", call. = FALSE)
+    }
+  }
+  found
+}
+
+.model_class <- function(model) .py_value(model$`__class__`$`__name__`)
+
+.model_genes <- function(model) unlist(.py_value(model$var_names))
+
+.setup_columns <- function(setup) {
+  unique(unlist(setup[c("batch_key", "labels_key", "categorical_covariate_keys",
+                        "continuous_covariate_keys")], use.names = FALSE))
+}
+
+# The obs columns a model reads (FALSE: none), for converting new cells as its input.
+.model_obs_columns <- function(model) {
+  reg <- model$registry
+  keys <- list(batch_key = reg$batch_key, labels_key = reg$labels_key,
+               categorical_covariate_keys = reg$categorical_covariate_keys,
+               continuous_covariate_keys = reg$continuous_covariate_keys)
+  columns <- .setup_columns(lapply(keys, function(k) unlist(.py_value(k))))
+  if (length(columns)) columns else FALSE
+}
+
+# ---- outputs shared by verbs -------------------------------------------------------------------
+
+.out_latent <- function(model, adata, a, plan, cells) {
+  latent <- .py_value(.py_call(model$get_latent_representation(adata)))
+  rownames(latent) <- unlist(.py_value(adata$obs_names$tolist()))
+  list(latent = latent)
+}
+
+# The linear decoder's gene loadings (genes x latent dimensions).
+.out_loadings <- function(model, adata, a, plan, cells) {
+  loadings <- .py_value(.py_call(model$get_loadings())$to_numpy())
+  rownames(loadings) <- .model_genes(model)
+  list(loadings = loadings)
+}
+
+# ---- ecosystem adapters ------------------------------------------------------------------------
+# Each adapter: name, what (the kind of record holder, for messages), model_arg (the verb
+# argument naming the record), check(object), input(object, a, proteins) -> list(counts,
+# proteins), anndata(object, input, features, columns), recorded(object, where, fit_by) ->
+# list(record, input), columns(object) (metadata column names), write(object, results,
+# record, plan, a, verbose).
+
+.columns_arg <- function(columns) if (length(columns) && !isFALSE(columns)) columns else FALSE
+
+.seurat <- list(
+  name = "seurat",
+  what = "reduction",
+  model_arg = "reduction",
+  check = function(object) {
+    if (!inherits(object, "Seurat")) stop("`object` must be a Seurat object", call. = FALSE)
+  },
+  input = function(object, a, proteins) {
+    list(counts = .or_default(a$assay, SeuratObject::DefaultAssay(object)),
+         proteins = if (proteins) a$protein_assay)
+  },
+  anndata = function(object, input, features, columns) {
+    as_anndata(object, assay = input$counts, features = features,
+               metadata = .columns_arg(columns), reductions = FALSE,
+               protein_assay = input$proteins)
+  },
+  recorded = function(object, reduction, fit_by) {
+    if (!reduction %in% SeuratObject::Reductions(object)) {
+      stop("reduction '", reduction, "' not found; run ", fit_by, " first (reductions: ",
+           .show_some(SeuratObject::Reductions(object), 20), ")", call. = FALSE)
+    }
+    misc <- SeuratObject::Misc(object[[reduction]])
+    if (is.null(misc$model_dir)) {
+      stop("reduction '", reduction, "' was not made by cellvi (no model_dir in its misc)",
+           call. = FALSE)
+    }
+    list(record = misc, input = list(counts = SeuratObject::DefaultAssay(object[[reduction]]),
+                                     proteins = misc$protein_assay))
+  },
+  columns = function(object) colnames(object[[]]),
+  write = function(object, results, record, plan, a, verbose) {
+    if (!is.null(results$latent)) {
+      name <- .or_default(plan$latent_name, a$reduction.name)
+      key <- .or_default(plan$latent_key, a$reduction.key)
+      embeddings <- results$latent[colnames(object), , drop = FALSE]
+      colnames(embeddings) <- paste0(key, seq_len(ncol(embeddings)))
+      loadings <- results$loadings
+      if (is.null(loadings)) {
+        loadings <- new("matrix")
+      } else {
+        colnames(loadings) <- paste0(key, seq_len(ncol(loadings)))
+      }
+      if (!is.null(plan$input$proteins)) record$protein_assay <- plan$input$proteins
+      object[[name]] <- SeuratObject::CreateDimReducObject(
+        embeddings = embeddings, loadings = loadings, key = key, assay = plan$input$counts,
+        misc = record)
+    }
+    for (name in names(results$columns)) object[[name]] <- results$columns[[name]]
+    for (name in names(results$cell_matrices)) {
+      # Keys are alphanumeric plus "_"; Seurat would otherwise warn and make one.
+      object <- .seurat_add_assay(object, t(results$cell_matrices[[name]]), name,
+                                  key = paste0(gsub("[^[:alnum:]]", "", name), "_"))
+    }
+    names_of <- c(rna = "assay.name", protein = "protein.assay.name")
+    for (kind in names(results$assays)) {
+      data <- results$assays[[kind]]$data
+      name <- a[[names_of[[kind]]]]
+      object <- .seurat_add_assay(object, data, name)
+      if (verbose) {
+        message("Added assay '", name, "' (", nrow(data), if (kind == "rna") " genes)" else
+          " proteins)")
+      }
+    }
+    object
+  }
+)
+
+# A data assay with a valid key (letters and digits, then "_"; by default the name in lower
+# case, as Seurat makes it: assay "SCVI" has key "scvi_").
+.seurat_add_assay <- function(object, data, name,
+                              key = paste0(tolower(gsub("[^[:alnum:]]", "", name)), "_")) {
+  assay <- SeuratObject::CreateAssayObject(data = data)
+  SeuratObject::Key(assay) <- key
+  object[[name]] <- assay
+  object
+}
+
+.sce <- list(
+  name = "sce",
+  what = "reducedDim",
+  model_arg = "dimred",
+  check = function(object) {
+    if (!methods::is(object, "SingleCellExperiment")) {
+      stop("`x` must be a SingleCellExperiment", call. = FALSE)
+    }
+  },
+  input = function(object, a, proteins) {
+    list(counts = a$assay.type, proteins = if (proteins) a$protein_altexp)
+  },
+  anndata = function(object, input, features, columns) {
+    as_anndata(object, assay.type = input$counts, features = features,
+               metadata = .columns_arg(columns), reductions = FALSE,
+               protein_altexp = input$proteins)
+  },
+  recorded = function(x, dimred, fit_by) {
+    record <- S4Vectors::metadata(x)$cellvi[[dimred]]
+    if (is.null(record)) {
+      stop("no cellvi model recorded for reducedDim '", dimred, "'; run ", fit_by, " first",
+           call. = FALSE)
+    }
+    list(record = record, input = list(counts = record$assay.type,
+                                       proteins = record$protein_altexp))
+  },
+  columns = function(x) colnames(SummarizedExperiment::colData(x)),
+  write = function(x, results, record, plan, a, verbose) {
+    if (!is.null(results$latent)) {
+      name <- .or_default(plan$latent_name, a$name)
+      latent <- results$latent[colnames(x), , drop = FALSE]
+      colnames(latent) <- paste0(name, "_", seq_len(ncol(latent)))
+      if (!is.null(results$loadings)) {
+        loadings <- results$loadings
+        colnames(loadings) <- paste0(name, "_", seq_len(ncol(loadings)))
+        attr(latent, "rotation") <- loadings
+      }
+      SingleCellExperiment::reducedDim(x, name) <- latent
+      record$assay.type <- plan$input$counts
+      if (!is.null(plan$input$proteins)) record$protein_altexp <- plan$input$proteins
+      meta <- S4Vectors::metadata(x)
+      meta$cellvi[[name]] <- record
+      S4Vectors::metadata(x) <- meta
+    }
+    for (name in names(results$columns)) {
+      SummarizedExperiment::colData(x)[[name]] <- results$columns[[name]]
+    }
+    for (name in names(results$cell_matrices)) {
+      SummarizedExperiment::colData(x)[[name]] <- results$cell_matrices[[name]]
+    }
+    for (kind in names(results$assays)) {
+      x <- .sce_add_assay(x, results$assays[[kind]], kind, a$name, plan$input$proteins, verbose)
+    }
+    x
+  }
+)
+
+# Normalized expression into an SCE: genes as an assay of `x` (all genes, in its order) or else
+# an altExp `name`; proteins as an assay of the protein altExp (all its proteins) or else an
+# altExp `<name>_<altexp>`.
+.sce_add_assay <- function(x, result, kind, name, protein_altexp, verbose) {
+  data <- result$data
+  if (kind == "rna") {
+    if (isTRUE(result$whole) && identical(rownames(data), rownames(x))) {
+      SummarizedExperiment::assay(x, name) <- data
+    } else {
+      SingleCellExperiment::altExp(x, name) <- SummarizedExperiment::SummarizedExperiment(
+        assays = list(normalized = data))
+    }
+    if (verbose) message("Added '", name, "' (", nrow(data), " genes)")
+    return(x)
+  }
+  alt <- if (protein_altexp %in% SingleCellExperiment::altExpNames(x)) {
+    SingleCellExperiment::altExp(x, protein_altexp)
+  }
+  if (isTRUE(result$whole) && !is.null(alt) && identical(rownames(data), rownames(alt))) {
+    dimnames(data) <- dimnames(alt)
+    SummarizedExperiment::assay(alt, name) <- data
+    SingleCellExperiment::altExp(x, protein_altexp) <- alt
+    if (verbose) {
+      message("Added assay '", name, "' to altExp '", protein_altexp, "' (", nrow(data),
+              " proteins)")
+    }
+  } else {
+    alt_name <- paste0(name, "_", protein_altexp)
+    SingleCellExperiment::altExp(x, alt_name) <- SummarizedExperiment::SummarizedExperiment(
+      assays = list(normalized = data))
+    if (verbose) message("Added '", alt_name, "' (", nrow(data), " proteins)")
+  }
+  x
+}
+
+# The adapter of a query given as either kind of object.
+.eco_of <- function(object, what = "`query`") {
+  if (inherits(object, "Seurat")) return(.seurat)
+  if (methods::is(object, "SingleCellExperiment")) return(.sce)
+  stop(what, " must be a Seurat object or a SingleCellExperiment", call. = FALSE)
+}
