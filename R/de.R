@@ -71,15 +71,34 @@
 .de_table <- function(model, adata, idx1, idx2, a) {
   np <- .cellvi_py()$np
   mode <- .as_choice(a$mode, "mode", c("change", "vanilla"))
-  de <- .py_call(model$differential_expression(
+  args <- list(
     adata, idx1 = np$asarray(as.integer(idx1 - 1L)), idx2 = np$asarray(as.integer(idx2 - 1L)),
     mode = mode, delta = .as_number(a$delta, "delta", 0), fdr_target = .as_number(a$fdr_target, "fdr_target", 0, 1),
     batch_correction = .as_flag(a$batch_correction, "batch_correction"),
     batchid1 = if (is.null(a$batchid1)) NULL else as.list(as.character(a$batchid1)),
     batchid2 = if (is.null(a$batchid2)) NULL else as.list(as.character(a$batchid2)),
     n_samples = .as_count(a$n_samples, "n_samples"),
-    gene_list = if (is.null(a$features)) NULL else as.list(a$features)))
-  de <- .py_df_to_r(de)
+    gene_list = if (is.null(a$features)) NULL else as.list(a$features))
+  if (!is.null(a$protein_prior_count)) {
+    args$protein_prior_count <- .as_number(a$protein_prior_count, "protein_prior_count", 0)
+  }
+  de <- .py_call(do.call(model$differential_expression, args))
+  # Models of genes and proteins (totalVI): which rows are which.
+  proteins <- if (reticulate::py_has_attr(model, "protein_names")) {
+    unlist(.py_value(model$protein_names))
+  }
+  both <- intersect(.model_genes(model), proteins)
+  if (length(both)) {
+    warning(length(both), " name(s) are both a gene and a protein of the model (",
+            .show_some(both), "): their rows cannot be told apart (feature_type \"gene or ",
+            "protein\", row names made unique); give the proteins distinct names (e.g. a ",
+            "suffix) before training to tell them apart", call. = FALSE)
+    features <- .py_to_chr(de$index)
+    de <- suppressWarnings(.py_df_to_r(de))
+  } else {
+    de <- .py_df_to_r(de)
+    features <- rownames(de)
+  }
   fdr_column <- grep("^is_de_fdr_", names(de), value = TRUE)
   evidence <- if (mode == "change") c("proba_de", "proba_not_de") else c("proba_m1", "proba_m2")
   out <- data.frame(avg_log2FC = de$lfc_mean, pct.1 = de$non_zeros_proportion1,
@@ -88,6 +107,10 @@
            "scale2", "raw_mean1", "raw_mean2", "raw_normalized_mean1", "raw_normalized_mean2")
   out <- cbind(out, de[, own, drop = FALSE])
   if (length(fdr_column)) out$is_de_fdr <- de[[fdr_column]]
+  if (!is.null(proteins)) {
+    out$feature_type <- ifelse(features %in% both, "gene or protein",
+                               ifelse(features %in% proteins, "protein", "gene"))
+  }
   out
 }
 
