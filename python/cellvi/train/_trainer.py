@@ -298,11 +298,12 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             if kappa > 0:
-                classifier_loss = kappa * self._adversarial_loss(inference_out["z"].detach(),
-                                                                 tensors[C.BATCH_KEY], True)
+                classifier_loss = self._adversarial_loss(inference_out["z"].detach(), tensors[C.BATCH_KEY], True)
                 self.classifier_optimizer.zero_grad(set_to_none=True)
-                classifier_loss.backward()
+                (kappa * classifier_loss).backward()
                 self.classifier_optimizer.step()
+                extra_sums["adversarial_classifier_loss"] = (extra_sums.get("adversarial_classifier_loss", 0.0)
+                                                             + classifier_loss.detach())
             with torch.no_grad():
                 sums += torch.stack([out.loss * len(idx), out.reconstruction_loss.sum(), out.kl_local.sum(),
                                      torch.as_tensor(out.kl_global, dtype=sums.dtype, device=sums.device)])
