@@ -172,6 +172,10 @@ runSCANVI <- function(x, labels_key, unlabeled_category = "Unknown", batch_key =
   reference_dir <- .reference_dir(a$reference_model, a$reference.reduction)
   reference <- load_cellvi_model(reference_dir)
   model_class <- .model_class(reference)
+  if (!model_class %in% c("SCVI", "LinearSCVI", "SCANVI")) {
+    stop("MapQuerySCVI maps onto scVI, LDVAE and scANVI references; the reference at ",
+         reference_dir, " is a ", model_class, " model", call. = FALSE)
+  }
   setup <- lapply(list(batch_key = reference$registry$batch_key,
                        labels_key = reference$registry$labels_key), function(k) .py_value(k))
   # The query's cell metadata the model reads: the batch (under the reference's column name),

@@ -56,6 +56,7 @@ test_that("RunTOTALVI, NormalizeTOTALVI and FindMarkersTOTALVI on a Seurat objec
   # the model saved from R is an ordinary cellvi model
   model <- reticulate::import("cellvi")$load_model(dir)
   expect_equal(class(model)[1], "cellvi.models._totalvi.TOTALVI")
+  expect_error(MapQuerySCVI(cite, dir, verbose = FALSE), "is a TOTALVI model")
 })
 
 test_that("totalVI verbs name what is missing or wrong", {
