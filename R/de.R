@@ -83,22 +83,17 @@
     args$protein_prior_count <- .as_number(a$protein_prior_count, "protein_prior_count", 0)
   }
   de <- .py_call(do.call(model$differential_expression, args))
-  # Models of genes and proteins (totalVI): which rows are which.
+  # Models of genes and proteins (totalVI): a protein may share its name with a gene.
   proteins <- if (reticulate::py_has_attr(model, "protein_names")) {
     unlist(.py_value(model$protein_names))
   }
   both <- intersect(.model_genes(model), proteins)
   if (length(both)) {
     warning(length(both), " name(s) are both a gene and a protein of the model (",
-            .show_some(both), "): their rows cannot be told apart (feature_type \"gene or ",
-            "protein\", row names made unique); give the proteins distinct names (e.g. a ",
-            "suffix) before training to tell them apart", call. = FALSE)
-    features <- .py_to_chr(de$index)
-    de <- suppressWarnings(.py_df_to_r(de))
-  } else {
-    de <- .py_df_to_r(de)
-    features <- rownames(de)
+            .show_some(both), "): their row names were made unique; the column feature_type ",
+            "tells the gene's row from the protein's", call. = FALSE)
   }
+  de <- suppressWarnings(.py_df_to_r(de))
   fdr_column <- grep("^is_de_fdr_", names(de), value = TRUE)
   evidence <- if (mode == "change") c("proba_de", "proba_not_de") else c("proba_m1", "proba_m2")
   out <- data.frame(avg_log2FC = de$lfc_mean, pct.1 = de$non_zeros_proportion1,
@@ -107,10 +102,7 @@
            "scale2", "raw_mean1", "raw_mean2", "raw_normalized_mean1", "raw_normalized_mean2")
   out <- cbind(out, de[, own, drop = FALSE])
   if (length(fdr_column)) out$is_de_fdr <- de[[fdr_column]]
-  if (!is.null(proteins)) {
-    out$feature_type <- ifelse(features %in% both, "gene or protein",
-                               ifelse(features %in% proteins, "protein", "gene"))
-  }
+  if (!is.null(de$feature_type)) out$feature_type <- as.character(de$feature_type)
   out
 }
 

@@ -335,6 +335,10 @@ def differential_expression(
     all_names = model._de_feature_names()
     genes = model._feature_mask(gene_list, all_names)
     gene_names = all_names if genes is None else [all_names[i] for i in genes]
+    feature_types = model._de_feature_types()
+    if feature_types is not None:
+        feature_types = np.asarray(feature_types, dtype=object)
+        feature_types = feature_types if genes is None else feature_types[genes]
     comparisons = _comparisons(data_adata, groupby, group1, group2, idx1, idx2)
     blocks = model._de_count_blocks(adata)
     rng = np.random.default_rng(settings.seed)
@@ -371,6 +375,8 @@ def differential_expression(
         # Built from a dict in one go: column by column insertion cost more than the raw statistics.
         frame = pd.DataFrame({k: v[order] for k, v in columns.items()},
                              index=pd.Index(np.asarray(gene_names, dtype=object)[order], name="gene"))
+        if feature_types is not None:
+            frame["feature_type"] = feature_types[order]
         frame["comparison"] = f"{name1} vs {name2}"
         frame["group1"] = name1
         frame["group2"] = name2

@@ -49,6 +49,10 @@ class ExpressionMixin:
         """Names of the features differential expression tests (default: the genes)."""
         return list(self.registry.var_names)
 
+    def _de_feature_types(self) -> list[str] | None:
+        """A kind per feature (e.g. "gene"/"protein"), reported as ``feature_type``; None: one kind."""
+        return None
+
     def _de_count_blocks(self, adata) -> list:
         """Raw counts of those features as CSR blocks, each with its own library size."""
         return [self.registry.counts(adata) if adata is not None else self._tensors().X]

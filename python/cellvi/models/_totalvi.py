@@ -545,6 +545,10 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
     def _de_feature_names(self) -> list[str]:
         return list(self.registry.var_names) + self.protein_names
 
+    def _de_feature_types(self) -> list[str] | None:
+        # Rows are named by feature, and a protein may share its name with a gene (e.g. CD4).
+        return ["gene"] * self.registry.n_vars + ["protein"] * len(self.protein_names)
+
     def _de_count_blocks(self, adata) -> list:
         if adata is None:
             tensors = self._tensors()
@@ -576,7 +580,8 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         """
         previous, self._protein_prior_count = self._protein_prior_count, float(protein_prior_count)
         try:
-            return ExpressionMixin.differential_expression(self, adata, groupby, group1, group2, idx1, idx2,
-                                                           mode=mode, delta=delta, **kwargs)
+            de = ExpressionMixin.differential_expression(self, adata, groupby, group1, group2, idx1, idx2,
+                                                         mode=mode, delta=delta, **kwargs)
         finally:
             self._protein_prior_count = previous
+        return de

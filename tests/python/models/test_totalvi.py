@@ -130,6 +130,8 @@ def test_train_queries_and_save_load_round_trip(tmp_path):
     assert np.isfinite(model.get_marginal_ll(n_mc_samples=5, indices=np.arange(20)))
     de = model.differential_expression(groupby="cell_type", group1="type0", group2="type1", n_samples=200)
     assert set(model.protein_names) <= set(de.index) and len(de) == 40 + N_PROTEINS
+    assert (de.loc[model.protein_names, "feature_type"] == "protein").all()
+    assert (de["feature_type"] == "gene").sum() == 40
     model.save(tmp_path / "tv")
     loaded = cellvi.load_model(tmp_path / "tv", adata, device="cpu")
     assert isinstance(loaded, cellvi.TOTALVI) and loaded.protein_names == model.protein_names
