@@ -1,17 +1,28 @@
 """The variational autoencoder of totalVI (Gayoso et al. 2021): RNA and protein counts of
-CITE-seq cells.
+CITE-seq cells, as scvi-tools 1.4 defines it.
 
-Generative model for cell n in batch s_n, gene g, protein t:
+Generative model for cell n in batch s_n and protein panel p_n (the panel defaults to the
+batch), gene g, protein t:
     z_n ~ N(0, I);  l_n = log library (observed, or ~ N(mu_s, var_s) when learned)
     rho_n = softmax(f_rho(z_n, s_n));       x_ng ~ NB / ZINB(exp(l_n) rho_ng, theta_g)
     log beta_nt ~ N(a_t(z_n, s_n), b_t(z_n, s_n)^2)        protein background rate
     alpha_nt = beta_nt * r_t(z_n, s_n), r >= 1              protein foreground rate
     pi_nt = sigmoid(f_pi(z_n, s_n))                         probability of the background
-    y_nt ~ pi_nt NB(beta_nt, phi_t) + (1 - pi_nt) NB(alpha_nt, phi_t)
-The prior of log beta is N(c_ts, d_ts^2) per protein and batch, with c and log d learned.
-Inference: q(z | x, y) and q(l | x, y) Gaussian; log beta is drawn from N(a, b^2) itself, so
-its KL term compares N(a, b^2) with the prior. Proteins not measured in a cell's batch
-(``protein_batch_mask``) enter neither the likelihood nor that KL.
+    e_ts = exp(log_per_batch_efficiency[t, s])              capture efficiency of the batch
+    y_nt ~ pi_nt NB(e beta_nt, phi_t) + (1 - pi_nt) NB(e alpha_nt, phi_t)
+With size factors the RNA rate is size_factor_n * softplus(f_rho) instead (no softmax).
+The prior of log beta is N(c_tp, d_tp^2) per protein and panel, with c and log d learned
+(initialised at c = 3, d = 1 unless an empirical prior is given).
+Inference: q(z | x, y) and q(l | x, y) Gaussian, from x / (1 + mean(x)) and
+y / (1 + mean(y)) per cell (log1p of those with ``log_variational``); log beta is drawn
+from N(a, b^2) itself, so its KL term compares N(a, b^2) with the prior. Proteins not
+measured in a cell's panel (``protein_batch_mask``) enter neither the likelihood nor that KL.
+
+The background term of each cell's loss also holds, over all proteins, -log LogNormal(e; 0, 1)
+of its batch's efficiencies and 1e-3 * -log sigmoid(mixing logits); both count in the ELBO,
+and the protein reconstruction term is weighted by the KL warm-up, as in scvi-tools.
+Normalized protein expression (``rate_back``, ``rate_fore``) leaves the efficiency out;
+``rate_back_scaled`` and ``rate_fore_scaled`` carry it, as the likelihood does.
 """
 from __future__ import annotations
 
@@ -21,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .. import _constants as C
 from ..distributions import NegativeBinomial, NegativeBinomialMixture, ZeroInflatedNegativeBinomial
@@ -32,15 +44,26 @@ GENE_LIKELIHOODS = ("nb", "zinb")
 GENE_DISPERSIONS = ("gene", "gene-batch", "gene-label")
 PROTEIN_DISPERSIONS = ("protein", "protein-batch", "protein-label")
 LIBRARY_LOG_MAX = 15.0  # a learned log library is clamped here (exp(15) ~ 3.3e6 counts)
+# Tensor of each cell's protein panel code; without it a cell's panel is its batch.
+PANEL_KEY = getattr(C, "PANEL_KEY", "panel")
+MIXING_PENALTY = 1e-3  # weight of -log sigmoid(mixing logits), which favours the background
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _log_normal_density(x, mean, log_sd):
     """log N(x; mean, exp(log_sd)^2) per entry."""
-    return -0.5 * ((x - mean) * torch.exp(-log_sd)).square() - log_sd - 0.5 * math.log(2 * math.pi)
+    return -0.5 * ((x - mean) * torch.exp(-log_sd)).square() - log_sd - HALF_LOG_2PI
 
 
 class TOTALVAE(BaseModule):
-    """totalVI's variational autoencoder (pure torch; knows nothing of AnnData)."""
+    """totalVI's variational autoencoder (pure torch; knows nothing of AnnData).
+
+    ``n_panel`` (default ``n_batch``) is the number of protein panels: the protein mask
+    (panels x proteins) and the background prior (proteins x panels) are per panel, read
+    from the tensor ``PANEL_KEY`` when present, else from the batch. Dispersions and
+    efficiencies stay per batch. ``extra_decoder_kwargs`` go to :class:`TotalVIDecoder`
+    (e.g. ``activation_function_bg="exp"``).
+    """
 
     def __init__(
         self,
@@ -69,8 +92,10 @@ class TOTALVAE(BaseModule):
         use_observed_lib_size: bool = True,
         library_log_means: np.ndarray | None = None,
         library_log_vars: np.ndarray | None = None,
+        n_panel: int | None = None,
         use_batch_norm: str = "both",
         use_layer_norm: str = "none",
+        extra_decoder_kwargs: dict | None = None,
     ):
         super().__init__()
         check_choice("gene_likelihood", gene_likelihood, GENE_LIKELIHOODS)
@@ -80,8 +105,12 @@ class TOTALVAE(BaseModule):
         check_choice("use_layer_norm", use_layer_norm, NORM_CHOICES)
         check_choice("latent_distribution", latent_distribution, LATENT_DISTRIBUTIONS)
         n_genes, n_proteins = int(n_input_genes), int(n_input_proteins)
+        n_panel = n_batch if n_panel is None else int(n_panel)
+        if n_panel < 1:
+            raise ValueError(f"n_panel must be at least 1, got {n_panel}")
         self.n_input_genes, self.n_input_proteins = n_genes, n_proteins
         self.n_batch, self.n_labels, self.n_latent = n_batch, n_labels, n_latent
+        self.n_panel = n_panel
         self.gene_dispersion, self.protein_dispersion = gene_dispersion, protein_dispersion
         self.gene_likelihood = gene_likelihood
         self.log_variational = log_variational
@@ -94,29 +123,31 @@ class TOTALVAE(BaseModule):
         columns = {"gene": (), "protein": (), "batch": (n_batch,), "label": (n_labels,)}
         self.px_r = nn.Parameter(torch.randn(n_genes, *columns[gene_dispersion.rsplit("-", 1)[-1]]))
         self.py_r = nn.Parameter(2 * torch.rand(n_proteins, *columns[protein_dispersion.rsplit("-", 1)[-1]]))
+        # Capture efficiency of each protein in each batch (log scale), under a LogNormal(0, 1) prior.
+        self.log_per_batch_efficiency = nn.Parameter(torch.zeros(n_proteins, n_batch))
 
         if protein_batch_mask is not None:
             mask = np.asarray(protein_batch_mask, dtype=np.float32)
-            if mask.shape != (n_batch, n_proteins):
-                raise ValueError(f"protein_batch_mask must be (n_batch, n_proteins) = {(n_batch, n_proteins)}, "
+            if mask.shape != (n_panel, n_proteins):
+                raise ValueError(f"protein_batch_mask must be (n_panel, n_proteins) = {(n_panel, n_proteins)}, "
                                  f"got {mask.shape}")
             self.register_buffer("protein_batch_mask", torch.as_tensor(mask))
         else:
             self.protein_batch_mask = None
 
-        # Prior of the log protein background: N(alpha[t, s], exp(log_beta[t, s])^2). Given
-        # as one column, one prior is shared (and learned) by all batches.
+        # Prior of the log protein background: N(alpha[t, p], exp(log_beta[t, p])^2) per
+        # panel. Given as one column, one prior is shared (and learned) by all panels.
         if protein_background_prior_mean is None:
-            alpha = torch.randn(n_proteins, n_batch)
-            log_beta = torch.clamp(torch.randn(n_proteins, n_batch), -10, 1)
+            alpha = torch.full((n_proteins, n_panel), 3.0)
+            log_beta = torch.zeros(n_proteins, n_panel)
         else:
             if protein_background_prior_scale is None:
                 raise ValueError("protein_background_prior_mean needs protein_background_prior_scale")
             mean = np.asarray(protein_background_prior_mean, dtype=np.float32)
             scale = np.asarray(protein_background_prior_scale, dtype=np.float32)
             mean, scale = mean.reshape(n_proteins, -1), scale.reshape(n_proteins, -1)
-            if mean.shape != scale.shape or mean.shape[1] not in (1, n_batch):
-                raise ValueError("protein background prior mean and scale must both be (n_proteins, n_batch) "
+            if mean.shape != scale.shape or mean.shape[1] not in (1, n_panel):
+                raise ValueError("protein background prior mean and scale must both be (n_proteins, n_panel) "
                                  f"or (n_proteins,); got {mean.shape} and {scale.shape}")
             if not np.all(scale > 0):
                 raise ValueError("protein_background_prior_scale must be positive")
@@ -144,9 +175,11 @@ class TOTALVAE(BaseModule):
                 n_enc_in, 1, enc_cats, 1, n_hidden, dropout_rate_encoder,
                 use_batch_norm=enc_bn, use_layer_norm=enc_ln,
             )
+        decoder_kwargs = {"scale_activation": "softplus" if use_size_factor_key else "softmax",
+                          **(extra_decoder_kwargs or {})}
         self.decoder = TotalVIDecoder(
             n_latent + n_continuous_cov, n_genes, n_proteins, cat_sizes, n_layers_decoder, n_hidden,
-            dropout_rate_decoder, dec_bn, dec_ln, zero_inflation=gene_likelihood == "zinb",
+            dropout_rate_decoder, dec_bn, dec_ln, zero_inflation=gene_likelihood == "zinb", **decoder_kwargs,
         )
 
     @property
@@ -163,6 +196,16 @@ class TOTALVAE(BaseModule):
         cats = tensors.get(C.CAT_COVS_KEY)
         cats = list(cats.unbind(-1)) if cats is not None else []
         return cats, tensors.get(C.CONT_COVS_KEY)
+
+    def _panel(self, tensors: dict) -> torch.Tensor:
+        """Each cell's protein panel: the ``PANEL_KEY`` tensor, else its batch."""
+        panel = tensors.get(PANEL_KEY)
+        if panel is not None:
+            return panel.reshape(-1).long()
+        if self.n_panel != self.n_batch:
+            raise ValueError(f"the module has {self.n_panel} protein panels but {self.n_batch} batches, and "
+                             f"the tensors hold no '{PANEL_KEY}' codes; pass each cell's panel under that key")
+        return tensors[C.BATCH_KEY]
 
     def inference_inputs(self, tensors: dict) -> dict:
         cats, cont = self._covariates(tensors)
@@ -190,11 +233,15 @@ class TOTALVAE(BaseModule):
     def _library_sample(ql_mean, ql_var, sample_shape) -> torch.Tensor:
         return torch.clamp(_rsample(ql_mean, ql_var, sample_shape), max=LIBRARY_LOG_MAX)
 
+    def encoder_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """RNA and proteins, each divided by (1 + the cell's mean count), log1p'ed with
+        ``log_variational``, side by side."""
+        x_in = torch.cat([x / (1 + x.mean(-1, keepdim=True)), y / (1 + y.mean(-1, keepdim=True))], dim=-1)
+        return torch.log1p(x_in) if self.log_variational else x_in
+
     def inference(self, x, y, batch, cat_covs=(), cont_covs=None, n_samples: int = 1) -> dict:
         """q(z | x, y) and the log library: observed log(sum x), or a draw of q(l | x, y)."""
-        x_in = torch.cat([x, y], dim=-1)
-        if self.log_variational:
-            x_in = torch.log1p(x_in)
+        x_in = self.encoder_input(x, y)
         cats = ()
         if self.encode_covariates:
             cats = [batch, *cat_covs]
@@ -233,11 +280,19 @@ class TOTALVAE(BaseModule):
             raise ValueError(f"dispersion {kind!r} needs the cells' labels")
         return torch.exp(param).T[codes]
 
+    def protein_efficiency(self, batch: torch.Tensor) -> torch.Tensor:
+        """exp(log_per_batch_efficiency) of each cell's batch: cells x proteins."""
+        return torch.exp(self.log_per_batch_efficiency).T[batch]
+
     def generative(self, z, library, batch, cat_covs=(), cont_covs=None, labels=None, size_factor=None,
                    likelihood: bool = True, genes_major: bool = False) -> dict:
         """Likelihood parameters of RNA and proteins. ``likelihood=False`` returns only the RNA
         ``"scale"`` and ``genes_major=True`` only ``"scale_by_gene"`` (genes first); both skip
-        the protein heads."""
+        the protein heads.
+
+        Protein rates: ``rate_back`` and ``rate_fore`` without the batch's efficiency (what
+        normalized expression reports), ``rate_back_scaled`` and ``rate_fore_scaled`` with
+        it (``protein_efficiency`` times those), as ``protein_dist`` uses them."""
         # Leading sample dimensions are folded into the cell dimension for the decoder.
         lead = z.shape[:-1]
         z2 = z.reshape(-1, z.shape[-1])
@@ -252,14 +307,14 @@ class TOTALVAE(BaseModule):
         dec_in = z2 if cont_covs is None else torch.cat([z2, rep(cont_covs)], dim=-1)
         cats = [rep(batch), *[rep(c) for c in cat_covs]]
         if genes_major or not likelihood:
-            scale = torch.softmax(self.decoder.gene_logits(dec_in, cats), dim=-1)
+            scale = self.decoder.gene_expression(dec_in, cats)
             if genes_major:
                 return {"scale_by_gene": scale.t().reshape(-1, *lead)}
             return {"scale": unfold(scale)}
 
         dec = self.decoder(dec_in, cats)
         if size_factor is not None:
-            library = torch.log(size_factor).unsqueeze(-1)
+            library = torch.log(size_factor).reshape(-1, 1)
         scale = unfold(dec["scale"])
         rate = torch.exp(library) * scale
         theta = self._by_cell(self.px_r, self.gene_dispersion, batch, labels)
@@ -276,31 +331,40 @@ class TOTALVAE(BaseModule):
         rate_fore = rate_back * fore_scale
         mixing = unfold(dec["mixing"])
         theta_protein = self._by_cell(self.py_r, self.protein_dispersion, batch, labels)
+        efficiency = self.protein_efficiency(batch)
+        rate_back_scaled, rate_fore_scaled = efficiency * rate_back, efficiency * rate_fore
         return {
             "scale": scale, "rate": rate, "theta": theta, "dropout": dropout, "dist": dist,
             "back_alpha": back_alpha, "back_beta": back_beta, "log_rate_back": log_rate_back,
             "rate_back": rate_back, "fore_scale": fore_scale, "rate_fore": rate_fore, "mixing": mixing,
-            "theta_protein": theta_protein,
-            "protein_dist": NegativeBinomialMixture(rate_back, rate_fore, theta_protein, mixing),
+            "theta_protein": theta_protein, "protein_efficiency": efficiency,
+            "rate_back_scaled": rate_back_scaled, "rate_fore_scaled": rate_fore_scaled,
+            "protein_dist": NegativeBinomialMixture(rate_back_scaled, rate_fore_scaled, theta_protein, mixing),
         }
 
     # -- loss ----------------------------------------------------------------------------------
-    def _protein_mask(self, batch: torch.Tensor) -> torch.Tensor | None:
-        """Cells x proteins, True where the protein was measured in the cell's batch."""
+    def _protein_mask(self, panel: torch.Tensor) -> torch.Tensor | None:
+        """Cells x proteins, True where the protein was measured in the cell's panel."""
         if self.protein_batch_mask is None:
             return None
-        return self.protein_batch_mask[batch] > 0
+        return self.protein_batch_mask[panel] > 0
 
-    def _background_prior(self, batch: torch.Tensor):
+    def _background_prior(self, panel: torch.Tensor):
         """(mean, log sd) of the log-background prior, cells x proteins (or 1 x proteins)."""
         alpha, log_beta = self.background_pro_alpha.T, self.background_pro_log_beta.T
         if alpha.shape[0] == 1:
             return alpha, log_beta
-        return alpha[batch], log_beta[batch]
+        return alpha[panel], log_beta[panel]
 
     def _library_prior(self, batch: torch.Tensor):
         return _normal(self.library_log_means[0, batch].unsqueeze(-1),
                        self.library_log_vars[0, batch].unsqueeze(-1))
+
+    def _efficiency_penalty(self, batch: torch.Tensor) -> torch.Tensor:
+        """-log LogNormal(e; 0, 1) of the cell's batch efficiencies, summed over all proteins:
+        log e + (log e)^2 / 2 + log(2 pi) / 2 each."""
+        log_e = self.log_per_batch_efficiency.T[batch]
+        return (log_e + 0.5 * log_e.square() + HALF_LOG_2PI).sum(-1)
 
     @staticmethod
     def _masked_sum(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -325,9 +389,15 @@ class TOTALVAE(BaseModule):
 
     def loss(self, tensors, inference_out, generative_out, kl_weight: float = 1.0,
              protein_reconstruction_weight: float = 1.0) -> LossOutput:
+        """Per cell: reconstruction = -log p(x | .) - log p(y | .) over measured proteins;
+        kl_local = KL(z) + KL(l) + the background term (KL of the measured proteins' log
+        background, the efficiency prior and the mixing penalty). The loss weights the
+        protein reconstruction, KL(z) and the background term by ``kl_weight`` (KL(l) is
+        never weighted), as scvi-tools 1.4 does."""
         y, batch = tensors[C.PROTEIN_KEY], tensors[C.BATCH_KEY]
+        panel = self._panel(tensors)
         n = batch.shape[0]
-        mask = self._protein_mask(batch)
+        mask = self._protein_mask(panel)
         rec_gene = self._per_cell(self._reconstruction_rna(tensors, generative_out), n)
         rec_protein = self._per_cell(-self._masked_sum(generative_out["protein_dist"].log_prob(y), mask), n)
 
@@ -341,19 +411,22 @@ class TOTALVAE(BaseModule):
             kl_l = 0.5 * (torch.log(prior.variance / ql_var)
                           + (ql_var + (ql_mean - prior.mean).square()) / prior.variance - 1).sum(-1)
         # KL(N(a, b^2) || N(c, d^2)) = log(d / b) + (b^2 + (a - c)^2) / (2 d^2) - 1/2
-        prior_mean, prior_log_sd = self._background_prior(batch)
+        prior_mean, prior_log_sd = self._background_prior(panel)
         back_alpha, back_beta = generative_out["back_alpha"], generative_out["back_beta"]
         kl_back = (prior_log_sd - torch.log(back_beta)
                    + 0.5 * (back_beta.square() + (back_alpha - prior_mean).square()) * torch.exp(-2 * prior_log_sd)
                    - 0.5)
         kl_back = self._per_cell(self._masked_sum(kl_back, mask), n)
+        # Over every protein, measured or not: -log sigmoid(logits) = softplus(-logits).
+        mixing_penalty = self._per_cell(MIXING_PENALTY * F.softplus(-generative_out["mixing"]).sum(-1), n)
+        back_term = kl_back + self._efficiency_penalty(batch) + mixing_penalty
 
-        loss = torch.mean(rec_gene + protein_reconstruction_weight * rec_protein
-                          + kl_weight * kl_z + kl_l + kl_weight * kl_back)
+        loss = torch.mean(rec_gene + kl_weight * protein_reconstruction_weight * rec_protein
+                          + kl_weight * kl_z + kl_l + kl_weight * back_term)
         return LossOutput(
             loss=loss,
             reconstruction_loss=rec_gene + rec_protein,
-            kl_local=kl_z + kl_l + kl_back,
+            kl_local=kl_z + kl_l + back_term,
             extra_metrics={"reconstruction_loss_rna": rec_gene.mean().detach(),
                            "reconstruction_loss_protein": rec_protein.mean().detach()},
         )
@@ -362,11 +435,14 @@ class TOTALVAE(BaseModule):
     def marginal_ll(self, tensors: dict, n_mc_samples: int = 1000, chunk: int = 100) -> torch.Tensor:
         """Importance-sampled log p(x, y) per cell. Proposal: q(z | x, y), q(l | x, y) when the
         library is learned, and the decoder's N(a, b^2) for the log protein background, whose
-        weight is its prior over that proposal (measured proteins only)."""
+        weight is its prior over that proposal (measured proteins only: an unmeasured
+        protein's background integrates out exactly). The efficiencies and the mixing penalty
+        are parameters and a regulariser, not latent variables: they are not in the weights."""
         inf = self.inference(**self.inference_inputs(tensors))
         x, y, batch = tensors[C.X_KEY], tensors[C.PROTEIN_KEY], tensors[C.BATCH_KEY]
-        mask = self._protein_mask(batch)
-        prior_mean, prior_log_sd = self._background_prior(batch)
+        panel = self._panel(tensors)
+        mask = self._protein_mask(panel)
+        prior_mean, prior_log_sd = self._background_prior(panel)
         qz = _normal(inf["qz_mean"], inf["qz_var"])
         log_w = []
         for start in range(0, n_mc_samples, chunk):
@@ -440,15 +516,16 @@ def _two_gaussians(values: np.ndarray, n_iter: int = 100, tol: float = 1e-3, var
 def protein_background_prior(proteins: np.ndarray, batch_codes: np.ndarray, n_batch: int,
                              protein_batch_mask: np.ndarray | None = None, n_cells: int = 100,
                              rng: np.random.Generator | int | None = None):
-    """Empirical prior of the log protein background, per batch: (mean, scale), each
-    n_proteins x n_batch (the batch's value repeated for every protein).
+    """Empirical prior of the log protein background, per batch (or panel): (mean, scale),
+    each n_proteins x n_batch (the batch's value repeated for every protein).
 
-    For each batch, ``n_cells`` cells with any protein counts are drawn with replacement; a
-    two-component Gaussian mixture is fitted to the log1p counts of each cell's measured
-    proteins and its lower component taken as the background. The batch's mean is the mean of
-    those components' means, its scale sqrt(sum of their variances) / n_cells. A cell whose
-    counts are all equal counts as mean 0, sd 0.05. A batch with fewer than 5 measured proteins
-    or no protein counts gets (0, 0.05); a batch without cells gets (0, 1).
+    For each batch, ``n_cells`` of its cells are drawn with replacement; a two-component
+    Gaussian mixture is fitted to the log1p counts of each drawn cell's measured proteins and
+    its lower component taken as the background. The batch's mean is the mean of those
+    components' means, its scale sqrt(sum of their variances) / n_cells. A cell whose counts
+    are all equal (e.g. all zero) counts as mean 0, sd 0.05. With a mask, a batch that
+    measured fewer than 5 proteins gets (0, 0.05); a batch without cells gets (0, 1).
+    (scvi-tools 1.4 does the same with scikit-learn's GaussianMixture.)
     """
     if hasattr(proteins, "toarray"):
         proteins = proteins.toarray()
@@ -462,10 +539,9 @@ def protein_background_prior(proteins: np.ndarray, batch_codes: np.ndarray, n_ba
             continue  # (0, 1)
         if protein_batch_mask is not None:
             counts = counts[:, np.asarray(protein_batch_mask[b], dtype=bool)]
-        counts = counts[counts.sum(1) > 0]
-        if counts.shape[1] < 5 or counts.shape[0] == 0:
-            scales[b] = 0.05
-            continue
+            if counts.shape[1] < 5:
+                scales[b] = 0.05
+                continue
         chosen = np.log1p(counts[rng.integers(counts.shape[0], size=n_cells)])
         mu, sd, ok = _two_gaussians(chosen)
         mu, sd = np.where(ok, mu, 0.0), np.where(ok, sd, 0.05)

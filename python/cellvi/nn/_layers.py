@@ -215,11 +215,17 @@ class TotalVIDecoder(nn.Module):
     Four FC stacks read the decoder input ``z`` (categorical covariates injected): genes,
     protein background, protein foreground and mixing. Each head reads ``[h, z]`` through one
     covariate-injected linear layer (no normalisation, no dropout):
-        genes       scale = softmax(.)                 (and zero-inflation logits for ZINB)
-        background  back_alpha = .,  back_beta = exp(.)   (mean and sd of log background rate)
+        genes       scale = softmax(.), or softplus(.) when the library is a given size factor
+                    (and zero-inflation logits for ZINB, from the mixing stack)
+        background  back_alpha = .,  back_beta = softplus(.) + 1e-8
+                    (mean and sd of the log background rate; ``activation_function_bg="exp"``
+                    gives exp(.) + 1e-8, the form of totalVI before scvi-tools 1.2)
         foreground  fore_scale = relu(.) + 1 + 1e-8       (foreground / background ratio)
         mixing      protein mixing logits (of the background component)
     """
+
+    SCALE_ACTIVATIONS = ("softmax", "softplus")
+    BACKGROUND_ACTIVATIONS = ("softplus", "exp")
 
     def __init__(
         self,
@@ -233,8 +239,17 @@ class TotalVIDecoder(nn.Module):
         use_batch_norm: bool = True,
         use_layer_norm: bool = False,
         zero_inflation: bool = False,
+        scale_activation: str = "softmax",
+        activation_function_bg: str = "softplus",
     ):
         super().__init__()
+        for name, value, choices in (("scale_activation", scale_activation, self.SCALE_ACTIVATIONS),
+                                     ("activation_function_bg", activation_function_bg,
+                                      self.BACKGROUND_ACTIVATIONS)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        self.scale_activation = scale_activation
+        self.activation_function_bg = activation_function_bg
 
         def stack():
             return FCLayers(n_in, n_hidden, n_cats, n_layers, n_hidden, dropout_rate, use_batch_norm,
@@ -251,14 +266,23 @@ class TotalVIDecoder(nn.Module):
         self.gene_dropout = head(n_genes) if zero_inflation else None
 
     def gene_logits(self, z: torch.Tensor, cats: Sequence[torch.Tensor] = ()) -> torch.Tensor:
-        """Unnormalised log expression (softmax over genes gives ``scale``)."""
+        """Unnormalised log expression (its activation gives ``scale``)."""
         return self.gene_scale(torch.cat([self.gene_hidden(z, cats), z], dim=-1), cats)
 
+    def gene_expression(self, z: torch.Tensor, cats: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """``scale``: softmax over genes, or softplus per gene with size factors."""
+        logits = self.gene_logits(z, cats)
+        if self.scale_activation == "softplus":
+            return nn.functional.softplus(logits)
+        return torch.softmax(logits, dim=-1)
+
     def forward(self, z: torch.Tensor, cats: Sequence[torch.Tensor] = ()) -> dict:
-        out = {"scale": torch.softmax(self.gene_logits(z, cats), dim=-1)}
+        out = {"scale": self.gene_expression(z, cats)}
         h_back = torch.cat([self.back_hidden(z, cats), z], dim=-1)
         out["back_alpha"] = self.back_alpha(h_back, cats)
-        out["back_beta"] = torch.exp(self.back_log_beta(h_back, cats))
+        raw_sd = self.back_log_beta(h_back, cats)
+        sd = torch.exp(raw_sd) if self.activation_function_bg == "exp" else nn.functional.softplus(raw_sd)
+        out["back_beta"] = sd + 1e-8
         out["fore_scale"] = self.fore_scale(torch.cat([self.fore_hidden(z, cats), z], dim=-1), cats) + 1 + 1e-8
         h_mix = torch.cat([self.mixing_hidden(z, cats), z], dim=-1)
         out["mixing"] = self.protein_mixing(h_mix, cats)

@@ -1,6 +1,7 @@
-"""totalVI's module: shapes and finiteness of every output, the protein batch mask, sample
-dimensions, the sparse RNA path, a few optimiser steps, the marginal likelihood, and the
-empirical prior of the protein background."""
+"""totalVI's module: shapes and finiteness of every output, the loss terms as scvi-tools 1.4
+defines them (encoder input, protein efficiencies, background and mixing penalties, warm-up
+weights), the protein batch mask and panels, sample dimensions, the sparse RNA path, a few
+optimiser steps, the marginal likelihood, and the empirical prior of the protein background."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 from cellvi import _constants as C
 from cellvi.distributions import NegativeBinomial, NegativeBinomialMixture, ZeroInflatedNegativeBinomial
 from cellvi.modules import TOTALVAE, protein_background_prior
-from cellvi.modules._totalvae import _two_gaussians
+from cellvi.modules._totalvae import PANEL_KEY, _two_gaussians
+from cellvi.nn import TotalVIDecoder
 
 N_CELLS, N_GENES, N_PROTEINS = 64, 50, 8
 
@@ -83,6 +85,10 @@ def test_forward_returns_finite_per_cell_parts(options):
     assert torch.all(gen["back_beta"] > 0) and torch.all(gen["fore_scale"] >= 1)
     torch.testing.assert_close(gen["rate_fore"], gen["rate_back"] * gen["fore_scale"])
     assert isinstance(gen["protein_dist"], NegativeBinomialMixture)
+    # efficiencies start at 1: the scaled rates are the rates
+    torch.testing.assert_close(gen["protein_efficiency"], torch.ones(n, N_PROTEINS))
+    torch.testing.assert_close(gen["rate_back_scaled"], gen["rate_back"])
+    torch.testing.assert_close(gen["protein_dist"].mu2, gen["rate_fore_scaled"])
     torch.testing.assert_close(module.z_transform(inf["untran_z"]), inf["z"])
     assert module.latent_distribution == options.get("latent_distribution", "normal")
     zinb = options.get("gene_likelihood") == "zinb"
@@ -114,6 +120,152 @@ def test_covariates_and_size_factors():
     _, gen, out = forward(module, tensors)
     torch.testing.assert_close(gen["rate"], gen["scale"] * tensors[C.SIZE_FACTOR_KEY][:, None])
     assert torch.isfinite(out.loss)
+    # with size factors the expression is softplus of the logits, not a softmax over genes
+    inf = module.inference(**module.inference_inputs(tensors))
+    gen = module.generative(**module.generative_inputs(tensors, inf))
+    dec_in = torch.cat([inf["z"], tensors[C.CONT_COVS_KEY]], dim=-1)
+    cats = [tensors[C.BATCH_KEY], *tensors[C.CAT_COVS_KEY].unbind(-1)]
+    torch.testing.assert_close(gen["scale"], torch.nn.functional.softplus(module.decoder.gene_logits(dec_in, cats)))
+    assert not torch.allclose(gen["scale"].sum(-1), torch.ones(N_CELLS))
+    only = module.generative(**module.generative_inputs(tensors, inf), likelihood=False)["scale"]
+    torch.testing.assert_close(only, gen["scale"])
+    by_gene = module.generative(**module.generative_inputs(tensors, inf), genes_major=True)["scale_by_gene"]
+    torch.testing.assert_close(by_gene, gen["scale"].t())
+
+
+def reference_loss_parts(module, tensors, inf, gen, panel):
+    """The per-cell terms as scvi-tools 1.4's TOTALVAE writes them, from torch.distributions."""
+    from torch.distributions import Bernoulli, LogNormal, Normal, kl_divergence
+
+    batch = tensors[C.BATCH_KEY]
+    mask = (module.protein_batch_mask[panel] > 0 if module.protein_batch_mask is not None
+            else torch.ones(N_CELLS, N_PROTEINS, dtype=torch.bool))
+    efficiency = torch.exp(module.log_per_batch_efficiency).T[batch]
+    protein = NegativeBinomialMixture(efficiency * gen["rate_back"], efficiency * gen["rate_fore"],
+                                      gen["theta_protein"], gen["mixing"])
+    rec_gene = -gen["dist"].log_prob(tensors[C.X_KEY]).sum(-1)
+    rec_protein = -(protein.log_prob(tensors[C.PROTEIN_KEY]) * mask).sum(-1)
+    kl_z = kl_divergence(Normal(inf["qz_mean"], inf["qz_var"].sqrt()), Normal(0.0, 1.0)).sum(-1)
+    prior = Normal(module.background_pro_alpha.T[panel], torch.exp(module.background_pro_log_beta.T[panel]))
+    kl_back = (kl_divergence(Normal(gen["back_alpha"], gen["back_beta"]), prior) * mask).sum(-1)
+    kl_back = kl_back - LogNormal(0.0, 1.0).log_prob(efficiency).sum(-1)
+    kl_back = kl_back - 1e-3 * Bernoulli(logits=gen["mixing"]).log_prob(torch.ones_like(gen["mixing"])).sum(-1)
+    return rec_gene, rec_protein, kl_z, kl_back
+
+
+@pytest.mark.parametrize("panels", [False, True])
+def test_loss_terms_as_scvi_tools_defines_them(panels):
+    """Masked protein likelihood with the batch efficiencies, masked background KL plus the
+    unmasked efficiency prior and mixing penalty; warm-up weights on protein reconstruction,
+    KL(z) and the background term; ELBO = -(reconstruction + kl_local) unweighted."""
+    tensors = simulate()
+    n_panel = 3 if panels else 2
+    mask = np.ones((n_panel, N_PROTEINS), dtype=bool)
+    mask[1, 5:] = False
+    options = {"protein_batch_mask": mask}
+    if panels:
+        tensors[PANEL_KEY] = torch.tensor(np.random.default_rng(2).integers(3, size=N_CELLS))
+        mask[2, :2] = False
+        options["n_panel"] = 3
+    module = small_module(**options).eval()
+    with torch.no_grad():
+        module.log_per_batch_efficiency.normal_(0.0, 0.5)
+        module.background_pro_alpha.normal_(1.0, 0.5)
+        module.background_pro_log_beta.normal_(-0.5, 0.3)
+    panel = tensors[PANEL_KEY] if panels else tensors[C.BATCH_KEY]
+    inf, gen, out = forward(module, tensors, kl_weight=0.3, protein_reconstruction_weight=2.0)
+    rec_gene, rec_protein, kl_z, kl_back = reference_loss_parts(module, tensors, inf, gen, panel)
+    torch.testing.assert_close(out.reconstruction_loss, rec_gene + rec_protein)
+    torch.testing.assert_close(out.kl_local, kl_z + kl_back)
+    torch.testing.assert_close(out.loss, torch.mean(rec_gene + 0.3 * 2.0 * rec_protein + 0.3 * (kl_z + kl_back)))
+    # no warm-up weight: everything counts once
+    full = module.loss(tensors, inf, gen, kl_weight=1.0)
+    torch.testing.assert_close(full.loss, (full.reconstruction_loss + full.kl_local).mean())
+
+
+def test_learned_library_kl_is_never_weighted():
+    tensors = simulate()
+    means, variances = library_prior(tensors)
+    module = small_module(use_observed_lib_size=False, library_log_means=means, library_log_vars=variances).eval()
+    inf, gen, _ = forward(module, tensors)
+    out = module.loss(tensors, inf, gen, kl_weight=0.0)
+    batch = tensors[C.BATCH_KEY]
+    prior = torch.distributions.Normal(torch.as_tensor(means, dtype=torch.float32)[batch][:, None],
+                                       torch.as_tensor(variances, dtype=torch.float32)[batch][:, None].sqrt())
+    kl_l = torch.distributions.kl_divergence(torch.distributions.Normal(inf["ql_mean"], inf["ql_var"].sqrt()),
+                                             prior).sum(-1)
+    rec_gene = -gen["dist"].log_prob(tensors[C.X_KEY]).sum(-1)
+    torch.testing.assert_close(out.loss, torch.mean(rec_gene + kl_l))
+
+
+@pytest.mark.parametrize("log_variational", [True, False])
+def test_encoder_reads_counts_scaled_by_their_cell_mean(log_variational):
+    tensors = simulate()
+    module = small_module(log_variational=log_variational).eval()
+    x, y = tensors[C.X_KEY], tensors[C.PROTEIN_KEY]
+    expected = torch.cat([x / (1 + x.mean(1, keepdim=True)), y / (1 + y.mean(1, keepdim=True))], dim=1)
+    if log_variational:
+        expected = torch.log1p(expected)
+    torch.testing.assert_close(module.encoder_input(x, y), expected)
+    inf = module.inference(**module.inference_inputs(tensors))
+    qz_mean, qz_var = module.z_encoder(expected, [tensors[C.BATCH_KEY]])
+    torch.testing.assert_close(inf["qz_mean"], qz_mean)
+    torch.testing.assert_close(inf["qz_var"], qz_var)
+
+
+def test_initial_background_prior_and_efficiencies():
+    module = small_module()
+    assert module.n_panel == 2
+    torch.testing.assert_close(module.background_pro_alpha.detach(), torch.full((N_PROTEINS, 2), 3.0))
+    torch.testing.assert_close(module.background_pro_log_beta.detach(), torch.zeros(N_PROTEINS, 2))
+    torch.testing.assert_close(module.log_per_batch_efficiency.detach(), torch.zeros(N_PROTEINS, 2))
+    panels = small_module(n_panel=3)
+    assert panels.background_pro_alpha.shape == (N_PROTEINS, 3)
+    assert panels.log_per_batch_efficiency.shape == (N_PROTEINS, 2)
+    with pytest.raises(ValueError, match="panel"):
+        forward(panels, simulate())  # three panels, and no panel codes in the tensors
+    with pytest.raises(ValueError, match="n_panel"):
+        small_module(n_panel=3, protein_batch_mask=np.ones((2, N_PROTEINS), dtype=bool))
+
+
+def test_efficiency_scales_the_likelihood_not_the_normalized_rates():
+    tensors = simulate()
+    module = small_module().eval()
+    inf = module.inference(**module.inference_inputs(tensors))
+    torch.manual_seed(4)
+    plain = module.generative(**module.generative_inputs(tensors, inf))
+    with torch.no_grad():
+        module.log_per_batch_efficiency[:, 1] = torch.linspace(-1, 1, N_PROTEINS)
+    torch.manual_seed(4)
+    gen = module.generative(**module.generative_inputs(tensors, inf))
+    torch.testing.assert_close(gen["rate_back"], plain["rate_back"])
+    torch.testing.assert_close(gen["rate_fore"], plain["rate_fore"])
+    efficiency = torch.where((tensors[C.BATCH_KEY] == 1)[:, None], torch.exp(torch.linspace(-1, 1, N_PROTEINS)),
+                             torch.ones(N_PROTEINS))
+    torch.testing.assert_close(gen["protein_efficiency"], efficiency)
+    torch.testing.assert_close(gen["rate_back_scaled"], efficiency * gen["rate_back"])
+    torch.testing.assert_close(gen["rate_fore_scaled"], efficiency * gen["rate_fore"])
+    torch.testing.assert_close(gen["protein_dist"].mu1, gen["rate_back_scaled"])
+    # the efficiency follows the batch the cells are decoded in
+    torch.manual_seed(4)
+    moved = module.generative(**module.generative_inputs(tensors, inf, transform_batch=1))
+    torch.testing.assert_close(moved["protein_efficiency"][0], torch.exp(torch.linspace(-1, 1, N_PROTEINS)))
+
+
+def test_background_sd_activation():
+    torch.manual_seed(0)
+    z = torch.randn(10, 4)
+    for activation, fn in (("softplus", torch.nn.functional.softplus), ("exp", torch.exp)):
+        torch.manual_seed(0)
+        decoder = TotalVIDecoder(4, 6, 3, (2,), n_hidden=8, activation_function_bg=activation).eval()
+        cats = [torch.zeros(10, dtype=torch.int64)]
+        out = decoder(z, cats)
+        raw = decoder.back_log_beta(torch.cat([decoder.back_hidden(z, cats), z], dim=-1), cats)
+        torch.testing.assert_close(out["back_beta"], fn(raw) + 1e-8)
+    module = small_module(extra_decoder_kwargs={"activation_function_bg": "exp"})
+    assert module.decoder.activation_function_bg == "exp"
+    with pytest.raises(ValueError, match="activation_function_bg"):
+        TotalVIDecoder(4, 6, 3, activation_function_bg="relu")
 
 
 def test_sparse_rna_path_matches_dense():
@@ -317,8 +469,16 @@ def test_protein_background_prior():
     assert (mean[0, 2], scale[0, 2]) == (0.0, 1.0)
     again = protein_background_prior(proteins, codes, 3, mask, n_cells=100, rng=0)
     np.testing.assert_array_equal(again[0], mean)
-    # no protein counts in a batch
+    # no protein counts in an unmasked batch: every drawn cell counts as (0, 0.05)
     zeros = proteins.copy()
     zeros[codes == 1] = 0
     mean, scale = protein_background_prior(zeros, codes, 2, rng=0)
-    assert (mean[0, 1], scale[0, 1]) == (0.0, pytest.approx(0.05)) and abs(mean[0, 0] - 1) < 0.1
+    assert (mean[0, 1], scale[0, 1]) == (0.0, pytest.approx(0.005)) and abs(mean[0, 0] - 1) < 0.1
+    # cells without protein counts are drawn too (as scvi-tools does), pulling the mean to 0
+    half = proteins[:200].copy()
+    half[::2] = 0
+    mean, _ = protein_background_prior(half, np.zeros(200, dtype=int), 1, rng=0)
+    assert 0.3 < mean[0, 0] < 0.7
+    # without a mask, fewer than 5 proteins are still fitted
+    mean, scale = protein_background_prior(proteins[:200, 28:32], np.zeros(200, dtype=int), 1, rng=0)
+    assert scale[0, 0] != pytest.approx(0.05) and mean[0, 0] > 0
