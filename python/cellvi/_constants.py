@@ -8,6 +8,7 @@ SIZE_FACTOR_KEY = "size_factor"
 CAT_COVS_KEY = "categorical_covariates"
 CONT_COVS_KEY = "continuous_covariates"
 PROTEIN_KEY = "proteins"  # totalVI: protein counts (cells x proteins), dense
+PANEL_KEY = "panel"  # totalVI: the protein panel of each cell (codes); default: its batch
 CELL_INDEX_KEY = "cell_index"  # position of the cell in its AnnData (models with per-cell parameters)
 # Non-zero entries of a sparse field's minibatch: flat index (row * n_columns + col) and
 # value, under "<field>_nz_index" / "<field>_nz_value" (see nz_keys).

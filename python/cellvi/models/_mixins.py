@@ -108,6 +108,9 @@ class VAEMixin:
 class MappingMixin:
     """Reference mapping: a model of query data built on a trained reference."""
 
+    # Parameters that keep their initial values for the query's new categories (not trained).
+    _query_frozen_parameters: tuple[str, ...] = ()
+
     # -- reference mapping (scArches-style architecture surgery) -------------------------------
     @classmethod
     def prepare_query_anndata(cls, adata, reference, min_gene_fraction: float = 0.5):
@@ -227,6 +230,7 @@ class MappingMixin:
         tensors = registry.tensors(adata)
         model = model_cls(adata, _registry=registry, _tensors=tensors, **ref.init_kwargs)
         grown = _copy_weights(ref.module, model.module)
+        grown = {k: v for k, v in grown.items() if k not in model_cls._query_frozen_parameters}
         model._query = {"grown": grown, "unfrozen": bool(unfrozen), "freeze_dropout": bool(freeze_dropout)}
         model._apply_query_freeze()
         model.module.to(resolve_device(device))

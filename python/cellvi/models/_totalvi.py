@@ -126,6 +126,13 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
     >>> rna, protein = model.get_normalized_expression(n_samples=25)
     """
 
+    # A query batch's protein efficiency stays 1 (as in scvi-tools): its proteins, often not
+    # measured, cannot inform it.
+    _query_frozen_parameters = ("log_per_batch_efficiency",)
+    # The KL warm-up (which also weighs the protein likelihood and, through 1 - weight, the
+    # adversarial classifier) runs 0.75 * n_cells steps, as in scvi-tools, however short the run.
+    _plan_defaults = {"kl_warmup_cap": None}
+
     def __init__(self, adata=None, n_latent: int = 20, gene_dispersion: str = "gene",
                  protein_dispersion: str = "protein", gene_likelihood: str = "nb",
                  latent_distribution: str = "normal", empirical_protein_background_prior: bool | None = None,
@@ -271,7 +278,10 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
             30 epochs.
         n_steps_kl_warmup, n_epochs_kl_warmup
             KL warm-up in optimizer steps (default ``0.75 * n_cells``) or, when given, in
-            epochs; capped at three quarters of the run.
+            epochs. As in scvi-tools it is not shortened for short runs (a run shorter than
+            the warm-up ends below full weight); ``plan_kwargs={"kl_warmup_cap": 0.75}``
+            ends it by three quarters of the run instead. The warm-up weight also scales the
+            protein likelihood, and ``1 - weight`` the adversarial classifier's loss.
         adversarial_classifier
             Train a batch classifier on the latent space and push the encoder to fool it
             (default: on when some batch misses proteins).
@@ -565,13 +575,15 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
 
     def differential_expression(self, adata=None, groupby: str | None = None, group1=None, group2=None,
                                 idx1=None, idx2=None, mode: str = "change", delta: float = 0.25,
-                                protein_prior_count: float = 0.1, **kwargs) -> pd.DataFrame:
+                                protein_prior_count: float = 0.1, pseudocounts: float | None = 1e-5,
+                                **kwargs) -> pd.DataFrame:
         """Bayesian differential expression of genes and proteins together.
 
         As :meth:`cellvi.SCVI.differential_expression`, over the genes followed by the
         proteins (denoised, background removed, plus ``protein_prior_count``), with
-        scvi-tools' totalVI defaults (``mode="change"``, ``delta=0.25``). ``gene_list`` may
-        name genes and proteins.
+        scvi-tools' totalVI defaults (``mode="change"``, ``delta=0.25``,
+        ``pseudocounts=1e-5``; ``None`` estimates them as SCVI does). ``gene_list`` may name
+        genes and proteins; the column ``feature_type`` says which row is which.
 
         Examples
         --------
@@ -581,7 +593,8 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         previous, self._protein_prior_count = self._protein_prior_count, float(protein_prior_count)
         try:
             de = ExpressionMixin.differential_expression(self, adata, groupby, group1, group2, idx1, idx2,
-                                                         mode=mode, delta=delta, **kwargs)
+                                                         mode=mode, delta=delta, pseudocounts=pseudocounts,
+                                                         **kwargs)
         finally:
             self._protein_prior_count = previous
         return de

@@ -45,7 +45,7 @@ GENE_DISPERSIONS = ("gene", "gene-batch", "gene-label")
 PROTEIN_DISPERSIONS = ("protein", "protein-batch", "protein-label")
 LIBRARY_LOG_MAX = 15.0  # a learned log library is clamped here (exp(15) ~ 3.3e6 counts)
 # Tensor of each cell's protein panel code; without it a cell's panel is its batch.
-PANEL_KEY = getattr(C, "PANEL_KEY", "panel")
+PANEL_KEY = C.PANEL_KEY
 MIXING_PENALTY = 1e-3  # weight of -log sigmoid(mixing logits), which favours the background
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 

@@ -126,8 +126,11 @@ class TrainingPlan:
     lr, weight_decay, eps
         Adam's settings for the module's parameters.
     n_epochs_kl_warmup, n_steps_kl_warmup
-        Linear KL warm-up over this many epochs (or optimizer steps, which wins when set),
-        capped at three quarters of the run so that every run ends at full weight.
+        Linear KL warm-up over this many epochs (or optimizer steps, which wins when set).
+    kl_warmup_cap
+        End the warm-up by this fraction of the run at the latest (default 0.75: every run
+        ends at full weight, however short); None: never shortened (scvi-tools' behaviour,
+        where a short run ends before full weight).
     reduce_lr_on_plateau, lr_factor, lr_patience, lr_threshold, lr_min
         Multiply the learning rate by ``lr_factor`` when ``monitor`` has not improved by
         more than ``lr_threshold`` for ``lr_patience`` epochs (down to ``lr_min``).
@@ -148,6 +151,7 @@ class TrainingPlan:
     eps: float = 0.01
     n_epochs_kl_warmup: int | None = 400
     n_steps_kl_warmup: int | None = None
+    kl_warmup_cap: float | None = 0.75
     reduce_lr_on_plateau: bool = False
     lr_factor: float = 0.6
     lr_patience: int = 30
@@ -175,8 +179,9 @@ class Trainer:
     """Trains ``module`` on cells of ``data`` as its ``plan`` says.
 
     KL warm-up is linear in steps and reaches weight 1 after
-    ``min(n_epochs_kl_warmup, 0.75 * max_epochs)`` epochs (or the same cap in steps), so every
-    run ends at full weight. Early stopping and the scheduler watch ``plan.monitor``.
+    ``min(n_epochs_kl_warmup, kl_warmup_cap * max_epochs)`` epochs (or the same in steps; by
+    default 0.75, so every run ends at full weight). Early stopping and the scheduler watch
+    ``plan.monitor``.
 
     With ``labelled_indices`` (semi-supervised models), every step also gets a minibatch of
     those cells, cycled through independently of the main one, as ``labelled_tensors``.
@@ -215,11 +220,11 @@ class Trainer:
         self.limit_train_batches = limit_train_batches
         self.n_batches = self._n_batches(len(split_minibatches(train_indices, self.batch_size)))
         if plan.n_steps_kl_warmup:
-            steps = min(float(plan.n_steps_kl_warmup), 0.75 * self.max_epochs * self.n_batches)
-            self.warmup_epochs = steps / self.n_batches
+            self.warmup_epochs = float(plan.n_steps_kl_warmup) / self.n_batches
         else:
-            warmup = plan.n_epochs_kl_warmup or 0
-            self.warmup_epochs = min(float(warmup), 0.75 * self.max_epochs) if warmup else 0.0
+            self.warmup_epochs = float(plan.n_epochs_kl_warmup or 0)
+        if plan.kl_warmup_cap is not None:
+            self.warmup_epochs = min(self.warmup_epochs, plan.kl_warmup_cap * self.max_epochs)
         self.early_stopping = early_stopping
         self.patience = as_count(early_stopping_patience, "early_stopping_patience")
         self.min_delta = early_stopping_min_delta
