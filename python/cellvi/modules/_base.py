@@ -6,6 +6,8 @@ import dataclasses
 import torch
 from torch import nn
 
+from .. import _constants as C
+
 
 @dataclasses.dataclass
 class LossOutput:
@@ -40,6 +42,13 @@ class BaseModule(nn.Module):
     ``"dist"``; with ``likelihood=False`` only ``"scale"``; with ``genes_major=True`` only
     ``"scale_by_gene"`` (genes first), which differential expression reads.
     """
+
+    @staticmethod
+    def covariates(tensors: dict) -> tuple[list, "torch.Tensor | None"]:
+        """The categorical covariates (a list of code tensors) and continuous covariates of a
+        minibatch (the standard fields; empty and None when absent)."""
+        cats = tensors.get(C.CAT_COVS_KEY)
+        return (list(cats.unbind(-1)) if cats is not None else []), tensors.get(C.CONT_COVS_KEY)
 
     def inference_inputs(self, tensors: dict) -> dict:
         raise NotImplementedError

@@ -134,18 +134,12 @@ class VAE(BaseModule):
         return self.z_encoder.z_transform(untran_z)
 
     # -- tensor dict -> arguments -----------------------------------------------------------
-    @staticmethod
-    def _covariates(tensors: dict):
-        cats = tensors.get(C.CAT_COVS_KEY)
-        cats = list(cats.unbind(-1)) if cats is not None else []
-        return cats, tensors.get(C.CONT_COVS_KEY)
-
     def inference_inputs(self, tensors: dict) -> dict:
-        cats, cont = self._covariates(tensors)
+        cats, cont = self.covariates(tensors)
         return {"x": tensors[C.X_KEY], "batch": tensors[C.BATCH_KEY], "cat_covs": cats, "cont_covs": cont}
 
     def generative_inputs(self, tensors: dict, inference_out: dict, transform_batch=None) -> dict:
-        cats, cont = self._covariates(tensors)
+        cats, cont = self.covariates(tensors)
         batch = tensors[C.BATCH_KEY]
         if transform_batch is not None:
             batch = torch.full_like(batch, int(transform_batch))
