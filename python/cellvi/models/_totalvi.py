@@ -277,8 +277,9 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
             Multiply the learning rate by 0.6 when the validation ELBO has not improved for
             30 epochs.
         n_steps_kl_warmup, n_epochs_kl_warmup
-            KL warm-up in optimizer steps (default ``0.75 * n_cells``) or, when given, in
-            epochs. As in scvi-tools it is not shortened for short runs (a run shorter than
+            KL warm-up in minibatches (default: as scvi-tools, ``0.75 * n_cells`` optimizer
+            steps, i.e. half as many minibatches when the adversarial classifier also steps)
+            or, when given, in epochs. As in scvi-tools it is not shortened for short runs (a run shorter than
             the warm-up ends below full weight); ``plan_kwargs={"kl_warmup_cap": 0.75}``
             ends it by three quarters of the run instead. The warm-up weight also scales the
             protein likelihood, and ``1 - weight`` the adversarial classifier's loss.
@@ -300,9 +301,13 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         plan = {"reduce_lr_on_plateau": bool(reduce_lr_on_plateau),
                 "adversarial_classifier": bool(adversarial_classifier)}
         if n_epochs_kl_warmup is None:
-            n_obs = self.adata.n_obs if self.adata is not None else 1
-            plan["n_steps_kl_warmup"] = (as_count(n_steps_kl_warmup, "n_steps_kl_warmup", 0)
-                                         if n_steps_kl_warmup is not None else int(0.75 * n_obs))
+            if n_steps_kl_warmup is not None:
+                plan["n_steps_kl_warmup"] = as_count(n_steps_kl_warmup, "n_steps_kl_warmup", 0)
+            else:
+                n_obs = self.adata.n_obs if self.adata is not None else 1
+                # scvi-tools' default is 0.75 * n_cells steps, counted per optimizer step: with
+                # the adversarial classifier (two optimizers) that is half as many minibatches.
+                plan["n_steps_kl_warmup"] = int(0.75 * n_obs) // (2 if adversarial_classifier else 1)
         plan.update(plan_kwargs or {})
         return super().train(max_epochs=max_epochs, device=device, train_size=train_size,
                              validation_size=validation_size, batch_size=batch_size,
