@@ -34,13 +34,16 @@ def emit_result(out: dict) -> None:
 
 
 def run_worker(script: Path | str, worker_args: list[str], threads: int, verbose: bool = False,
-               label: str = "worker") -> dict | None:
+               label: str = "worker", extra_env: dict | None = None) -> dict | None:
     """Run ``script worker_args...`` in a fresh interpreter (this one) and return the dict it
     emitted with :func:`emit_result`, plus ``process_s`` (the subprocess' wall time); None,
-    with its output on stderr, if it failed."""
+    with its output on stderr, if it failed. ``extra_env`` is added to the worker's environment
+    (e.g. a PYTHONPATH that puts another cellvi tree first)."""
     cmd = [sys.executable, str(Path(script).resolve()), *worker_args]
+    env = worker_env(threads)
+    env.update(extra_env or {})
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(threads))
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if verbose and res.stderr.strip():
         print(f"--- [{label}] stderr ---\n{res.stderr.rstrip()}\n---", file=sys.stderr)
@@ -52,6 +55,16 @@ def run_worker(script: Path | str, worker_args: list[str], threads: int, verbose
     out = json.loads(lines[-1][len(RESULT_MARKER):])
     out["process_s"] = wall
     return out
+
+
+def busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (from /proc/stat)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_info() -> dict:

@@ -46,12 +46,21 @@ Measures, per tool (each tool trains in its own fresh subprocess, ``--worker TOO
                     size of the training count matrix (CSR data + indices + indptr). The whole
                     loaded AnnData (train and test) is inside this figure.
 
+Repeats and an older cellvi
+    ``--repeats N`` trains every tool N times (same data, same seed; tools interleaved, each
+    run in a fresh process) and reports the run with the median training time, with the range
+    of cells/s over the runs. ``--cellvi-tree DIR`` adds a third tool, "cellvi (old)": the
+    cellvi of another checkout (e.g. a ``git worktree`` of an earlier commit), imported from
+    ``DIR/python`` put first on PYTHONPATH, so that two versions of cellvi are compared in one
+    session on the same data, seed and settings.
+
 Examples
 --------
     bash benchmarks/setup_reference_env.sh            # once: scvi-tools + cellvi in one venv
     benchmarks/.venv-scvi/bin/python benchmarks/bench_scvi.py --epochs 20 --bare-loop --record
     benchmarks/.venv-scvi/bin/python benchmarks/bench_scvi.py --synthetic 100000,2000 --epochs 5
     benchmarks/.venv-scvi/bin/python benchmarks/bench_scvi.py --epochs 1 --max-cells 2000  # smoke
+    benchmarks/.venv-scvi/bin/python benchmarks/bench_scvi.py --repeats 3 --cellvi-tree /tmp/oldtree
 """
 from __future__ import annotations
 
@@ -72,13 +81,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DEFAULT_DATA, HERE, RESULTS, ROOT, VENV_HINT, emit_result,  # noqa: E402
-                     git_commit, interpreter_path, machine_info, worker_env)
+from _common import (DEFAULT_DATA, HERE, RESULTS, ROOT, VENV_HINT, busy_seconds,  # noqa: E402
+                     emit_result, git_commit, interpreter_path, machine_info, worker_env)
 from _common import fmt as _fmt  # noqa: E402
 from _common import run_worker as _run_script  # noqa: E402
 
-TOOL_NAMES = {"cellvi": "cellvi", "scvi": "scvi-tools", "bare": "bare torch loop"}
-IMPORT_NAMES = {"cellvi": "cellvi", "scvi": "scvi"}
+TOOL_NAMES = {"cellvi": "cellvi", "old": "cellvi (old)", "scvi": "scvi-tools", "bare": "bare torch loop"}
+IMPORT_NAMES = {"cellvi": "cellvi", "old": "cellvi", "scvi": "scvi"}
 BATCH_KEY = "batch"  # the batch column in the prepared files
 
 
@@ -114,6 +123,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--import-repeats", type=int, default=3, help="fresh-interpreter imports timed per tool")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="train every tool this many times (interleaved); report the median run (default 1)")
+    p.add_argument("--cellvi-tree", type=Path, default=None,
+                   help="also run the cellvi of this checkout (its python/ first on PYTHONPATH) as 'cellvi (old)'")
     p.add_argument("--record", action="store_true", help=f"append the results to {RESULTS.relative_to(ROOT)}")
     p.add_argument("--verbose", action="store_true", help="show the workers' stderr")
     # internal: one tool's training in a fresh process
@@ -126,6 +139,10 @@ def selected_tools(args) -> list[str]:
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     if args.bare_loop and "bare" not in tools:
         tools.append("bare")
+    if args.cellvi_tree is not None and "old" not in tools:
+        tools.insert(tools.index("cellvi") + 1 if "cellvi" in tools else 0, "old")
+    if "old" in tools and args.cellvi_tree is None:
+        sys.exit("tool 'old' needs --cellvi-tree DIR")
     unknown = [t for t in tools if t not in TOOL_NAMES]
     if unknown:
         sys.exit(f"unknown tool(s) {unknown} in --tools; choose from {', '.join(TOOL_NAMES)}")
@@ -334,7 +351,7 @@ def worker_cellvi(cfg, train, test) -> dict:
     assert len(model.train_indices) == train.n_obs and len(model.validation_indices) == 0
     hist = model.history
     out = {"version": cellvi.__version__, "setup_s": setup_s, "train_s": train_s,
-           "rss_before_train_mib": rss_before, "rss_train_mib": rss_train,
+           "rss_before_train_mib": rss_before, "rss_train_mib": rss_train, "source": cellvi.__file__,
            "final_elbo_train": float(hist["elbo_train"].iloc[-1]),
            "final_kl_weight": float(hist["kl_weight"].iloc[-1])}
     if cfg["n_mc_samples"] > 0:
@@ -535,7 +552,7 @@ def worker_bare(cfg, train, test) -> dict:
     return out
 
 
-WORKERS = {"cellvi": worker_cellvi, "scvi": worker_scvi, "bare": worker_bare}
+WORKERS = {"cellvi": worker_cellvi, "old": worker_cellvi, "scvi": worker_scvi, "bare": worker_bare}
 
 
 def run_as_worker(args) -> None:
@@ -564,13 +581,29 @@ def run_as_worker(args) -> None:
 # ------------------------------------------------------------------------------------------
 # the driver
 # ------------------------------------------------------------------------------------------
-def time_import(tool: str, repeats: int, threads: int) -> float | None:
+def tool_env(tool: str, args) -> dict:
+    """Extra environment of a tool's processes: the old cellvi tree first on PYTHONPATH."""
+    if tool != "old":
+        return {}
+    path = str((args.cellvi_tree / "python").resolve())
+    return {"PYTHONPATH": os.pathsep.join([path, *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def tree_commit(tree: Path) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+
+
+def time_import(tool: str, repeats: int, threads: int, extra_env: dict | None = None) -> float | None:
     code = (f"import torch, anndata, time; t = time.perf_counter(); import {IMPORT_NAMES[tool]}; "
             "print(time.perf_counter() - t)")
+    env = {**worker_env(threads), **(extra_env or {})}
     times = []
     for _ in range(repeats):
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env=worker_env(threads))
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
         if res.returncode != 0:
             print(f"[{tool}] import failed:\n{res.stderr[-2000:]}", file=sys.stderr)
             return None
@@ -579,27 +612,54 @@ def time_import(tool: str, repeats: int, threads: int) -> float | None:
 
 
 def run_worker(tool: str, args, workdir: Path) -> dict | None:
-    return _run_script(__file__, ["--worker", tool, "--workdir", str(workdir)], args.threads,
-                       verbose=args.verbose, label=tool)
+    """One worker, and the machine's other load while it ran: busy cores beyond the worker's
+    own, over its wall time (0 on a quiet machine)."""
+    busy0, own0, t0 = busy_seconds(), _children_cpu(), time.perf_counter()
+    r = _run_script(__file__, ["--worker", tool, "--workdir", str(workdir)], args.threads,
+                    verbose=args.verbose, label=tool, extra_env=tool_env(tool, args))
+    busy1, own1, wall = busy_seconds(), _children_cpu(), time.perf_counter() - t0
+    if r is not None and busy0 is not None and busy1 is not None:
+        r["background_cores"] = max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
+    return r
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median training time (the lower middle one for an even count), with
+    every run's cells/s as ``cells_per_s_runs``."""
+    ordered = sorted(runs, key=lambda r: r["train_s"])
+    out = dict(ordered[(len(ordered) - 1) // 2])
+    out["cells_per_s_runs"] = [r["cells_per_s"] for r in runs]
+    out["background_runs"] = [r.get("background_cores") for r in runs]
+    return out
 
 
 def results_table(results: dict[str, dict], import_s: dict[str, float | None]) -> list[str]:
     ref = results.get("scvi", {}).get("cells_per_s")
-    head = ["tool", "version", "import (s)", "train (s)", "cells/s", "vs scvi-tools",
+    repeated = any(len(r.get("cells_per_s_runs", [])) > 1 for r in results.values())
+    head = ["tool", "version", "import (s)", "train (s)", "cells/s", *(["cells/s, all runs"] if repeated else []),
+            "vs scvi-tools",
             "test log p(x)/cell", "final train ELBO", "log p(x) time (s)", "peak RSS (MiB)",
-            "RSS growth in train (MiB)", "train CSR (MiB)", "peak over base (MiB)", "peak / CSR"]
+            "RSS growth in train (MiB)", "train CSR (MiB)", "peak over base (MiB)", "peak / CSR",
+            "background load (cores)" + (", all runs" if repeated else "")]
     rows = [head, ["---"] * len(head)]
     for tool, r in results.items():
         speed = r.get("cells_per_s")
         rows.append([
             TOOL_NAMES[tool], str(r.get("version", "")), _fmt(import_s.get(tool), ".2f"),
             _fmt(r.get("train_s"), ".1f"), _fmt(speed, ",.0f"),
+            *([", ".join(f"{v:,.0f}" for v in r.get("cells_per_s_runs", []))] if repeated else []),
             _fmt(speed / ref if ref and speed else None, ".2f") + ("x" if ref and speed else ""),
             _fmt(r.get("test_log_px"), ".2f"), _fmt(r.get("final_elbo_train"), ".2f"),
             _fmt(r.get("mll_s"), ".1f"), _fmt(r.get("rss_train_mib"), ",.0f"),
             _fmt(r["rss_train_mib"] - r["rss_loaded_mib"] if "rss_train_mib" in r else None, ",.0f"),
             _fmt(r.get("train_csr_mib"), ",.0f"), _fmt(r.get("peak_over_base_mib"), ",.0f"),
             _fmt(r["peak_over_base_mib"] / r["train_csr_mib"] if "peak_over_base_mib" in r else None, ".2f"),
+            ", ".join(_fmt(v, ".2f") for v in r.get("background_runs", [r.get("background_cores")])),
         ])
     return ["| " + " | ".join(row) + " |" for row in rows]
 
@@ -631,18 +691,25 @@ def main(argv=None) -> int:
               f"KL warm-up {cfg['kl_warmup_epochs']:g} epochs ({cfg['kl_warmup_steps']} steps), "
               f"{args.threads} threads, seed {args.seed}, {cfg['n_mc_samples']} importance samples",
               flush=True)
-        import_s, results = {}, {}
+        import_s, runs = {}, {}
         for tool in tools:
             if tool in IMPORT_NAMES and args.import_repeats > 0:
-                import_s[tool] = time_import(tool, args.import_repeats, args.threads)
-            print(f"[{tool}] training ...", flush=True)
-            r = run_worker(tool, args, workdir)
-            if r is None:
-                continue
-            results[tool] = r
-            print(f"[{tool}] {r['cells_per_s']:,.0f} cells/s, train {r['train_s']:.1f} s, "
-                  f"test log p(x) {_fmt(r.get('test_log_px'), '.2f')}"
-                  + (f" ({r['note']})" if r.get("note") else ""), flush=True)
+                import_s[tool] = time_import(tool, args.import_repeats, args.threads, tool_env(tool, args))
+        for rep in range(args.repeats):  # tools interleaved: slow drifts of the machine hit all
+            for tool in tools:
+                print(f"[{tool}] training{f' (run {rep + 1} of {args.repeats})' if args.repeats > 1 else ''} ...",
+                      flush=True)
+                r = run_worker(tool, args, workdir)
+                if r is None:
+                    continue
+                runs.setdefault(tool, []).append(r)
+                print(f"[{tool}] {r['cells_per_s']:,.0f} cells/s, train {r['train_s']:.1f} s, "
+                      f"test log p(x) {_fmt(r.get('test_log_px'), '.2f')}"
+                      + (f" ({r['note']})" if r.get("note") else "")
+                      + (f" (cellvi from {r['source']})" if tool == "old" else ""), flush=True)
+        results = {tool: median_run(rs) for tool, rs in runs.items()}
+        if "old" in results:
+            results["old"]["version"] = f"{results['old']['version']} ({tree_commit(args.cellvi_tree)})"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if not results:
@@ -653,7 +720,7 @@ def main(argv=None) -> int:
     print("\n".join(table))
     if args.record:
         record(args, cfg, results, table, torch.__version__)
-    return 0 if len(results) == len(tools) else 1
+    return 0 if sum(map(len, runs.values())) == len(tools) * args.repeats else 1
 
 
 def record(args, cfg, results, table, torch_version) -> None:
@@ -678,7 +745,11 @@ def record(args, cfg, results, table, torch_version) -> None:
         f"genes, {cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['gene_likelihood']}, "
         f"n_hidden {cfg['n_hidden']}, n_latent {cfg['n_latent']}, n_layers {cfg['n_layers']}, "
         f"KL warm-up {cfg['kl_warmup_epochs']:g} epochs, seed {cfg['seed']}, "
-        f"log p(x) with {cfg['n_mc_samples']} importance samples",
+        f"log p(x) with {cfg['n_mc_samples']} importance samples"
+        + (f"; each tool trained {args.repeats} times (interleaved, same seed): the row is the run with the "
+           "median training time, 'all runs' lists every run's cells/s" if args.repeats > 1 else "")
+        + (f"; 'cellvi (old)' is the cellvi of {args.cellvi_tree} (commit {tree_commit(args.cellvi_tree)}), "
+           "imported from its python/ first on PYTHONPATH" if "old" in results else ""),
         "",
         *table,
         "",
