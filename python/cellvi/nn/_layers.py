@@ -26,7 +26,9 @@ class CovariateLinear(nn.Module):
     def forward(self, x: torch.Tensor, cats: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         out = self.linear(x)
         for weight, codes in zip(self.cat_weights, cats):
-            out = out + weight[codes]
+            # index_select: its backward (index_add) is ~30x faster on the CPU than that of
+            # weight[codes] (index_put with accumulation), 8 of 43 ms of a totalVI step.
+            out = out + torch.index_select(weight, 0, codes)
         return out
 
 
