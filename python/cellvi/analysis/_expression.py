@@ -23,6 +23,22 @@ from ._differential import differential_expression
 _COUNT_KEYS = (C.X_KEY, C.X_NZ_INDEX_KEY, C.X_NZ_VALUE_KEY)
 
 
+def _as_slice(rows: np.ndarray) -> slice | np.ndarray:
+    """Output rows as a slice when they run consecutively (a plain copy, not a scatter)."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(rows[1:] > rows[:-1]):
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
+def _uses_latent_library(library_size) -> bool:
+    """Whether ``library_size`` asks for each cell's own library ("latent") or a number."""
+    if isinstance(library_size, str):
+        if library_size != "latent":
+            raise ValueError(f"library_size must be a number or 'latent', got {library_size!r}")
+        return True
+    return False
+
+
 class ExpressionMixin:
     """Adds expression queries to a model (needs ``_minibatches``, ``registry``, ``module``)."""
 
@@ -96,7 +112,7 @@ class ExpressionMixin:
             local = torch.as_tensor(inverse[rows] - done, device=inf["qz_mean"].device)
             for start in range(0, len(rows), chunk):
                 part = local[start:start + chunk]
-                yield (rows[start:start + chunk], {k: v[part] for k, v in covariates.items()},
+                yield (_as_slice(rows[start:start + chunk]), {k: v[part] for k, v in covariates.items()},
                        self.module.resample_inference(inf, part, n_samples))
             done += n
 
@@ -114,9 +130,7 @@ class ExpressionMixin:
         or with ``genes_major`` ``genes x [samples x] cells`` (differential expression reduces
         each gene over cells, and the decoder can produce that layout at no extra cost)."""
         batches = self._transform_batches(transform_batch)
-        use_latent = isinstance(library_size, str)
-        if use_latent and library_size != "latent":
-            raise ValueError(f"library_size must be a number or 'latent', got {library_size!r}")
+        use_latent = _uses_latent_library(library_size)
         for rows, tensors, inf in self._posterior(adata, indices, n_samples, batch_size):
             # The same latent sample is decoded in every batch of transform_batch.
             total = None
@@ -137,8 +151,6 @@ class ExpressionMixin:
                 total = total * float(library_size)
             if n_samples > 1 and return_mean:
                 total = total.mean(1 if genes_major else 0)
-            if rows[-1] - rows[0] == len(rows) - 1 and np.all(rows[1:] > rows[:-1]):
-                rows = slice(rows[0], rows[-1] + 1)  # a plain copy, not a scatter
             yield rows, total
 
     @torch.no_grad()

@@ -26,6 +26,18 @@ def library_log_stats(model: BaseModel) -> tuple[np.ndarray, np.ndarray]:
     return means, variances
 
 
+def library_prior_arguments(model: BaseModel) -> dict:
+    """``library_log_means``/``library_log_vars`` of a module with a learned library size:
+    from the model's data, or placeholders when it is being loaded (the saved buffers
+    replace them)."""
+    if model.adata is not None:
+        means, variances = library_log_stats(model)
+    else:
+        means = np.zeros(model.registry.n_batch, np.float32)
+        variances = np.ones(model.registry.n_batch, np.float32)
+    return {"library_log_means": means, "library_log_vars": variances}
+
+
 def vae_settings(n_hidden, n_latent, n_layers, dropout_rate, dispersion, gene_likelihood,
                  latent_distribution) -> dict:
     """The network settings every scVI-family model takes, checked (whole numbers may arrive
@@ -42,11 +54,7 @@ def vae_arguments(model: BaseModel) -> dict:
     kwargs = model._module_kwargs()
     reg = model.registry
     if not kwargs.get("use_observed_lib_size", True):
-        if model.adata is not None:
-            kwargs["library_log_means"], kwargs["library_log_vars"] = library_log_stats(model)
-        else:  # being loaded: the saved buffers replace these
-            kwargs["library_log_means"] = np.zeros(reg.n_batch, np.float32)
-            kwargs["library_log_vars"] = np.ones(reg.n_batch, np.float32)
+        kwargs.update(library_prior_arguments(model))
     return dict(n_input=reg.n_vars, n_batch=reg.n_batch, n_labels=reg.n_labels,
                 n_continuous_cov=reg.n_continuous_cov, n_cats_per_cov=reg.n_cats_per_cov, **kwargs)
 

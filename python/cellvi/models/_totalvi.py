@@ -12,6 +12,7 @@ import torch
 from .. import _constants as C
 from .._settings import settings
 from ..analysis import ExpressionMixin
+from ..analysis._expression import _uses_latent_library
 from ..data import ObsmField, standard_fields
 from ..data._fields import preview
 from ..modules import TOTALVAE
@@ -19,7 +20,7 @@ from ..modules._totalvae import protein_background_prior
 from ..train import as_count
 from ._base import BaseModel
 from ._mixins import MappingMixin, VAEMixin
-from ._scvi import library_log_stats
+from ._scvi import library_prior_arguments
 
 
 class ProteinField(ObsmField):
@@ -218,11 +219,7 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         mask = self._protein_mask
         use_size_factor = reg.size_factor_key is not None
         if not kwargs.get("use_observed_lib_size", True) and not use_size_factor:
-            if self.adata is not None:
-                kwargs["library_log_means"], kwargs["library_log_vars"] = library_log_stats(self)
-            else:  # being loaded: the saved buffers replace these
-                kwargs["library_log_means"] = np.zeros(reg.n_batch, np.float32)
-                kwargs["library_log_vars"] = np.ones(reg.n_batch, np.float32)
+            kwargs.update(library_prior_arguments(self))
         empirical = self.init_kwargs["empirical_protein_background_prior"]
         if empirical is None:
             empirical = n_proteins > 10
@@ -331,9 +328,7 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         ``transform_batch`` that measured it (averaged), which is how proteins are imputed.
         """
         batches = self._transform_batches(transform_batch)
-        use_latent = isinstance(library_size, str)
-        if use_latent and library_size != "latent":
-            raise ValueError(f"library_size must be a number or 'latent', got {library_size!r}")
+        use_latent = _uses_latent_library(library_size)
         mask = self._protein_mask
         n_proteins = len(self.protein_names)
         if measured_batches_only and mask is not None:
@@ -369,8 +364,6 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
                 rna_total, protein_total = rna_total.mean(0), protein_total.mean(0)
             if genes_major:
                 rna_total, protein_total = rna_total.movedim(-1, 0), protein_total.movedim(-1, 0)
-            if rows[-1] - rows[0] == len(rows) - 1 and np.all(rows[1:] > rows[:-1]):
-                rows = slice(rows[0], rows[-1] + 1)
             yield rows, rna_total, protein_total
 
     @torch.no_grad()
