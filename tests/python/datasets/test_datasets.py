@@ -19,3 +19,18 @@ def test_pbmc_cite_small_has_counts_and_proteins():
     assert "CD3_TotalSeqB" in proteins.columns
     assert (proteins.to_numpy() >= 0).all() and (proteins.to_numpy() % 1 == 0).all()
     assert (np.asarray(adata.X.sum(axis=1)).ravel() > 0).all()
+
+
+def test_bmmc_atac_small_has_peak_counts_of_six_types():
+    adata = cellvi.datasets.bmmc_atac_small()
+    assert adata.shape == (600, 2000)
+    assert sp.issparse(adata.X)
+    values = adata.X.data
+    assert (values > 0).all() and (values == np.round(values)).all()
+    assert adata.X.max() > 1  # counts, not yet binarised
+    assert adata.var_names.is_unique and adata.obs_names.is_unique
+    assert adata.var_names.str.match(r"^chr[0-9XY]+:\d+-\d+$").all()
+    assert adata.obs["cell_type"].value_counts().eq(100).all()
+    assert set(adata.obs["cell_type"].cat.categories) == {"CD14.Mono.1", "B", "CD4.N1", "CD8.CM", "NK", "GMP"}
+    assert (np.asarray((adata.X > 0).sum(axis=1)).ravel() > 0).all()
+    assert (np.asarray((adata.X > 0).sum(axis=0)).ravel() > 0).all()
