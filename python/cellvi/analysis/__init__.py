@@ -1,4 +1,4 @@
 """Query methods shared by models."""
-from ._expression import ExpressionMixin
+from ._expression import ExpressionMixin, PosteriorMixin
 
-__all__ = ["ExpressionMixin"]
+__all__ = ["ExpressionMixin", "PosteriorMixin"]

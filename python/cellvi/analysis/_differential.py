@@ -1,10 +1,12 @@
-"""Bayesian differential expression from a model's normalized expression.
+"""Bayesian differential expression from a model's normalized expression (and, with
+``change="difference"``, differential accessibility from accessibility probabilities).
 
 For two groups of cells, normalized expression ("scale", rho) is sampled from the posterior
 for cells drawn at random from each group; pairs across the groups (one to one in random
-order, or ``m_permutation`` random pairs) give samples of the log2 fold change per gene. In ``"vanilla"`` mode the evidence is P(rho1 > rho2); in
-``"change"`` mode it is P(|LFC| >= delta), and genes are called DE controlling the posterior
-expected false discovery rate. Nothing is written to the AnnData.
+order, or ``m_permutation`` random pairs) give samples of the log2 fold change per gene (or of
+the difference rho1 - rho2). In ``"vanilla"`` mode the evidence is P(rho1 > rho2); in
+``"change"`` mode it is P(|LFC| >= delta) (or P(|difference| >= delta)), and genes are called
+DE controlling the posterior expected false discovery rate. Nothing is written to the AnnData.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..train import as_count, seeded_generator
 
 _EPS = 1e-8
 _GENE_CHUNK = 256
+CHANGES = ("lfc", "difference")  # the effect size: log2 fold change, or plain difference
 
 
 def _group_indices(n_obs: int, idx, name: str) -> np.ndarray:
@@ -149,15 +152,18 @@ def estimate_pseudocounts(by_gene1: torch.Tensor, by_gene2: torch.Tensor, raw_me
 
 
 def _pair_statistics(t1: torch.Tensor, t2: torch.Tensor, mode: str, delta: float, pseudocounts: float,
-                     m_permutation: int | None, generator: torch.Generator, test_mode: str = "three") -> dict:
+                     m_permutation: int | None, generator: torch.Generator, test_mode: str = "three",
+                     change: str = "lfc") -> dict:
     """Per-gene statistics over cross-group pairs of samples (genes x samples ``t1``, ``t2``),
     in gene chunks (bounded memory).
 
     The samples of the two groups (cells drawn at random) are paired one to one in random
-    order, or, with ``m_permutation``, that many random pairs are drawn. In ``"change"`` mode
-    the evidence uses ``pseudocounts`` and the LFC summaries a thousandth of it (closer to
-    the plain fold change, as scvi-tools reports them). A zero offset becomes 1e-8, so that
-    no log is -inf.
+    order, or, with ``m_permutation``, that many random pairs are drawn. With
+    ``change="lfc"``, in ``"change"`` mode the evidence uses ``pseudocounts`` and the LFC
+    summaries (``lfc_*``) a thousandth of it (closer to the plain fold change, as scvi-tools
+    reports them); a zero offset becomes 1e-8, so that no log is -inf. With
+    ``change="difference"`` the effect is t1 - t2 (no offset) and its summaries are
+    ``diff_*``.
     """
     if m_permutation is None:
         # One to one in random order: the samples are stored sorted by cell, and pairing them
@@ -188,31 +194,47 @@ def _pair_statistics(t1: torch.Tensor, t2: torch.Tensor, mode: str, delta: float
             x1 = torch.gather(x1, 1, pairs[0].expand(len(x1), -1), out=c1)
         x2 = torch.gather(x2, 1, pairs[1].expand(len(x2), -1), out=c2)
         stats = {}
-        if mode == "change":
-            # LFC >= delta  <=>  x1 + o >= c (x2 + o)  <=>  x1 - c x2 >= (c - 1) o, with
-            # c = 2^delta; likewise LFC < -delta  <=>  x1 - x2 / c < -(c - 1) o / c. The
-            # evidence needs no logarithms.
-            o, c = pseudocounts or _EPS, 2.0 ** delta
-            up = fraction(torch.add(x1, x2, alpha=-c, out=a) >= (c - 1) * o)
-            down = fraction(torch.add(x1, x2, alpha=-1 / c, out=a) < -(c - 1) * o / c)
-            stats["proba_de"] = torch.maximum(up, down) if test_mode == "three" else up + down
-            offset = 1e-3 * pseudocounts or _EPS
+        if change == "difference":
+            effect, prefix = torch.sub(x1, x2, out=a), "diff"
+            if mode == "change":
+                up, down = fraction(effect >= delta), fraction(effect < -delta)
+                stats["proba_de"] = torch.maximum(up, down) if test_mode == "three" else up + down
+            else:
+                stats["proba_m1"], stats["proba_m2"] = fraction(x1 > x2), fraction(x1 < x2)
         else:
-            stats["proba_m1"], stats["proba_m2"] = fraction(x1 > x2), fraction(x1 < x2)
-            offset = pseudocounts or _EPS
-        lfc = torch.add(x1, offset, out=a).log2_().sub_(torch.add(x2, offset, out=b).log2_())
-        # Two passes (the mean, then squares about it) with torch's pairwise float32 sums:
-        # torch.std_mean is 5x slower here, float64 accumulation 4x.
-        mean = lfc.sum(1) / n_pairs
-        centred = torch.sub(lfc, mean[:, None], out=b)
-        variance = torch.linalg.vecdot(centred, centred) / max(n_pairs - 1, 1)
-        # The lower middle draw for an even count; np.median averages the middle two, which
-        # for 5,000 draws differ by about sd/4,000, against a Monte Carlo error of sd/57.
-        stats.update(lfc_mean=mean, lfc_median=lfc.median(1).values, lfc_std=variance.sqrt(),
-                     lfc_min=lfc.amin(1), lfc_max=lfc.amax(1))
+            if mode == "change":
+                # LFC >= delta  <=>  x1 + o >= c (x2 + o)  <=>  x1 - c x2 >= (c - 1) o, with
+                # c = 2^delta; likewise LFC < -delta  <=>  x1 - x2 / c < -(c - 1) o / c. The
+                # evidence needs no logarithms.
+                o, c = pseudocounts or _EPS, 2.0 ** delta
+                up = fraction(torch.add(x1, x2, alpha=-c, out=a) >= (c - 1) * o)
+                down = fraction(torch.add(x1, x2, alpha=-1 / c, out=a) < -(c - 1) * o / c)
+                stats["proba_de"] = torch.maximum(up, down) if test_mode == "three" else up + down
+                offset = 1e-3 * pseudocounts or _EPS
+            else:
+                stats["proba_m1"], stats["proba_m2"] = fraction(x1 > x2), fraction(x1 < x2)
+                offset = pseudocounts or _EPS
+            effect = torch.add(x1, offset, out=a).log2_().sub_(torch.add(x2, offset, out=b).log2_())
+            prefix = "lfc"
+        _summaries(stats, effect, prefix, n_pairs, b)
         for k, v in stats.items():
             parts.setdefault(k, []).append(v)
     return {k: torch.cat(v).numpy().astype(np.float64) for k, v in parts.items()}
+
+
+def _summaries(stats: dict, effect: torch.Tensor, prefix: str, n_pairs: int, scratch: torch.Tensor) -> None:
+    """Mean, median, sd, min and max of each row of ``effect`` into ``stats`` (``scratch``: a
+    buffer of its shape, overwritten)."""
+    # Two passes (the mean, then squares about it) with torch's pairwise float32 sums:
+    # torch.std_mean is 5x slower here, float64 accumulation 4x.
+    mean = effect.sum(1) / n_pairs
+    centred = torch.sub(effect, mean[:, None], out=scratch)
+    variance = torch.linalg.vecdot(centred, centred) / max(n_pairs - 1, 1)
+    # The lower middle draw for an even count; np.median averages the middle two, which
+    # for 5,000 draws differ by about sd/4,000, against a Monte Carlo error of sd/57.
+    stats.update({f"{prefix}_mean": mean, f"{prefix}_median": effect.median(1).values,
+                  f"{prefix}_std": variance.sqrt(), f"{prefix}_min": effect.amin(1),
+                  f"{prefix}_max": effect.amax(1)})
 
 
 def fdr_calls(proba_de: np.ndarray, fdr_target: float) -> np.ndarray:
@@ -248,6 +270,7 @@ def differential_expression(
     pseudocounts: float | None = None,
     test_mode: str = "three",
     gene_list: Sequence[str] | None = None,
+    change: str = "lfc",
 ) -> pd.DataFrame:
     """Bayesian differential expression between groups of cells.
 
@@ -294,6 +317,11 @@ def differential_expression(
         default); ``"two"``: P(|LFC| >= delta).
     gene_list
         Genes to test (default: all).
+    change
+        The effect size: ``"lfc"``, the log2 fold change (``delta`` a log2 fold change,
+        summaries ``lfc_*``); ``"difference"``, the plain difference group 1 - group 2, for
+        quantities on a fixed scale such as probabilities (``delta`` a difference, summaries
+        ``diff_*``; no pseudocounts).
 
     Returns
     -------
@@ -311,8 +339,11 @@ def differential_expression(
     """
     if mode not in ("vanilla", "change"):
         raise ValueError(f"mode must be 'vanilla' or 'change', got {mode!r}")
+    if change not in CHANGES:
+        raise ValueError(f"change must be one of {', '.join(CHANGES)}, got {change!r}")
     if mode == "change" and (delta is None or not float(delta) > 0):
-        raise ValueError(f"delta must be a positive log2 fold change threshold, got {delta!r}")
+        what = "log2 fold change" if change == "lfc" else "difference"
+        raise ValueError(f"delta must be a positive {what} threshold, got {delta!r}")
     if test_mode not in ("two", "three"):
         raise ValueError(f"test_mode must be 'two' or 'three', got {test_mode!r}")
     if pseudocounts is not None and not (np.isfinite(pseudocounts) and pseudocounts >= 0):
@@ -354,10 +385,12 @@ def differential_expression(
         s2 = _sample_scales(model, adata, i2, batches2, n_samples, genes, rng)
         raw = {suffix: _raw_statistics_of_blocks(blocks, idx, genes) for suffix, idx in (("1", i1), ("2", i2))}
         offset = pseudocounts
-        if offset is None:
+        if change == "difference":
+            offset = 0.0  # a difference needs no offset
+        elif offset is None:
             offset = (estimate_pseudocounts(s1, s2, raw["1"]["raw_mean"], raw["2"]["raw_mean"])
                       if mode == "change" else 0.0)
-        stats = _pair_statistics(s1, s2, mode, delta, offset, m_permutation, generator, test_mode)
+        stats = _pair_statistics(s1, s2, mode, delta, offset, m_permutation, generator, test_mode, change)
         n_genes = len(gene_names)
         if mode == "change":
             evidence = {"proba_de": stats.pop("proba_de")}

@@ -39,11 +39,17 @@ def _uses_latent_library(library_size) -> bool:
     return False
 
 
-class ExpressionMixin:
-    """Adds expression queries to a model (needs ``_minibatches``, ``registry``, ``module``)."""
+class PosteriorMixin:
+    """Posterior sampling and decoding that queries of decoder-based models share (needs
+    ``_minibatches``, ``registry``, ``module``): cells encoded once and resampled, decoded in
+    chosen batches, feature selection, and the hooks of differential testing
+    (:func:`~cellvi.analysis._differential.differential_expression`). It adds no public query:
+    :class:`ExpressionMixin` adds expression, other models (e.g. PeakVI's accessibility) their
+    own.
 
-    def _gene_mask(self, gene_list: Sequence[str] | None) -> np.ndarray | None:
-        return self._feature_mask(gene_list, self.registry.var_names)
+    The Module gives ``resample_inference(inference_out, rows, n_samples)`` and
+    ``generative_inputs(tensors, inference_out, transform_batch=...)``.
+    """
 
     @staticmethod
     def _feature_mask(names: Sequence[str] | None, available: Sequence[str], what: str = "gene_list"
@@ -60,9 +66,9 @@ class ExpressionMixin:
             raise KeyError(f"{len(missing)} names of {what} are not in the model: {shown}")
         return np.array([lookup[g] for g in names], dtype=np.int64)
 
-    # -- what differential expression compares (a model with more features overrides these) --
+    # -- what differential testing compares (a model with more features overrides these) -----
     def _de_feature_names(self) -> list[str]:
-        """Names of the features differential expression tests (default: the genes)."""
+        """Names of the features differential testing compares (default: the registry's)."""
         return list(self.registry.var_names)
 
     def _de_feature_types(self) -> list[str] | None:
@@ -74,11 +80,9 @@ class ExpressionMixin:
         return [self.registry.counts(adata) if adata is not None else self._tensors().X]
 
     def _de_chunks(self, adata, cells: np.ndarray, transform_batch, features: np.ndarray | None):
-        """(output rows, normalized expression features x cells) of one posterior sample per
-        listed cell."""
-        return self._expression_chunks(adata, cells, transform_batch=transform_batch, genes=features,
-                                       library_size=1, n_samples=1, return_mean=True, batch_size=None,
-                                       genes_major=True)
+        """(output rows, compared quantity features x cells) of one posterior sample per listed
+        cell, averaged over the batches ``transform_batch`` (None: each cell's own)."""
+        raise NotImplementedError
 
     def _transform_batches(self, transform_batch) -> list[int | None]:
         if transform_batch is None:
@@ -120,6 +124,20 @@ class ExpressionMixin:
                   **generative_kwargs) -> dict:
         inputs = self.module.generative_inputs(tensors, inference_out, transform_batch=transform_batch)
         return self.module.generative(**inputs, **generative_kwargs)
+
+
+class ExpressionMixin(PosteriorMixin):
+    """Adds expression queries to a model (needs ``_minibatches``, ``registry``, ``module``)."""
+
+    def _gene_mask(self, gene_list: Sequence[str] | None) -> np.ndarray | None:
+        return self._feature_mask(gene_list, self.registry.var_names)
+
+    def _de_chunks(self, adata, cells: np.ndarray, transform_batch, features: np.ndarray | None):
+        """(output rows, normalized expression features x cells) of one posterior sample per
+        listed cell."""
+        return self._expression_chunks(adata, cells, transform_batch=transform_batch, genes=features,
+                                       library_size=1, n_samples=1, return_mean=True, batch_size=None,
+                                       genes_major=True)
 
     @torch.no_grad()
     def _expression_chunks(self, adata, indices, transform_batch, genes: np.ndarray | None,

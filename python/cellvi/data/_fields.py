@@ -52,6 +52,11 @@ def as_csr_float32(X, what: str = "the count matrix") -> sp.csr_matrix:
         raise TypeError(f"{what} must hold numbers, got dtype {X.dtype}")
     if X.dtype != np.float32:
         X = X.astype(np.float32)
+    if not X.has_canonical_format:
+        # Repeated (row, column) entries would each count once more among a minibatch's
+        # non-zeros, which the likelihoods read; sum them (in a copy: the data stay the user's).
+        X = X.copy()
+        X.sum_duplicates()
     return X
 
 
@@ -107,15 +112,20 @@ _WHAT = {"counts": "raw counts (non-negative integers)", "binary": "non-negative
          "continuous": "finite values"}
 
 
-def check_counts(X: sp.csr_matrix, source: str, obs_names=None, values: str = "counts") -> None:
-    """Refuse what cannot be counts (or binary data); warn on non-integers. ``X`` is CSR."""
+def check_counts(X: sp.csr_matrix, source: str, obs_names=None, values: str = "counts",
+                 features: str = "genes") -> None:
+    """Refuse what cannot be counts (or binary data); warn on non-integers. ``X`` is CSR;
+    ``features`` names its columns in messages."""
     if X.shape[0] == 0:
         raise ValueError(f"{source} has no cells")
     if X.shape[1] == 0:
-        raise ValueError(f"{source} has no genes")
+        raise ValueError(f"{source} has no {features}")
     check_values(X.data, source, values,
                  "pass the layer that holds them with layer=..., not scaled or centred data")
     if values == "continuous":
+        return
+    if values == "binary":
+        _check_binary(X, source, obs_names, features)
         return
     totals = np.asarray(X.sum(axis=1)).ravel()
     empty = np.flatnonzero(totals <= 0)
@@ -125,6 +135,37 @@ def check_counts(X: sp.csr_matrix, source: str, obs_names=None, values: str = "c
             f"{source} has {empty.size} cells with zero total counts ({preview(names)}); "
             "remove them first, e.g. adata = adata[adata.X.sum(axis=1) > 0].copy() or "
             "scanpy.pp.filter_cells(adata, min_counts=1)"
+        )
+
+
+def _matrix_expression(source: str) -> str:
+    """How the user reaches ``source`` ("adata.X" or "layer 'name'") in code."""
+    return "adata.X" if source == "adata.X" else f"adata.layers[{source[len('layer '):]}]"
+
+
+def _check_binary(X: sp.csr_matrix, source: str, obs_names, features: str) -> None:
+    """Binary data (open where > 0): refuse cells with nothing open, and a matrix with nothing
+    closed (every entry non-zero, e.g. all values equal), which cannot be such data."""
+    n_open = np.diff(X.indptr)  # open entries per cell, unless some stored values are 0
+    if X.data.size and not X.data.min() > 0:
+        rows = np.repeat(np.arange(X.shape[0]), n_open)
+        n_open = np.bincount(rows[X.data > 0], minlength=X.shape[0])
+    if int(n_open.sum()) == X.shape[0] * X.shape[1]:
+        raise ValueError(
+            f"every entry of {source} ({X.shape[0]} cells x {X.shape[1]} {features}) is non-zero: read as "
+            f"binary data (open where > 0) every one of the {features} is open in every cell, and "
+            "there is nothing to learn. Accessibility data are mostly zeros (a few percent of "
+            "entries open); pass the raw peak counts or a 0/1 matrix, not normalized or "
+            "pseudocounted values"
+        )
+    empty = np.flatnonzero(n_open == 0)
+    if empty.size:
+        names = np.asarray(obs_names)[empty] if obs_names is not None else empty
+        matrix = _matrix_expression(source)
+        raise ValueError(
+            f"{source} has {empty.size} cells with no non-zero value (no open {features[:-1]}) "
+            f"({preview(names)}); they cannot be modelled: remove them first, e.g. "
+            f"adata = adata[np.asarray(({matrix} > 0).sum(axis=1)).ravel() > 0].copy()"
         )
 
 
@@ -268,27 +309,56 @@ class LayerField(Field):
     """A cells x features matrix from ``X`` or a layer, kept sparse (CSR, float32).
 
     ``values``: ``"counts"`` (non-negative; non-integers warn; cells with no counts are
-    refused), ``"binary"`` (non-negative, e.g. accessibility counts or 0/1; empty cells refused)
-    or ``"continuous"`` (any finite value). The feature names are recorded and checked.
+    refused), ``"binary"`` (non-negative, read as open where > 0, e.g. accessibility counts or
+    0/1; cells with nothing open and matrices with nothing closed are refused; at setup,
+    features open in no cell are reported and counts above 1 are said to be read as open)
+    or ``"continuous"`` (any finite value). The feature names are recorded and checked;
+    ``features`` names the columns in messages (e.g. "regions").
     """
 
-    _state_attrs = ("key", "layer", "values", "var_names")
+    _state_attrs = ("key", "layer", "values", "var_names", "features")
+    features = "genes"  # also the value of fields saved before the attribute existed
 
-    def __init__(self, key: str, layer: str | None = None, values: str = "counts"):
+    def __init__(self, key: str, layer: str | None = None, values: str = "counts", features: str = "genes"):
         super().__init__(key)
         if values not in _WHAT:
             raise ValueError(f"values must be one of {', '.join(_WHAT)}; got {values!r}")
-        self.layer, self.values, self.var_names = layer, values, []
+        self.layer, self.values, self.var_names, self.features = layer, values, [], features
 
     def setup(self, adata, fields) -> None:
         var_names = [str(v) for v in adata.var_names]
         if len(set(var_names)) != len(var_names):
             dup = pd.Index(var_names)[pd.Index(var_names).duplicated()].unique()
             raise ValueError(
-                f"gene names (var_names) are duplicated: {preview(dup)}; make them unique, "
+                f"{self.features[:-1]} names (var_names) are duplicated: {preview(dup)}; make them unique, "
                 "e.g. adata.var_names_make_unique()"
             )
         self.var_names = var_names
+        if self.values == "binary":
+            self._report_binary(adata)
+
+    def _report_binary(self, adata) -> None:
+        """Said once, at setup: features open in no cell, and counts read as open/closed."""
+        X, source = self._source(adata)
+        X = as_csr_float32(X)
+        if X.data.size and not (X.data.min() >= 0 and np.isfinite(X.data.max())):
+            return  # NaN, infinite or negative: the checks that follow refuse the matrix
+        n_open = np.bincount(X.indices[X.data > 0], minlength=X.shape[1])
+        closed = np.flatnonzero(n_open == 0)
+        if closed.size and closed.size < X.shape[1]:
+            matrix = _matrix_expression(source)
+            warnings.warn(
+                f"{closed.size} of the {X.shape[1]} {self.features} are open in no cell of {source} "
+                f"({preview(np.asarray(self.var_names)[closed])}); the model can only learn that they "
+                f"stay closed. Drop them to save time and memory, e.g. "
+                f"adata = adata[:, np.asarray(({matrix} > 0).sum(axis=0)).ravel() > 0].copy()",
+                UserWarning, stacklevel=6,
+            )
+        if X.data.size and float(X.data.max()) > 1:
+            warnings.warn(
+                f"{source} holds counts (up to {float(X.data.max()):g}); the model reads every value "
+                "above 0 as open (1) and 0 as closed", UserWarning, stacklevel=6,
+            )
 
     @property
     def summary(self) -> dict:
@@ -302,19 +372,20 @@ class LayerField(Field):
         theirs, ours = set(names), set(self.var_names)
         missing = [g for g in self.var_names if g not in theirs]
         extra = [g for g in names if g not in ours]
+        features = self.features
         if not missing and not extra:
             raise ValueError(
-                "the AnnData has the model's genes in a different order; reorder it with "
+                f"the AnnData has the model's {features} in a different order; reorder it with "
                 "adata = adata[:, model.var_names]"
             )
         raise ValueError(
-            f"the AnnData's genes do not match the model's ({len(self.var_names)} genes): "
+            f"the AnnData's {features} do not match the model's ({len(self.var_names)} {features}): "
             f"{len(missing)} missing ({preview(missing)}), {len(extra)} not in the model "
             f"({preview(extra)}); subset or reorder with adata[:, model.var_names]"
         )
 
-    def matrix(self, adata) -> sp.csr_matrix:
-        """The layer as CSR float32, checked (without checking the feature names)."""
+    def _source(self, adata):
+        """(the raw matrix, how messages name it)."""
         if self.layer is None:
             X, source = adata.X, "adata.X"
         else:
@@ -326,8 +397,13 @@ class LayerField(Field):
             X, source = adata.layers[self.layer], f"layer '{self.layer}'"
         if X is None:
             raise ValueError(f"{source} is empty (None); pass the layer holding the counts")
+        return X, source
+
+    def matrix(self, adata) -> sp.csr_matrix:
+        """The layer as CSR float32, checked (without checking the feature names)."""
+        X, source = self._source(adata)
         X = as_csr_float32(X)
-        check_counts(X, source, adata.obs_names, self.values)
+        check_counts(X, source, adata.obs_names, self.values, self.features)
         return X
 
     def array(self, adata, fields) -> sp.csr_matrix:

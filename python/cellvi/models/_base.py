@@ -115,7 +115,7 @@ class BaseModel:
         r = self.registry
         state = "trained" if self.is_trained else "not trained"
         kwargs = ", ".join(f"{k}={_short(v)}" for k, v in self.init_kwargs.items())
-        sizes = [f"{r.n_vars} genes"] if C.X_KEY in r.fields else []
+        sizes = [f"{r.n_vars} {getattr(r.field(C.X_KEY), 'features', 'genes')}"] if C.X_KEY in r.fields else []
         for key, field in r.fields.items():
             if key == C.BATCH_KEY:
                 sizes.append(f"{r.n_batch} batches")

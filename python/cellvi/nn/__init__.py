@@ -1,4 +1,6 @@
 """Shared neural network layers."""
-from ._layers import Classifier, CovariateLinear, ExpressionDecoder, FCLayers, GaussianEncoder, TotalVIDecoder
+from ._layers import (Classifier, CovariateLinear, ExpressionDecoder, FCLayers, GaussianEncoder, SigmoidDecoder,
+                      TotalVIDecoder)
 
-__all__ = ["Classifier", "CovariateLinear", "ExpressionDecoder", "FCLayers", "GaussianEncoder", "TotalVIDecoder"]
+__all__ = ["Classifier", "CovariateLinear", "ExpressionDecoder", "FCLayers", "GaussianEncoder", "SigmoidDecoder",
+           "TotalVIDecoder"]

@@ -44,7 +44,8 @@ class Dropout(nn.Dropout):
 
 
 class FCLayers(nn.Module):
-    """Stack of Linear -> BatchNorm/LayerNorm -> ReLU -> Dropout.
+    """Stack of Linear -> BatchNorm/LayerNorm -> activation (``activation_fn``, default ReLU)
+    -> Dropout.
 
     Categorical covariates (codes) are injected into every layer when ``inject_covariates``,
     else into the first only. A covariate with a single category still gets its (redundant)
@@ -64,6 +65,7 @@ class FCLayers(nn.Module):
         use_activation: bool = True,
         bias: bool = True,
         inject_covariates: bool = True,
+        activation_fn: type[nn.Module] = nn.ReLU,
     ):
         super().__init__()
         sizes = [n_in] + [n_hidden] * (n_layers - 1) + [n_out]
@@ -79,7 +81,7 @@ class FCLayers(nn.Module):
             if use_layer_norm:
                 post.append(nn.LayerNorm(b, elementwise_affine=False))
             if use_activation:
-                post.append(nn.ReLU())
+                post.append(activation_fn())
             if dropout_rate > 0:
                 post.append(Dropout(p=dropout_rate))
             block["post"] = nn.Sequential(*post)
@@ -301,3 +303,42 @@ class TotalVIDecoder(nn.Module):
         out["mixing"] = self.protein_mixing(h_mix, cats)
         out["dropout"] = self.gene_dropout(h_mix, cats) if self.gene_dropout is not None else None
         return out
+
+
+class SigmoidDecoder(nn.Module):
+    """Input -> FC stack (no dropout) -> one linear layer -> sigmoid: a probability per output.
+
+    PeakVI's decoders: accessibility per region, and (with one output) the per-cell library
+    factor read from the data. Defaults as PeakVI's: LayerNorm, LeakyReLU, covariates injected
+    into the first layer only.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        n_cats: Sequence[int] = (),
+        n_layers: int = 2,
+        n_hidden: int = 128,
+        use_batch_norm: bool = False,
+        use_layer_norm: bool = True,
+        inject_covariates: bool = False,
+        activation_fn: type[nn.Module] = nn.LeakyReLU,
+    ):
+        super().__init__()
+        self.hidden = FCLayers(n_in, n_hidden, n_cats, n_layers, n_hidden, 0.0, use_batch_norm, use_layer_norm,
+                               inject_covariates=inject_covariates, activation_fn=activation_fn)
+        self.output = nn.Linear(n_hidden, n_out)
+
+    def forward(self, x: torch.Tensor, cats: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        return torch.sigmoid(self.output(self.hidden(x, cats)))
+
+    def by_output(self, x: torch.Tensor, cats: Sequence[torch.Tensor] = (),
+                  outputs: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` laid out outputs x cells (the transposed product costs no more), for
+        callers that reduce each output over cells; ``outputs``: only these rows."""
+        hidden = self.hidden(x, cats)
+        weight, bias = self.output.weight, self.output.bias
+        if outputs is not None:
+            weight, bias = weight[outputs], bias[outputs]
+        return torch.addmm(bias[:, None], weight, hidden.t()).sigmoid_()

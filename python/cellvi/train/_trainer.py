@@ -75,12 +75,12 @@ def split_indices(n_obs: int, train_size: float, validation_size: float | None =
     """Shuffled train and validation cell indices (seeded by ``settings.seed``)."""
     if not 0.0 < float(train_size) <= 1.0:
         raise ValueError(f"train_size must be in (0, 1], got {train_size}")
-    if validation_size is None:
-        validation_size = 1.0 - train_size
-    if validation_size < 0 or train_size + validation_size > 1.0 + 1e-9:
+    if validation_size is not None and (validation_size < 0 or train_size + validation_size > 1.0 + 1e-9):
         raise ValueError("train_size + validation_size must not exceed 1")
     n_train = math.ceil(train_size * n_obs)
-    n_val = min(math.floor(validation_size * n_obs), n_obs - n_train)
+    # The rest by default: floor((1 - 0.9) * 150) would be 14 (1 - 0.9 < 0.1 in floating point).
+    n_val = n_obs - n_train if validation_size is None else min(math.floor(validation_size * n_obs),
+                                                                n_obs - n_train)
     perm = torch.randperm(n_obs, generator=seeded_generator(1)).numpy()
     return np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_val])
 
@@ -107,14 +107,19 @@ def single_threaded_global_openblas():
         set_(before)
 
 
-def make_adam(params, **kwargs) -> torch.optim.Adam:
-    """Adam, fused into one kernel where this torch and device support it (much less per-step
-    overhead on the CPU), else the default implementation."""
+OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
+
+
+def make_optimizer(params, optimizer: str = "Adam", **kwargs) -> torch.optim.Optimizer:
+    """Adam (or AdamW, with decoupled weight decay), fused into one kernel where this torch and
+    device support it (much less per-step overhead on the CPU), else the default
+    implementation."""
+    cls = OPTIMIZERS[optimizer]
     params = list(params)
     try:
-        return torch.optim.Adam(params, fused=True, **kwargs)
+        return cls(params, fused=True, **kwargs)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, **kwargs)
+        return cls(params, **kwargs)
 
 
 @dataclasses.dataclass
@@ -124,7 +129,10 @@ class TrainingPlan:
     Parameters
     ----------
     lr, weight_decay, eps
-        Adam's settings for the module's parameters.
+        The optimizer's settings for the module's parameters.
+    optimizer
+        ``"Adam"`` (weight decay as an L2 term in the gradient) or ``"AdamW"`` (decoupled
+        weight decay, applied to the weights directly).
     n_epochs_kl_warmup, n_steps_kl_warmup
         Linear KL warm-up over this many epochs (or optimizer steps, which wins when set).
     kl_warmup_cap
@@ -134,10 +142,11 @@ class TrainingPlan:
     reduce_lr_on_plateau, lr_factor, lr_patience, lr_threshold, lr_min
         Multiply the learning rate by ``lr_factor`` when ``monitor`` has not improved by
         more than ``lr_threshold`` for ``lr_patience`` epochs (down to ``lr_min``).
-    monitor
-        The history column that early stopping and the scheduler watch (higher is better:
-        ELBOs are log-likelihood bounds). A ``*_validation`` metric falls back to its
-        ``*_train`` twin when there is no validation set.
+    monitor, monitor_mode
+        The history column that early stopping and the scheduler watch, and whether higher
+        (``"max"``: ELBOs are log-likelihood bounds) or lower (``"min"``: losses) is better.
+        A ``*_validation`` metric falls back to its ``*_train`` twin when there is no
+        validation set.
     adversarial_classifier
         Train a classifier to predict the batch from the latent ``z`` on its own optimizer,
         and push the encoder to fool it (weight ``scale_adversarial_loss``, by default
@@ -149,6 +158,7 @@ class TrainingPlan:
     lr: float = 1e-3
     weight_decay: float = 1e-6
     eps: float = 0.01
+    optimizer: str = "Adam"
     n_epochs_kl_warmup: int | None = 400
     n_steps_kl_warmup: int | None = None
     kl_warmup_cap: float | None = 0.75
@@ -158,6 +168,7 @@ class TrainingPlan:
     lr_threshold: float = 0.0
     lr_min: float = 0.0
     monitor: str = "elbo_validation"
+    monitor_mode: str = "max"
     adversarial_classifier: bool = False
     scale_adversarial_loss: float | str = "auto"
     adversarial_lr: float = 1e-3
@@ -173,6 +184,10 @@ class TrainingPlan:
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must not be negative, got {self.weight_decay}")
         self.lr_patience = as_count(self.lr_patience, "lr_patience")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.monitor_mode not in ("max", "min"):
+            raise ValueError(f"monitor_mode must be 'max' or 'min', got {self.monitor_mode!r}")
 
 
 class Trainer:
@@ -232,18 +247,19 @@ class Trainer:
         params = list(optimizer_params if optimizer_params is not None else module.parameters())
         if params and not isinstance(params[0], dict):
             params = [p for p in params if p.requires_grad]
-        self.optimizer = make_adam(params, lr=plan.lr, eps=plan.eps, weight_decay=plan.weight_decay)
+        self.optimizer = make_optimizer(params, plan.optimizer, lr=plan.lr, eps=plan.eps,
+                                   weight_decay=plan.weight_decay)
         self.scheduler = None
         if plan.reduce_lr_on_plateau:
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, mode="max", factor=plan.lr_factor, patience=plan.lr_patience,
+                self.optimizer, mode=plan.monitor_mode, factor=plan.lr_factor, patience=plan.lr_patience,
                 threshold=plan.lr_threshold, threshold_mode="abs", min_lr=plan.lr_min)
         self.classifier = self.classifier_optimizer = None
         n_batch = getattr(module, "n_batch", 1)
         if plan.adversarial_classifier and n_batch > 1:
             self.classifier = Classifier(module.n_latent, n_batch, n_hidden=32, n_layers=2).to(data.device)
-            self.classifier_optimizer = make_adam(self.classifier.parameters(), lr=plan.adversarial_lr,
-                                                  eps=plan.eps, weight_decay=plan.weight_decay)
+            self.classifier_optimizer = make_optimizer(self.classifier.parameters(), lr=plan.adversarial_lr,
+                                                       eps=plan.eps, weight_decay=plan.weight_decay)
         self.generator = seeded_generator(2)
         self.labelled_batches = None
         if labelled_indices is not None and len(labelled_indices) > 0:
@@ -357,6 +373,8 @@ class Trainer:
         return self.history
 
     def _run_epochs(self, bar, has_validation: bool, monitor: str) -> None:
+        # Early stopping compares the watched metric with its sign set so that higher is better.
+        sign = 1.0 if self.plan.monitor_mode == "max" else -1.0
         best, since_best = -math.inf, 0
         for epoch in bar:
             row = {"epoch": epoch, **self._train_epoch(epoch)}
@@ -380,8 +398,8 @@ class Trainer:
             if self.scheduler is not None:
                 self.scheduler.step(row[monitor])
             if self.early_stopping:
-                if row[monitor] > best + self.min_delta:
-                    best, since_best = row[monitor], 0
+                if sign * row[monitor] > best + self.min_delta:
+                    best, since_best = sign * row[monitor], 0
                 else:
                     since_best += 1
                     if since_best >= self.patience:

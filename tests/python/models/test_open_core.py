@@ -142,6 +142,10 @@ def test_plan_settings_are_checked():
         model.train(max_epochs=1, lr=-1.0)
     with pytest.raises(ValueError, match="watches 'elbo_test'"):
         model.train(max_epochs=1, plan_kwargs={"monitor": "elbo_test"}, early_stopping=True)
+    with pytest.raises(ValueError, match="optimizer must be one of Adam, AdamW, got 'SGD'"):
+        model.train(max_epochs=1, plan_kwargs={"optimizer": "SGD"})
+    with pytest.raises(ValueError, match="monitor_mode must be 'max' or 'min', got 'lower'"):
+        model.train(max_epochs=1, plan_kwargs={"monitor_mode": "lower"})
 
 
 def test_scvi_with_scheduler_and_adversarial_classifier():
