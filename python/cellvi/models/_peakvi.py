@@ -389,16 +389,19 @@ class PEAKVI(VAEMixin, PosteriorMixin, MappingMixin, BaseModel):
         m_permutation: int | None = None,
         test_mode: str = "three",
         region_list: Sequence[str] | None = None,
+        change: str = "lfc",
     ) -> pd.DataFrame:
         """Bayesian differential accessibility between groups of cells.
 
         For ``n_samples`` cells drawn from each group, the accessibility probabilities y are
-        decoded from one posterior sample of z each; pairs across the groups give samples
-        of the difference y1 - y2 per region. ``"change"`` mode: the evidence that the
-        difference is at least ``delta`` in size (P(y1 - y2 >= delta) or P(y1 - y2 < -delta),
-        the larger; with ``test_mode="two"`` their sum), regions called at ``fdr_target``;
-        ``"vanilla"`` mode: P(y1 > y2). The machinery is that of
-        :meth:`cellvi.SCVI.differential_expression` with the difference as the effect.
+        decoded from one posterior sample of z each; pairs across the groups give samples of
+        the change per region: by default (``change="lfc"``, as scvi-tools 1.4 does) the log2
+        ratio log2(y1 + c) - log2(y2 + c), with the offset c estimated from the data as for
+        expression; with ``change="difference"`` (PeakVI's original definition) y1 - y2.
+        ``"change"`` mode: the evidence that the change is at least ``delta`` in size
+        (P(change >= delta) or P(change < -delta), the larger; with ``test_mode="two"`` their
+        sum), regions called at ``fdr_target``; ``"vanilla"`` mode: P(y1 > y2). The machinery
+        is that of :meth:`cellvi.SCVI.differential_expression`.
 
         Parameters
         ----------
@@ -412,7 +415,9 @@ class PEAKVI(VAEMixin, PosteriorMixin, MappingMixin, BaseModel):
         mode
             ``"change"`` or ``"vanilla"``.
         delta
-            Smallest difference of accessibility probabilities that counts (change mode).
+            Smallest change that counts (change mode): a log2 ratio (``change="lfc"``; 0.05,
+            scvi-tools' default, counts almost any consistent change) or a difference of
+            probabilities (``change="difference"``, e.g. 0.05-0.1).
         fdr_target
             Posterior expected false discovery rate of ``is_da_fdr``.
         batch_correction, batchid1, batchid2
@@ -425,6 +430,8 @@ class PEAKVI(VAEMixin, PosteriorMixin, MappingMixin, BaseModel):
             ``"three"`` or ``"two"`` (see above).
         region_list
             Regions to test (default: all).
+        change
+            ``"lfc"`` or ``"difference"`` (see above).
 
         Returns
         -------
@@ -444,7 +451,7 @@ class PEAKVI(VAEMixin, PosteriorMixin, MappingMixin, BaseModel):
         de = differential_expression(
             self, adata, groupby, group1, group2, idx1, idx2, mode=mode, delta=delta, fdr_target=fdr_target,
             batch_correction=batch_correction, batchid1=batchid1, batchid2=batchid2, n_samples=n_samples,
-            m_permutation=m_permutation, test_mode=test_mode, gene_list=region_list, change="difference")
+            m_permutation=m_permutation, test_mode=test_mode, gene_list=region_list, change=change)
         change = mode == "change"
         out = pd.DataFrame({
             "prob_da": de["proba_de" if change else "proba_m1"],

@@ -267,13 +267,17 @@ def test_differential_accessibility_agrees_with_raw_data(trained, granja):
     # And the regions whose raw open fractions differ most are mostly called.
     largest_raw = da["emp_effect"].abs().sort_values(ascending=False).index[:50]
     assert da.loc[largest_raw, "is_da_fdr"].mean() >= 0.7
-    # delta is a difference of probabilities: regions called with differences of 0.1-0.2 are
-    # not called when at least 0.3 is asked for.
+    # With change="difference", delta is a difference of probabilities: regions called with
+    # differences of 0.1-0.2 are called at delta 0.05 and not when at least 0.3 is asked for.
     moderate = called.index[called["effect_size"].abs().between(0.1, 0.2)]
     assert len(moderate) >= 10
-    strict = trained.differential_accessibility(groupby="lineage", group1="Mono", group2="B", delta=0.3,
-                                                region_list=list(moderate))
-    assert strict["prob_da"].mean() < 0.5 < da.loc[moderate, "prob_da"].mean()
+    by_difference = {delta: trained.differential_accessibility(
+        groupby="lineage", group1="Mono", group2="B", delta=delta, region_list=list(moderate),
+        change="difference") for delta in (0.05, 0.3)}
+    assert by_difference[0.3]["prob_da"].mean() < 0.5 < by_difference[0.05]["prob_da"].mean()
+    # The default log2-ratio change orders the regions much as the difference does.
+    both = trained.differential_accessibility(groupby="lineage", group1="Mono", group2="B", change="difference")
+    assert both.loc[da.index, "bayes_factor"].corr(da["bayes_factor"], method="spearman") > 0.7
     vanilla = trained.differential_accessibility(idx1=mono, idx2=~mono, mode="vanilla", n_samples=500)
     assert vanilla["is_da_fdr"].isna().all() and vanilla["prob_da"].between(0, 1).all()
 
