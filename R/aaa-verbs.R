@@ -209,7 +209,7 @@
   }
   if (verbose && train) {
     message("Training ", model_class, " on ", .py_value(adata$n_obs), " cells x ",
-            .py_value(adata$n_vars), " genes")
+            .py_value(adata$n_vars), " features")
   }
   if (train) .py_call(do.call(model$train, args$train_args))
   model_dir <- .or_default(model_dir, .new_model_dir(model_class))
@@ -364,8 +364,8 @@ load_cellvi_model <- function(model_dir) {
       name <- a[[names_of[[kind]]]]
       object <- .seurat_add_assay(object, data, name)
       if (verbose) {
-        message("Added assay '", name, "' (", nrow(data), if (kind == "rna") " genes)" else
-          " proteins)")
+        message("Added assay '", name, "' (", nrow(data), " ",
+                .assay_unit(results$assays[[kind]], kind), ")")
       }
     }
     object
@@ -439,6 +439,11 @@ load_cellvi_model <- function(model_dir) {
   }
 )
 
+# What the rows of an assay result are, for messages: its `unit`, else genes or proteins.
+.assay_unit <- function(result, kind) {
+  .or_default(result$unit, if (kind == "rna") "genes" else "proteins")
+}
+
 # Normalized expression into an SCE: genes as an assay of `x` (all genes, in its order) or else
 # an altExp `name`; proteins as an assay of the protein altExp (all its proteins) or else an
 # altExp `<name>_<altexp>`.
@@ -451,7 +456,7 @@ load_cellvi_model <- function(model_dir) {
       SingleCellExperiment::altExp(x, name) <- SummarizedExperiment::SummarizedExperiment(
         assays = list(normalized = data))
     }
-    if (verbose) message("Added '", name, "' (", nrow(data), " genes)")
+    if (verbose) message("Added '", name, "' (", nrow(data), " ", .assay_unit(result, kind), ")")
     return(x)
   }
   alt <- if (protein_altexp %in% SingleCellExperiment::altExpNames(x)) {

@@ -9,6 +9,10 @@
 #'   proteins are the assay `"ADT"` (Seurat; underscores in their names become dashes, as
 #'   Seurat wants: `CD3-TotalSeqB`) or the altExp `"ADT"` (SingleCellExperiment).
 #' - `"pbmc_small"`: 80 PBMCs x 230 genes, the cells of `SeuratObject::pbmc_small`.
+#' - `"bmmc_atac_small"`: 600 bone-marrow cells x 2,000 peaks (scATAC-seq fragment counts),
+#'   for PeakVI: 100 cells of each of six types (metadata `cell_type`; `donor`), from Granja
+#'   et al. 2019 as shipped by the epiCHAOS R package (MIT). The peaks are the assay `"peaks"`
+#'   (Seurat) or the `counts` assay (SingleCellExperiment).
 #'
 #' @param name The data set.
 #' @param as `"Seurat"`, `"SingleCellExperiment"` or `"AnnData"` (the Python object).
@@ -20,12 +24,14 @@
 #'   rownames(cite[["ADT"]])
 #' }
 #' @export
-cellvi_dataset <- function(name = c("pbmc_cite_small", "pbmc_small"),
+cellvi_dataset <- function(name = c("pbmc_cite_small", "pbmc_small", "bmmc_atac_small"),
                            as = c("Seurat", "SingleCellExperiment", "AnnData")) {
   name <- match.arg(name)
   as <- match.arg(as)
   .core()  # chooses and starts Python as every verb does
   datasets <- reticulate::import("cellvi.datasets", convert = FALSE)
   adata <- .py_call(datasets[[name]]())
-  switch(as, Seurat = as_seurat(adata), SingleCellExperiment = as_sce(adata), AnnData = adata)
+  assay <- if (name == "bmmc_atac_small") "peaks" else "RNA"
+  switch(as, Seurat = as_seurat(adata, assay = assay), SingleCellExperiment = as_sce(adata),
+         AnnData = adata)
 }

@@ -50,10 +50,17 @@
   plan
 }
 
-.out_markers <- function(model, adata, a, plan, cells) {
+# The output of a markers verb whose table for one comparison is
+# table_of(model, adata, idx1, idx2, a): one table, or the tables of every group stacked.
+.out_markers_of <- function(table_of) {
+  force(table_of)
+  function(model, adata, a, plan, cells) .markers_tables(table_of, model, adata, a, plan)
+}
+
+.markers_tables <- function(table_of, model, adata, a, plan) {
   tables <- lapply(plan$comparisons, function(cmp) {
     if (isTRUE(a$verbose)) message(cmp$message)
-    table <- .de_table(model, adata, cmp$idx1, cmp$idx2, a)
+    table <- table_of(model, adata, cmp$idx1, cmp$idx2, a)
     if (plan$stack) table <- cbind(group = cmp$group, gene = rownames(table), table)
     table
   })
@@ -62,6 +69,8 @@
   rownames(out) <- NULL
   list(table = out)
 }
+
+.out_markers <- .out_markers_of(function(...) .de_table(...))
 
 .markers_scvi_verb <- .verb(plan = .markers_plan, outputs = list(.out_markers),
                             accepts = c("SCVI", "LinearSCVI", "SCANVI"))
