@@ -1,6 +1,7 @@
 """Shared neural network layers."""
 from ._layers import (Classifier, CovariateLinear, ExpressionDecoder, FCLayers, GaussianEncoder, SigmoidDecoder,
                       TotalVIDecoder)
+from ._sparse import SparseInputLinear, SparseRows
 
 __all__ = ["Classifier", "CovariateLinear", "ExpressionDecoder", "FCLayers", "GaussianEncoder", "SigmoidDecoder",
-           "TotalVIDecoder"]
+           "SparseInputLinear", "SparseRows", "TotalVIDecoder"]

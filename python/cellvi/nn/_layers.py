@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ._sparse import SparseInputLinear
+
 
 class CovariateLinear(nn.Module):
     """``Linear(concat(x, one_hot(c_1), ..., one_hot(c_k)))`` without building the one-hots.
@@ -48,7 +50,8 @@ class FCLayers(nn.Module):
     -> Dropout.
 
     Categorical covariates (codes) are injected into every layer when ``inject_covariates``,
-    else into the first only. A covariate with a single category still gets its (redundant)
+    else into the first only. With ``sparse_input`` the first layer also reads a
+    ``SparseRows`` minibatch (see ``SparseInputLinear``). A covariate with a single category still gets its (redundant)
     table: reference mapping then only ever appends rows for new categories.
     """
 
@@ -66,6 +69,7 @@ class FCLayers(nn.Module):
         bias: bool = True,
         inject_covariates: bool = True,
         activation_fn: type[nn.Module] = nn.ReLU,
+        sparse_input: bool = False,
     ):
         super().__init__()
         sizes = [n_in] + [n_hidden] * (n_layers - 1) + [n_out]
@@ -74,7 +78,8 @@ class FCLayers(nn.Module):
         self.layers = nn.ModuleList()
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             inject = inject_covariates or i == 0
-            block = nn.ModuleDict({"linear": CovariateLinear(a, b, self.n_cats if inject else (), bias)})
+            linear = SparseInputLinear if sparse_input and i == 0 else CovariateLinear
+            block = nn.ModuleDict({"linear": linear(a, b, self.n_cats if inject else (), bias)})
             post = []
             if use_batch_norm:
                 post.append(nn.BatchNorm1d(b, momentum=0.01, eps=1e-3))
@@ -324,10 +329,12 @@ class SigmoidDecoder(nn.Module):
         use_layer_norm: bool = True,
         inject_covariates: bool = False,
         activation_fn: type[nn.Module] = nn.LeakyReLU,
+        sparse_input: bool = False,
     ):
         super().__init__()
         self.hidden = FCLayers(n_in, n_hidden, n_cats, n_layers, n_hidden, 0.0, use_batch_norm, use_layer_norm,
-                               inject_covariates=inject_covariates, activation_fn=activation_fn)
+                               inject_covariates=inject_covariates, activation_fn=activation_fn,
+                               sparse_input=sparse_input)
         self.output = nn.Linear(n_hidden, n_out)
 
     def forward(self, x: torch.Tensor, cats: Sequence[torch.Tensor] = ()) -> torch.Tensor:

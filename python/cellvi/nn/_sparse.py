@@ -1,0 +1,105 @@
+"""A first layer that reads sparse input: the product of a CSR minibatch with the weights.
+
+Count and accessibility matrices are mostly zeros (scATAC 1-5% non-zero, RNA 5-15%), and the
+first encoder layer (regions or genes x hidden) is the largest product of a step. Read as a
+sparse matrix, its forward product and its weight gradient cost in proportion to the non-zero
+entries: on 128 cells x 10,000 peaks at 2% density, 0.3 + 1.5 ms instead of 3.4 + 3.1 ms
+(one CPU thread). The weight is stored transposed (inputs x outputs), the layout the sparse
+product reads fastest (a transposed copy per step would cost as much as the product).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import torch
+from torch import nn
+
+# torch warns once per process that CSR tensors are "in beta" (the two products used here,
+# CSR x dense forward and for the weight gradient, are long stable): spend that once here.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    torch.sparse_csr_tensor(torch.zeros(2, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0),
+                            (1, 1), check_invariants=False)
+
+
+class SparseRows:
+    """A minibatch (cells x features) given by its non-zero entries, as CSR, built once and
+    shared by every layer that reads it; its transpose (for weight gradients) is built on first
+    use. ``nz_index``: flat indices ``row * n_cols + col`` in increasing order (as the loader
+    serves them); ``nz_value``: the entries."""
+
+    def __init__(self, nz_index: torch.Tensor, nz_value: torch.Tensor, n_rows: int, n_cols: int):
+        rows = torch.div(nz_index, n_cols, rounding_mode="floor")
+        self.rows, self.cols = rows, nz_index - rows * n_cols
+        self.values = nz_value
+        self.shape = (int(n_rows), int(n_cols))
+        self.csr = torch.sparse_csr_tensor(_offsets(rows, n_rows), self.cols, nz_value, self.shape,
+                                           check_invariants=False)  # built valid here
+        self._transposed = None
+
+    @property
+    def transposed(self) -> torch.Tensor:
+        """The CSR of the transpose (features x cells)."""
+        if self._transposed is None:
+            order = torch.argsort(self.cols, stable=True)
+            self._transposed = torch.sparse_csr_tensor(
+                _offsets(self.cols, self.shape[1]), self.rows[order], self.values[order],
+                (self.shape[1], self.shape[0]), check_invariants=False)
+        return self._transposed
+
+    def dense(self) -> torch.Tensor:
+        out = self.values.new_zeros(self.shape)
+        out.view(-1).index_put_((self.rows * self.shape[1] + self.cols,), self.values)
+        return out
+
+
+def _offsets(sorted_codes: torch.Tensor, n: int) -> torch.Tensor:
+    """CSR row offsets of entries grouped by code (0..n-1)."""
+    out = sorted_codes.new_zeros(n + 1)
+    torch.cumsum(torch.bincount(sorted_codes, minlength=n), 0, out=out[1:])
+    return out
+
+
+class _SparseProduct(torch.autograd.Function):
+    """x @ weight_t for a SparseRows x; the data needs no gradient."""
+
+    @staticmethod
+    def forward(ctx, weight_t, x):
+        ctx.x = x
+        return torch.sparse.mm(x.csr, weight_t)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_w = torch.sparse.mm(ctx.x.transposed, grad_out.contiguous()) if ctx.needs_input_grad[0] else None
+        return grad_w, None
+
+
+class SparseInputLinear(nn.Module):
+    """``Linear(concat(x, one_hot(c_1), ...))`` (as ``CovariateLinear``) whose input ``x`` is a
+    ``SparseRows`` or a dense tensor; the weight is held as ``weight_t`` (inputs x outputs).
+    Initialised as ``nn.Linear`` is (uniform within 1 / sqrt(inputs))."""
+
+    def __init__(self, n_in: int, n_out: int, n_cats: Sequence[int] = (), bias: bool = True):
+        super().__init__()
+        bound = 1.0 / math.sqrt(n_in)
+        self.weight_t = nn.Parameter(torch.empty(n_in, n_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n_out).uniform_(-bound, bound)) if bias else None
+        cat_bound = 1.0 / math.sqrt(n_in + sum(n_cats))
+        self.cat_weights = nn.ParameterList(
+            nn.Parameter(torch.empty(int(n), n_out).uniform_(-cat_bound, cat_bound)) for n in n_cats
+        )
+
+    def forward(self, x, cats: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        if isinstance(x, SparseRows):
+            out = _SparseProduct.apply(self.weight_t, x)
+            if self.bias is not None:
+                out = out + self.bias
+        elif self.bias is not None:
+            out = torch.addmm(self.bias, x, self.weight_t)
+        else:
+            out = x @ self.weight_t
+        for weight, codes in zip(self.cat_weights, cats):
+            out = out + torch.index_select(weight, 0, codes)
+        return out
