@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from .. import _constants as C
 from ..distributions import NegativeBinomial, NegativeBinomialMixture, ZeroInflatedNegativeBinomial
-from ..nn import GaussianEncoder, TotalVIDecoder
+from ..nn import GaussianEncoder, SparseRows, TotalVIDecoder
 from ._base import BaseModule, LossOutput
 from ._vae import LATENT_DISTRIBUTIONS, NORM_CHOICES, _log_standard_normal, _normal, _rsample, check_choice
 
@@ -168,12 +168,12 @@ class TOTALVAE(BaseModule):
         enc_cats = cat_sizes if encode_covariates else ()
         self.z_encoder = GaussianEncoder(
             n_enc_in, n_latent, enc_cats, n_layers_encoder, n_hidden, dropout_rate_encoder, latent_distribution,
-            use_batch_norm=enc_bn, use_layer_norm=enc_ln,
+            use_batch_norm=enc_bn, use_layer_norm=enc_ln, sparse_input=True,
         )
         if not self.use_observed_lib_size:
             self.l_encoder = GaussianEncoder(
                 n_enc_in, 1, enc_cats, 1, n_hidden, dropout_rate_encoder,
-                use_batch_norm=enc_bn, use_layer_norm=enc_ln,
+                use_batch_norm=enc_bn, use_layer_norm=enc_ln, sparse_input=True,
             )
         decoder_kwargs = {"scale_activation": "softplus" if use_size_factor_key else "softmax",
                           **(extra_decoder_kwargs or {})}
@@ -203,8 +203,10 @@ class TOTALVAE(BaseModule):
 
     def inference_inputs(self, tensors: dict) -> dict:
         cats, cont = self.covariates(tensors)
+        nz = tensors.get(C.X_NZ_INDEX_KEY)
         return {"x": tensors[C.X_KEY], "y": tensors[C.PROTEIN_KEY], "batch": tensors[C.BATCH_KEY],
-                "cat_covs": cats, "cont_covs": cont}
+                "cat_covs": cats, "cont_covs": cont,
+                "x_nz": None if nz is None else (nz, tensors[C.X_NZ_VALUE_KEY])}
 
     def generative_inputs(self, tensors: dict, inference_out: dict, transform_batch=None) -> dict:
         cats, cont = self.covariates(tensors)
@@ -227,20 +229,33 @@ class TOTALVAE(BaseModule):
     def _library_sample(ql_mean, ql_var, sample_shape) -> torch.Tensor:
         return torch.clamp(_rsample(ql_mean, ql_var, sample_shape), max=LIBRARY_LOG_MAX)
 
-    def encoder_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def encoder_input(self, x: torch.Tensor, y: torch.Tensor, x_nz=None, cont_covs=None):
         """RNA and proteins, each divided by (1 + the cell's mean count), log1p'ed with
-        ``log_variational``, side by side."""
-        x_in = torch.cat([x / (1 + x.mean(-1, keepdim=True)), y / (1 + y.mean(-1, keepdim=True))], dim=-1)
-        return torch.log1p(x_in) if self.log_variational else x_in
+        ``log_variational``, side by side (then the continuous covariates, if given). With
+        ``x_nz`` (the RNA's non-zero flat indices and values) a ``SparseRows`` of the RNA with
+        the rest as its dense tail: the same numbers, computed at the non-zeros only."""
+        y_in = y / (1 + y.mean(-1, keepdim=True))
+        if self.log_variational:
+            y_in = torch.log1p(y_in)
+        tail = y_in if cont_covs is None else torch.cat([y_in, cont_covs], dim=-1)
+        if x_nz is None:
+            x_in = x / (1 + x.mean(-1, keepdim=True))
+            return torch.cat([torch.log1p(x_in) if self.log_variational else x_in, tail], dim=-1)
+        nz_index, nz_value = x_nz
+        n_cells, n_genes = x.shape
+        rows = torch.div(nz_index, n_genes, rounding_mode="floor")
+        scale = 1 + torch.zeros(n_cells, dtype=nz_value.dtype, device=nz_value.device).index_add_(
+            0, rows, nz_value) / n_genes
+        values = nz_value / scale.index_select(0, rows)
+        return SparseRows(nz_index, torch.log1p(values) if self.log_variational else values, n_cells, n_genes,
+                          tail=tail)
 
-    def inference(self, x, y, batch, cat_covs=(), cont_covs=None, n_samples: int = 1) -> dict:
-        """q(z | x, y) and the log library: observed log(sum x), or a draw of q(l | x, y)."""
-        x_in = self.encoder_input(x, y)
-        cats = ()
-        if self.encode_covariates:
-            cats = [batch, *cat_covs]
-            if cont_covs is not None:
-                x_in = torch.cat([x_in, cont_covs], dim=-1)
+    def inference(self, x, y, batch, cat_covs=(), cont_covs=None, n_samples: int = 1, x_nz=None) -> dict:
+        """q(z | x, y) and the log library: observed log(sum x), or a draw of q(l | x, y).
+        ``x_nz``: the RNA's non-zeros (flat indices, values), read by the encoders instead of
+        ``x`` (the same numbers, faster)."""
+        cats = [batch, *cat_covs] if self.encode_covariates else ()
+        x_in = self.encoder_input(x, y, x_nz, cont_covs if self.encode_covariates else None)
         sample_shape = (n_samples,) if n_samples > 1 else ()
         out = self._latent_samples(*self.z_encoder(x_in, cats), sample_shape)
         if self.use_observed_lib_size:

@@ -28,13 +28,18 @@ class SparseRows:
     """A minibatch (cells x features) given by its non-zero entries, as CSR, built once and
     shared by every layer that reads it; its transpose (for weight gradients) is built on first
     use. ``nz_index``: flat indices ``row * n_cols + col`` in increasing order (as the loader
-    serves them); ``nz_value``: the entries."""
+    serves them); ``nz_value``: the entries. ``tail``: optional dense columns that follow the
+    sparse ones (cells x k, e.g. protein counts or continuous covariates beside the genes)."""
 
-    def __init__(self, nz_index: torch.Tensor, nz_value: torch.Tensor, n_rows: int, n_cols: int):
+    def __init__(self, nz_index: torch.Tensor, nz_value: torch.Tensor, n_rows: int, n_cols: int,
+                 tail: torch.Tensor | None = None):
         rows = torch.div(nz_index, n_cols, rounding_mode="floor")
         self.rows, self.cols = rows, nz_index - rows * n_cols
         self.values = nz_value
         self.shape = (int(n_rows), int(n_cols))
+        if tail is not None and (tail.dim() != 2 or tail.shape[0] != self.shape[0]):
+            raise ValueError(f"tail must be {self.shape[0]} x k, got shape {tuple(tail.shape)}")
+        self.tail = tail
         self.csr = torch.sparse_csr_tensor(_offsets(rows, n_rows), self.cols, nz_value, self.shape,
                                            check_invariants=False)  # built valid here
         self._transposed = None
@@ -50,9 +55,14 @@ class SparseRows:
         return self._transposed
 
     def dense(self) -> torch.Tensor:
+        """The same cells as a dense tensor (with the tail's columns)."""
         out = self.values.new_zeros(self.shape)
         out.view(-1).index_put_((self.rows * self.shape[1] + self.cols,), self.values)
-        return out
+        return out if self.tail is None else torch.cat([out, self.tail], dim=-1)
+
+    @property
+    def n_features(self) -> int:
+        return self.shape[1] + (0 if self.tail is None else self.tail.shape[1])
 
 
 def _offsets(sorted_codes: torch.Tensor, n: int) -> torch.Tensor:
@@ -91,9 +101,25 @@ class SparseInputLinear(nn.Module):
             nn.Parameter(torch.empty(int(n), n_out).uniform_(-cat_bound, cat_bound)) for n in n_cats
         )
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A CovariateLinear's parameters (linear.weight: outputs x inputs, linear.bias), as
+        # models saved before their first layer read sparse input hold them, load transposed.
+        if prefix + "linear.weight" in state_dict and prefix + "weight_t" not in state_dict:
+            state_dict[prefix + "weight_t"] = state_dict.pop(prefix + "linear.weight").t().contiguous()
+            if prefix + "linear.bias" in state_dict:
+                state_dict[prefix + "bias"] = state_dict.pop(prefix + "linear.bias")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x, cats: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         if isinstance(x, SparseRows):
-            out = _SparseProduct.apply(self.weight_t, x)
+            if x.n_features != self.weight_t.shape[0]:
+                raise ValueError(f"the layer reads {self.weight_t.shape[0]} features, the input has {x.n_features}")
+            n_sparse = x.shape[1]
+            # Rows of weight_t: a slice of whole rows stays contiguous.
+            weight = self.weight_t if x.tail is None else self.weight_t[:n_sparse]
+            out = _SparseProduct.apply(weight, x)
+            if x.tail is not None:
+                out = torch.addmm(out, x.tail, self.weight_t[n_sparse:])
             if self.bias is not None:
                 out = out + self.bias
         elif self.bias is not None:
