@@ -1,9 +1,10 @@
 """User-facing models."""
 from ._base import BaseModel, load_model
+from ._cellassign import CellAssign
 from ._mixins import MappingMixin, VAEMixin
 from ._peakvi import PEAKVI
 from ._scanvi import SCANVI
 from ._scvi import SCVI, LinearSCVI
 from ._totalvi import TOTALVI
 
-__all__ = ["BaseModel", "MappingMixin", "VAEMixin", "LinearSCVI", "PEAKVI", "SCANVI", "SCVI", "TOTALVI", "load_model"]
+__all__ = ["BaseModel", "CellAssign", "MappingMixin", "VAEMixin", "LinearSCVI", "PEAKVI", "SCANVI", "SCVI", "TOTALVI", "load_model"]
