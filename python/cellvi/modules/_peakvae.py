@@ -30,7 +30,7 @@ from torch import nn
 
 from .. import _constants as C
 from ..distributions import Bernoulli
-from ..nn import GaussianEncoder, SigmoidDecoder, SparseRows
+from ..nn import GaussianEncoder, SigmoidDecoder, SparseRows, reads_sparse
 from ._base import BaseModule, LossOutput
 from ._vae import LATENT_DISTRIBUTIONS, NORM_CHOICES, _log_standard_normal, _normal, _rsample, check_choice
 
@@ -127,7 +127,8 @@ class PEAKVAE(BaseModule):
         # The encoders read the non-zeros alone when the minibatch comes with them (2-5% of a
         # scATAC matrix), unless continuous covariates join the regions as encoder input.
         sparse = (SparseRows(nz_index, tensors[C.X_NZ_VALUE_KEY], *x.shape)
-                  if nz_index is not None and not (self.encode_covariates and cont is not None) else None)
+                  if reads_sparse(nz_index, x.shape) and not (self.encode_covariates and cont is not None)
+                  else None)
         return {"x": x, "batch": tensors[C.BATCH_KEY], "cat_covs": cats, "cont_covs": cont, "x_sparse": sparse}
 
     def generative_inputs(self, tensors: dict, inference_out: dict, transform_batch=None,

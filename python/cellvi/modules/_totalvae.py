@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from .. import _constants as C
 from ..distributions import NegativeBinomial, NegativeBinomialMixture, ZeroInflatedNegativeBinomial
-from ..nn import GaussianEncoder, SparseRows, TotalVIDecoder
+from ..nn import GaussianEncoder, SparseRows, TotalVIDecoder, reads_sparse
 from ._base import BaseModule, LossOutput
 from ._vae import LATENT_DISTRIBUTIONS, NORM_CHOICES, _log_standard_normal, _normal, _rsample, check_choice
 
@@ -203,10 +203,10 @@ class TOTALVAE(BaseModule):
 
     def inference_inputs(self, tensors: dict) -> dict:
         cats, cont = self.covariates(tensors)
-        nz = tensors.get(C.X_NZ_INDEX_KEY)
-        return {"x": tensors[C.X_KEY], "y": tensors[C.PROTEIN_KEY], "batch": tensors[C.BATCH_KEY],
+        x, nz = tensors[C.X_KEY], tensors.get(C.X_NZ_INDEX_KEY)
+        return {"x": x, "y": tensors[C.PROTEIN_KEY], "batch": tensors[C.BATCH_KEY],
                 "cat_covs": cats, "cont_covs": cont,
-                "x_nz": None if nz is None else (nz, tensors[C.X_NZ_VALUE_KEY])}
+                "x_nz": (nz, tensors[C.X_NZ_VALUE_KEY]) if reads_sparse(nz, x.shape) else None}
 
     def generative_inputs(self, tensors: dict, inference_out: dict, transform_batch=None) -> dict:
         cats, cont = self.covariates(tensors)

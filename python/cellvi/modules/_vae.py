@@ -17,7 +17,7 @@ from torch.distributions import Normal, kl_divergence
 
 from .. import _constants as C
 from ..distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
-from ..nn import ExpressionDecoder, GaussianEncoder
+from ..nn import ExpressionDecoder, GaussianEncoder, SparseRows, reads_sparse
 from ._base import BaseModule, LossOutput
 
 GENE_LIKELIHOODS = ("zinb", "nb", "poisson")
@@ -112,11 +112,13 @@ class VAE(BaseModule):
         self.z_encoder = GaussianEncoder(
             n_enc_in, n_latent, enc_cats, n_layers, n_hidden, dropout_rate, latent_distribution,
             use_batch_norm=enc_bn, use_layer_norm=enc_ln, inject_covariates=deeply_inject_covariates,
+            sparse_input=True,
         )
         if not use_observed_lib_size:
             self.l_encoder = GaussianEncoder(
                 n_enc_in, 1, enc_cats, 1, n_hidden, dropout_rate,
                 use_batch_norm=enc_bn, use_layer_norm=enc_ln, inject_covariates=deeply_inject_covariates,
+                sparse_input=True,
             )
         self.decoder = ExpressionDecoder(
             n_latent + n_continuous_cov, n_input, cat_sizes, n_layers, n_hidden,
@@ -136,7 +138,9 @@ class VAE(BaseModule):
     # -- tensor dict -> arguments -----------------------------------------------------------
     def inference_inputs(self, tensors: dict) -> dict:
         cats, cont = self.covariates(tensors)
-        return {"x": tensors[C.X_KEY], "batch": tensors[C.BATCH_KEY], "cat_covs": cats, "cont_covs": cont}
+        x, nz = tensors[C.X_KEY], tensors.get(C.X_NZ_INDEX_KEY)
+        return {"x": x, "batch": tensors[C.BATCH_KEY], "cat_covs": cats, "cont_covs": cont,
+                "x_nz": (nz, tensors[C.X_NZ_VALUE_KEY]) if reads_sparse(nz, x.shape) else None}
 
     def generative_inputs(self, tensors: dict, inference_out: dict, transform_batch=None) -> dict:
         cats, cont = self.covariates(tensors)
@@ -153,13 +157,19 @@ class VAE(BaseModule):
         }
 
     # -- the model ---------------------------------------------------------------------------
-    def inference(self, x, batch, cat_covs=(), cont_covs=None, n_samples: int = 1) -> dict:
-        x_in = torch.log1p(x) if self.log_variational else x
-        cats = ()
-        if self.encode_covariates:
-            cats = [batch, *cat_covs]
-            if cont_covs is not None:
-                x_in = torch.cat([x_in, cont_covs], dim=-1)
+    def inference(self, x, batch, cat_covs=(), cont_covs=None, n_samples: int = 1, x_nz=None) -> dict:
+        """q(z | x) and the log library (observed, or a draw of q(l | x)). ``x_nz``: the
+        counts' non-zeros (flat indices, values), read by the encoders instead of ``x`` (the
+        same numbers, computed at the non-zeros only)."""
+        cats = [batch, *cat_covs] if self.encode_covariates else ()
+        tail = cont_covs if self.encode_covariates else None
+        if x_nz is None:
+            x_in = torch.log1p(x) if self.log_variational else x
+            if tail is not None:
+                x_in = torch.cat([x_in, tail], dim=-1)
+        else:
+            values = torch.log1p(x_nz[1]) if self.log_variational else x_nz[1]
+            x_in = SparseRows(x_nz[0], values, *x.shape, tail=tail)
         qz_mean, qz_var = self.z_encoder(x_in, cats)
         sample_shape = (n_samples,) if n_samples > 1 else ()
         untran_z = _rsample(qz_mean, qz_var, sample_shape)
