@@ -87,3 +87,52 @@ class Bernoulli:
     @torch.no_grad()
     def sample(self) -> torch.Tensor:
         return torch.bernoulli(self.probs)
+
+
+class _ScaledBernoulliLogLikelihood(torch.autograd.Function):
+    """As ``_BernoulliLogLikelihood`` for P = y * d * f (y: cells x features, d: cells x 1,
+    f: features), with the products' gradients folded in: one set of passes over the dense
+    minibatch instead of autograd's chain through two products."""
+
+    @staticmethod
+    def forward(ctx, probs, cell_factor, feature_factor, nz_index, nz_value):
+        n_cols = probs.shape[-1]
+        with torch.no_grad():
+            df = cell_factor * feature_factor  # d_c f_r, later d BCE / d y in place
+            P = probs * df
+            q = 1 - P
+            per_cell = _clamped_log(q).sum(-1)
+            grad = q.mul_(P).clamp_min_(_GRAD_EPS)
+            torch.div(P, grad, out=grad)  # d BCE / d P as if every entry were closed
+            p_nz = P.reshape(-1).index_select(0, nz_index)
+            q_nz = 1 - p_nz
+            opened = (nz_value > 0).to(probs.dtype)
+            rows = torch.div(nz_index, n_cols, rounding_mode="floor")
+            per_cell.index_add_(0, rows, opened * (_clamped_log(p_nz) - _clamped_log(q_nz)))
+            grad.view(-1).index_add_(0, nz_index, -opened / (p_nz * q_nz).clamp_min_(_GRAD_EPS))
+            grad_probs = df.mul_(grad)  # dBCE/dy = dBCE/dP * d f
+            grad_y_probs = grad.mul_(probs)  # dBCE/dP * y: its row sums against f give dBCE/dd
+            grad_cell = grad_y_probs @ feature_factor  # dBCE/dd per cell
+        ctx.save_for_backward(grad_probs, grad_y_probs, grad_cell, cell_factor)
+        return per_cell
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_probs, grad_y_probs, grad_cell, cell_factor = ctx.saved_tensors
+        g = grad_out.neg()  # the log-likelihood is minus the BCE
+        out_probs = grad_probs * g.unsqueeze(-1) if ctx.needs_input_grad[0] else None
+        out_cell = (grad_cell * g).unsqueeze(-1) if ctx.needs_input_grad[1] else None
+        out_feature = grad_y_probs.t() @ (cell_factor.reshape(-1) * g) if ctx.needs_input_grad[2] else None
+        return out_probs, out_cell, out_feature, None, None
+
+
+def scaled_bernoulli_log_likelihood_per_cell(probs: torch.Tensor, cell_factor: torch.Tensor,
+                                             feature_factor: torch.Tensor, nz_index: torch.Tensor,
+                                             nz_value: torch.Tensor) -> torch.Tensor:
+    """``bernoulli_log_likelihood_per_cell(probs * cell_factor * feature_factor, ...)`` (the
+    same values and gradients), computed in one function: ``probs`` cells x features,
+    ``cell_factor`` cells x 1, ``feature_factor`` features."""
+    if probs.dim() != 2 or cell_factor.shape != (probs.shape[0], 1) or feature_factor.shape != probs.shape[-1:]:
+        raise ValueError(f"shapes do not fit: probs {tuple(probs.shape)}, cell_factor {tuple(cell_factor.shape)}, "
+                         f"feature_factor {tuple(feature_factor.shape)}")
+    return _ScaledBernoulliLogLikelihood.apply(probs, cell_factor, feature_factor, nz_index, nz_value)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .. import _constants as C
-from ..distributions import Bernoulli
+from ..distributions import Bernoulli, scaled_bernoulli_log_likelihood_per_cell
 from ..nn import GaussianEncoder, SigmoidDecoder, SparseRows, reads_sparse
 from ._base import BaseModule, LossOutput
 from ._vae import LATENT_DISTRIBUTIONS, NORM_CHOICES, _log_standard_normal, _normal, _rsample, check_choice
@@ -189,9 +189,15 @@ class PEAKVAE(BaseModule):
         return out if f is None else out * f
 
     def loss(self, tensors, inference_out, generative_out, kl_weight: float = 1.0) -> LossOutput:
-        probs = self.observation_probs(generative_out["probs"], inference_out["d"])
-        reconstruction = -Bernoulli(probs).log_prob_per_cell(
-            tensors[C.X_KEY], tensors.get(C.X_NZ_INDEX_KEY), tensors.get(C.X_NZ_VALUE_KEY))
+        probs, d, f = generative_out["probs"], inference_out["d"], self.region_factor_probs()
+        nz_index = tensors.get(C.X_NZ_INDEX_KEY)
+        if nz_index is not None and probs.dim() == 2 and f is not None:
+            # P = y d f and the Bernoulli in one function (the training hot path)
+            reconstruction = -scaled_bernoulli_log_likelihood_per_cell(probs, d, f, nz_index,
+                                                                       tensors[C.X_NZ_VALUE_KEY])
+        else:
+            reconstruction = -Bernoulli(self.observation_probs(probs, d)).log_prob_per_cell(
+                tensors[C.X_KEY], nz_index, tensors.get(C.X_NZ_VALUE_KEY))
         qz_mean, qz_var = inference_out["qz_mean"], inference_out["qz_var"]
         kl_z = 0.5 * (qz_var + qz_mean.square() - 1 - torch.log(qz_var)).sum(-1)  # KL(q(z|x) || N(0, I))
         scale = 1.0 / reconstruction.shape[0] if self.kl_scale is None else float(self.kl_scale)
