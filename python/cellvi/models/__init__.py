@@ -1,4 +1,5 @@
 """User-facing models."""
+from ._autozi import AUTOZI
 from ._base import BaseModel, load_model
 from ._cellassign import CellAssign
 from ._mixins import MappingMixin, VAEMixin
@@ -7,4 +8,4 @@ from ._scanvi import SCANVI
 from ._scvi import SCVI, LinearSCVI
 from ._totalvi import TOTALVI
 
-__all__ = ["BaseModel", "CellAssign", "MappingMixin", "VAEMixin", "LinearSCVI", "PEAKVI", "SCANVI", "SCVI", "TOTALVI", "load_model"]
+__all__ = ["AUTOZI", "BaseModel", "CellAssign", "MappingMixin", "VAEMixin", "LinearSCVI", "PEAKVI", "SCANVI", "SCVI", "TOTALVI", "load_model"]

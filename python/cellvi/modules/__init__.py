@@ -1,4 +1,5 @@
 """Modules: the math of each model, in pure torch."""
+from ._autozivae import AUTOZIVAE
 from ._base import BaseModule, LossOutput
 from ._cellassign import CellAssignModule
 from ._peakvae import PEAKVAE
@@ -6,4 +7,4 @@ from ._scanvae import SCANVAE
 from ._totalvae import TOTALVAE, protein_background_prior
 from ._vae import VAE
 
-__all__ = ["BaseModule", "CellAssignModule", "LossOutput", "PEAKVAE", "SCANVAE", "TOTALVAE", "VAE", "protein_background_prior"]
+__all__ = ["AUTOZIVAE", "BaseModule", "CellAssignModule", "LossOutput", "PEAKVAE", "SCANVAE", "TOTALVAE", "VAE", "protein_background_prior"]
