@@ -120,7 +120,9 @@
 #             `rna` and/or `protein`: list(data = features x cells, whole = all features?)),
 #             table (a data.frame returned instead of the object).
 # plan        function(plan, eco, object, a, args) -> plan: changes the default plan (input,
-#             features, columns, model, build, adapt, train, setup, record, latent names).
+#             features, columns, model, build, adapt, train, setup, record, latent names,
+#             record_name: where a fitted model with no latent space is recorded, in the
+#             Seurat object's misc$cellvi or the SCE's metadata$cellvi).
 # accepts     model classes a query verb can use (NULL: any).
 # fit_by      the verbs that make its model, named by ecosystem (for error messages).
 .verb <- function(model = NULL, setup = list(), model_args = list(), train_args = list(),
@@ -352,6 +354,9 @@ load_cellvi_model <- function(model_dir) {
         embeddings = embeddings, loadings = loadings, key = key, assay = plan$input$counts,
         misc = record)
     }
+    if (is.null(results$latent) && !is.null(plan$record_name)) {
+      object@misc[["cellvi"]][[plan$record_name]] <- record  # a model with no latent space
+    }
     for (name in names(results$columns)) object[[name]] <- results$columns[[name]]
     for (name in names(results$cell_matrices)) {
       # Keys are alphanumeric plus "_"; Seurat would otherwise warn and make one.
@@ -424,6 +429,12 @@ load_cellvi_model <- function(model_dir) {
       if (!is.null(plan$input$proteins)) record$protein_altexp <- plan$input$proteins
       meta <- S4Vectors::metadata(x)
       meta$cellvi[[name]] <- record
+      S4Vectors::metadata(x) <- meta
+    }
+    if (is.null(results$latent) && !is.null(plan$record_name)) {
+      record$assay.type <- plan$input$counts
+      meta <- S4Vectors::metadata(x)
+      meta$cellvi[[plan$record_name]] <- record  # a model with no latent space
       S4Vectors::metadata(x) <- meta
     }
     for (name in names(results$columns)) {
