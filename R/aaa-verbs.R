@@ -118,7 +118,9 @@
 #             rownames = cells), loadings (features x k), columns (named list of per-cell
 #             vectors), cell_matrices (named list of cells x k matrices), assays (list with
 #             `rna` and/or `protein`: list(data = features x cells, whole = all features?)),
-#             table (a data.frame returned instead of the object).
+#             features (a data.frame of per-feature columns, rownames = features of the
+#             counts' assay: Seurat meta.features of that assay, SCE rowData; features the
+#             model did not read get NA), table (a data.frame returned instead of the object).
 # plan        function(plan, eco, object, a, args) -> plan: changes the default plan (input,
 #             features, columns, model, build, adapt, train, setup, record, latent names,
 #             record_name: where a fitted model with no latent space is recorded, in the
@@ -358,6 +360,13 @@ load_cellvi_model <- function(model_dir) {
       object@misc[["cellvi"]][[plan$record_name]] <- record  # a model with no latent space
     }
     for (name in names(results$columns)) object[[name]] <- results$columns[[name]]
+    if (!is.null(results$features)) {
+      assay <- object[[plan$input$counts]]
+      for (name in names(results$features)) {
+        assay[[name]] <- .feature_column(results$features, name, rownames(assay))
+      }
+      object[[plan$input$counts]] <- assay
+    }
     for (name in names(results$cell_matrices)) {
       # Keys are alphanumeric plus "_"; Seurat would otherwise warn and make one.
       object <- .seurat_add_assay(object, t(results$cell_matrices[[name]]), name,
@@ -440,6 +449,10 @@ load_cellvi_model <- function(model_dir) {
     for (name in names(results$columns)) {
       SummarizedExperiment::colData(x)[[name]] <- results$columns[[name]]
     }
+    for (name in names(results$features)) {
+      SummarizedExperiment::rowData(x)[[name]] <- .feature_column(results$features, name,
+                                                                  rownames(x))
+    }
     for (name in names(results$cell_matrices)) {
       SummarizedExperiment::colData(x)[[name]] <- results$cell_matrices[[name]]
     }
@@ -449,6 +462,14 @@ load_cellvi_model <- function(model_dir) {
     x
   }
 )
+
+# Column `name` of a per-feature result, named and in the order of `features` (NA where the
+# result has no row).
+.feature_column <- function(table, name, features) {
+  column <- table[[name]][match(features, rownames(table))]
+  names(column) <- features
+  column
+}
 
 # What the rows of an assay result are, for messages: its `unit`, else genes or proteins.
 .assay_unit <- function(result, kind) {
