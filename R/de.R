@@ -73,7 +73,7 @@
 .out_markers <- .out_markers_of(function(...) .de_table(...))
 
 .markers_scvi_verb <- .verb(plan = .markers_plan, outputs = list(.out_markers),
-                            accepts = c("SCVI", "LinearSCVI", "SCANVI"))
+                            accepts = c("SCVI", "LinearSCVI", "SCANVI", "AUTOZI"))
 
 # Runs the model's differential_expression for cell index sets (1-based R indices) and
 # returns a data.frame: Seurat's columns first, then the model's own.
@@ -126,7 +126,8 @@
 #' and the other posterior LFC summaries, and `is_de_fdr` (called DE at posterior expected
 #' FDR `fdr_target`). Rows are sorted by evidence.
 #'
-#' @param object A Seurat object on which [RunSCVI()] has run.
+#' @param object A Seurat object on which [RunSCVI()] has run (or [RunLinearSCVI()],
+#'   [RunSCANVI()], [RunAUTOZI()]: name its reduction).
 #' @param ident.1,ident.2 Groups to compare: identity classes (or values of `group.by`).
 #'   `ident.2 = NULL` compares with all other cells.
 #' @param group.by Metadata column defining the groups (default: the identities, `Idents()`).

@@ -19,7 +19,7 @@
     dimnames(expr) <- list(.or_default(a$features, .model_genes(model)), cells)
     list(assays = list(rna = list(data = expr, whole = is.null(a$features))))
   }),
-  accepts = c("SCVI", "LinearSCVI", "SCANVI"))
+  accepts = c("SCVI", "LinearSCVI", "SCANVI", "AUTOZI"))
 
 # ---- shared helpers ----------------------------------------------------------------------------
 
@@ -121,7 +121,8 @@ RunLinearSCVI <- function(object, assay = NULL, features = NULL, batch_key = NUL
 #' Decodes each cell's latent state into expression with technical noise (library size,
 #' dropout and, with `transform_batch`, batch) removed, and stores it as a new assay.
 #'
-#' @param object A Seurat object on which [RunSCVI()] or [RunLinearSCVI()] has run.
+#' @param object A Seurat object on which [RunSCVI()] or [RunLinearSCVI()] has run (or
+#'   [RunSCANVI()], [RunAUTOZI()]: name its reduction).
 #' @param reduction The reduction whose model to use.
 #' @param features Genes to return (default: all genes of the model). Only these are computed
 #'   and stored.
@@ -202,7 +203,8 @@ runLinearSCVI <- function(x, assay.type = "counts", features = NULL, batch_key =
 #' With all genes of the model the result is a new assay; with chosen `features` it is an
 #' alternative experiment (`altExp(x, name)`) holding those genes only.
 #'
-#' @param x A SingleCellExperiment on which [runSCVI()] or [runLinearSCVI()] has run.
+#' @param x A SingleCellExperiment on which [runSCVI()] or [runLinearSCVI()] has run (or
+#'   [runSCANVI()], [runAUTOZI()]: name its reducedDim).
 #' @param dimred The reducedDim whose model to use.
 #' @param name Name of the new assay (or altExp).
 #' @inheritParams NormalizeSCVI

@@ -37,6 +37,13 @@ test_that("RunAUTOZI writes per-gene columns to the assay's feature metadata", {
   ab <- model$get_alphas_betas()
   expect_equal(as.numeric(ab$alpha_posterior), meta[genes, "autozi.alpha"], tolerance = 1e-6)
   expect_equal(as.numeric(ab$beta_posterior), meta[genes, "autozi.beta"], tolerance = 1e-6)
+  # the scVI query verbs read the AutoZI model too
+  norm <- NormalizeSCVI(out, reduction = "autozi", features = genes[1:5], verbose = FALSE)
+  expr <- SeuratObject::GetAssayData(norm, assay = "SCVI", slot = "data")
+  expect_equal(dim(expr), c(5L, ncol(pbmc)))
+  de <- FindMarkersSCVI(out, ident.1 = "0", reduction = "autozi", n_samples = 50, verbose = FALSE)
+  expect_setequal(rownames(de), genes)
+  expect_true(all(c("avg_log2FC", "pct.1", "pct.2", "proba_de") %in% names(de)))
   # a stricter call
   strict <- RunAUTOZI(pbmc, features = genes, max_epochs = 2, seed = 0, prob_threshold = 0.9,
                       model_dir = file.path(tempdir(), "pbmc_autozi2"), verbose = FALSE)
