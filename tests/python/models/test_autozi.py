@@ -4,6 +4,8 @@ simulated counts, per-batch zero inflation, save/load, errors, and the marginal 
 against scVI's NB fit of the same genes."""
 from __future__ import annotations
 
+import contextlib
+
 import anndata
 import numpy as np
 import pandas as pd
@@ -45,6 +47,18 @@ def simulate_zi(n_cells=1000, n_genes=40, n_zi=20, pi=0.5, seed=0, n_batches=1):
     return adata, truth[order]
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Tiny networks gain nothing from a second thread, and on a busy machine a thread pool
+    waiting on a descheduled thread made 1,200 steps take minutes instead of seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def trained():
     """(adata, truth, AUTOZI) trained on simulated counts; do not mutate."""
@@ -55,7 +69,8 @@ def trained():
     # The Beta posteriors move slowly (noisy reparameterised gradients, as in scvi-tools: on
     # these data both reach about 0.6 of genes right after 300 epochs at lr 1e-3 and 0.85-0.9
     # after 60 epochs at lr 1e-2); 1,200 steps at lr 1e-2 reach 0.95-1 (seeds 0 and 1).
-    model.train(max_epochs=150, lr=1e-2)
+    with one_thread():
+        model.train(max_epochs=150, lr=1e-2)
     return adata, truth, model
 
 
@@ -226,7 +241,8 @@ def test_per_batch_zero_inflation_and_learned_prior(tmp_path):
     cellvi.AUTOZI.setup_anndata(adata, batch_key="batch")
     model = cellvi.AUTOZI(adata, n_latent=3, n_hidden=32, zero_inflation="gene-batch",
                           alpha_prior=None, beta_prior=None)
-    model.train(max_epochs=3)
+    with one_thread():
+        model.train(max_epochs=3)
     ab = model.get_alphas_betas()
     assert ab["alpha_posterior"].shape == (12, 2) and ab["alpha_prior"].shape == (1, 2)
     calls = model.get_zero_inflation()
@@ -244,10 +260,11 @@ def test_marginal_ll_against_scvi_nb():
     cellvi.settings.seed = 0
     adata, _ = simulate_zi(n_cells=800, seed=1)
     cellvi.AUTOZI.setup_anndata(adata)
-    autozi = cellvi.AUTOZI(adata, n_latent=5).train(max_epochs=40, lr=1e-2)
-    cellvi.SCVI.setup_anndata(adata)
-    nb = cellvi.SCVI(adata, n_latent=5, gene_likelihood="nb")
-    nb.train(max_epochs=40, lr=1e-2, plan_kwargs={"kl_warmup_cap": None})  # AutoZI's warm-up
+    with one_thread():
+        autozi = cellvi.AUTOZI(adata, n_latent=5).train(max_epochs=40, lr=1e-2)
+        cellvi.SCVI.setup_anndata(adata)
+        nb = cellvi.SCVI(adata, n_latent=5, gene_likelihood="nb")
+        nb.train(max_epochs=40, lr=1e-2, plan_kwargs={"kl_warmup_cap": None})  # AutoZI's warm-up
     held_out = autozi.validation_indices
     np.testing.assert_array_equal(held_out, nb.validation_indices)  # same seeded split
     per_cell = autozi.get_marginal_ll(indices=held_out, n_mc_samples=50, return_mean=False)
