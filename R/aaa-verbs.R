@@ -124,7 +124,10 @@
 # plan        function(plan, eco, object, a, args) -> plan: changes the default plan (input,
 #             features, columns, model, build, adapt, train, setup, record, latent names,
 #             record_name: where a fitted model with no latent space is recorded, in the
-#             Seurat object's misc$cellvi or the SCE's metadata$cellvi).
+#             Seurat object's misc$cellvi or the SCE's metadata$cellvi; fit: function(adata,
+#             args, seed, model_dir, verbose) -> list(model, dir, record) that fits and saves
+#             in place of .fit_model(), for a verb that fits several models: `model` is what
+#             its outputs get, `record` is added to the record).
 # accepts     model classes a query verb can use (NULL: any).
 # fit_by      the verbs that make its model, named by ecosystem (for error messages).
 .verb <- function(model = NULL, setup = list(), model_args = list(), train_args = list(),
@@ -172,12 +175,16 @@
   } else {
     adata <- eco$anndata(object, plan$input, plan$features, plan$columns)
     if (!is.null(plan$adapt)) adata <- plan$adapt(adata)
-    fit <- .fit_model(adata, plan$model, args, a$seed, a$model_dir, verbose, build = plan$build,
-                      train = !isFALSE(plan$train))
+    fit <- if (is.null(plan$fit)) {
+      .fit_model(adata, plan$model, args, a$seed, a$model_dir, verbose, build = plan$build,
+                 train = !isFALSE(plan$train))
+    } else {
+      plan$fit(adata, args, a$seed, a$model_dir, verbose)
+    }
     model <- fit$model
     record <- c(list(model = plan$model, model_dir = fit$dir, setup = plan$setup,
                      model_args = args$model_args, train_args = args$train_args,
-                     cellvi_version = .py_value(.core()$`__version__`)), plan$record)
+                     cellvi_version = .py_value(.core()$`__version__`)), plan$record, fit$record)
   }
   results <- list()
   cells <- colnames(object)

@@ -6,6 +6,7 @@ from ._mixins import MappingMixin, VAEMixin
 from ._peakvi import PEAKVI
 from ._scanvi import SCANVI
 from ._scvi import SCVI, LinearSCVI
+from ._solo import SOLO
 from ._totalvi import TOTALVI
 
-__all__ = ["AUTOZI", "BaseModel", "CellAssign", "MappingMixin", "VAEMixin", "LinearSCVI", "PEAKVI", "SCANVI", "SCVI", "TOTALVI", "load_model"]
+__all__ = ["AUTOZI", "BaseModel", "CellAssign", "MappingMixin", "VAEMixin", "LinearSCVI", "PEAKVI", "SCANVI", "SCVI", "SOLO", "TOTALVI", "load_model"]
