@@ -22,6 +22,16 @@ from conftest import shared_data
 from helpers import simulate_counts
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small networks: a second thread gains little, and on a busy machine a thread pool
+    waiting for a descheduled thread made the fixtures take minutes instead of seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def with_planted_doublets(n_cells=600, n_doublets=60, seed=0):
     """Simulated cells of three types plus ``n_doublets`` cells made here by summing the
     counts of random pairs of different cells; returns (adata, is_planted)."""
@@ -236,18 +246,21 @@ def _setup_copy(adata):
     return copy
 
 
-def test_own_features_need_doublet_and_singlet_labels():
-    features = anndata.AnnData(np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32),
+def test_own_features_need_doublet_and_singlet_labels(tmp_path):
+    values = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    features = anndata.AnnData(np.zeros_like(values), layers={"f": values},
                                obs=pd.DataFrame({"kind": ["real"] * 10 + ["fake"] * 10},
                                                 index=[f"c{i}" for i in range(20)]))
-    cellvi.SOLO.setup_anndata(features, labels_key="kind")
+    cellvi.SOLO.setup_anndata(features, labels_key="kind", layer="f")
     with pytest.raises(ValueError, match="'doublet'.*'singlet'.*fake, real"):
         cellvi.SOLO(features)
     features.obs["kind"] = ["singlet"] * 10 + ["doublet"] * 10
-    cellvi.SOLO.setup_anndata(features, labels_key="kind")
+    cellvi.SOLO.setup_anndata(features, labels_key="kind", layer="f")
     solo = cellvi.SOLO(features, n_hidden=8)
     solo.train(max_epochs=2)
     assert solo.predict().shape == (10, 2)
+    solo.save(tmp_path / "own")
+    pd.testing.assert_frame_equal(cellvi.SOLO.load(tmp_path / "own").predict(), solo.predict())
 
 
 # -- real doublets (cell hashing) -----------------------------------------------------------------
