@@ -97,3 +97,22 @@ def fmt(value, spec: str, missing: str = "-") -> str:
 def interpreter_path() -> str:
     """This interpreter, relative to the repository root when it lives inside it."""
     return os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else sys.executable
+
+
+SUMMARY_HEADER = "| target (issue) | figure | status |"
+
+
+def update_summary(rows: list[str], keys: tuple[str, ...]) -> None:
+    """Replace, in RESULTS.md's summary table, the rows that start with one of ``keys`` by
+    ``rows`` (appended at the table's end when none did)."""
+    if not rows:
+        return
+    lines = RESULTS.read_text().split("\n")
+    if SUMMARY_HEADER not in lines:
+        return
+    start = lines.index(SUMMARY_HEADER)
+    end = start + 2
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    keep = [ln for ln in lines[start + 2:end] if not any(ln.startswith(f"| {k}") for k in keys)]
+    RESULTS.write_text("\n".join(lines[:start + 2] + keep + rows + lines[end:]))

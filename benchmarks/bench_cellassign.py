@@ -27,14 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS, ROOT, busy_seconds, emit_result, git_commit, interpreter_path,  # noqa: E402
-                     machine_info, run_worker)
+                     machine_info, run_worker, update_summary)
 
 DATA = ROOT.parent / "shared" / "data" / "kang_se_12261.h5ad"
 MARKERS = {"T": ["CD3E", "CD3D", "IL7R"], "B": ["CD79A"], "CD14 Mono": ["CD14", "LYZ", "S100A8", "S100A9"],
            "FCGR3A Mono": ["FCGR3A", "MS4A7"], "NK": ["NKG7", "GNLY", "GZMB"]}
 TRUTH = {"CD4 T cells": "T", "CD8 T cells": "T", "B cells": "B", "CD14+ Monocytes": "CD14 Mono",
          "FCGR3A+ Monocytes": "FCGR3A Mono", "NK cells": "NK"}
-SUMMARY_HEADER = "| target (issue) | figure | status |"
 SUMMARY_KEYS = ("CellAssign accuracy", "CellAssign training")
 
 
@@ -182,16 +181,8 @@ def main(argv=None) -> int:
                    f"- machine: {machine['cpu']} ({machine['cores']} cores), {args.threads} torch threads",
                    "- every cell counts (12,261); train() with each tool's defaults; size factors from all genes",
                    "", *table, ""]
-        text = RESULTS.read_text()
-        lines = text.split("\n")
-        if SUMMARY_HEADER in lines and summary:
-            start = lines.index(SUMMARY_HEADER)
-            end = start + 2
-            while end < len(lines) and lines[end].startswith("|"):
-                end += 1
-            keep = [ln for ln in lines[start + 2:end] if not any(ln.startswith(f"| {k}") for k in SUMMARY_KEYS)]
-            text = "\n".join(lines[:start + 2] + keep + summary + lines[end:])
-        RESULTS.write_text(text.rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n")
+        update_summary(summary, SUMMARY_KEYS)
+        RESULTS.write_text(RESULTS.read_text().rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n")
         print(f"recorded in {RESULTS}")
     return 0
 
