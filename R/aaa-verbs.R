@@ -241,9 +241,12 @@
 #' @return The Python model (a reticulate handle without automatic conversion: wrap results
 #'   in `reticulate::py_to_r()`).
 #' @examples
-#' \dontrun{
-#' model <- load_cellvi_model(Misc(seurat[["scvi"]])$model_dir)
-#' reticulate::py_to_r(model$history)
+#' \donttest{
+#' if (cellvi_available()) {
+#'   pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 20, verbose = FALSE)
+#'   model <- load_cellvi_model(SeuratObject::Misc(pbmc[["scvi"]])$model_dir)
+#'   tail(reticulate::py_to_r(model$history))
+#' }
 #' }
 #' @export
 load_cellvi_model <- function(model_dir) {

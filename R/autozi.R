@@ -62,24 +62,24 @@
 #' `lr = 1e-3` two seeds agreed on only 70% of the genes, after 200 epochs at `lr = 1e-2` on
 #' 98%. Check that the calls are stable, e.g. with two seeds, before reading them.
 #'
-#' @param object A Seurat object with raw counts.
 #' @param zero_inflation `"gene"` (one delta per gene), `"gene-batch"` or `"gene-label"` (one
 #'   per gene and batch or label; needs `batch_key` or `labels_key`).
 #' @param alpha_prior,beta_prior Parameters of delta's Beta prior, each strictly between 0
 #'   and 1 (`NULL` for one: 1 minus the other; `NULL` for both: the prior is learned).
 #' @param minimal_dropout Least zero-inflation probability of the zero-inflated component.
-#' @param dispersion `"gene"`, `"gene-batch"`, `"gene-label"` or `"gene-cell"`.
 #' @param threshold,prob_threshold A gene is called zero-inflated when the posterior
 #'   probability that delta < `threshold` exceeds `prob_threshold`.
 #' @param reduction.name,reduction.key Name and key of the latent space's reduction.
-#' @inheritParams RunSCVI
+#' @inheritParams cellvi-params
 #' @return The Seurat object with the feature metadata columns and the reduction added.
 #' @examples
-#' \dontrun{
-#' pbmc <- RunAUTOZI(SeuratObject::pbmc_small, max_epochs = 200, seed = 0)
-#' genes <- pbmc[["RNA"]][[]]
-#' head(genes[order(-genes$autozi.prob_zi), c("autozi.prob_zi", "autozi.is_zi")])
-#' mean(genes$autozi.is_zi)
+#' \donttest{
+#' if (cellvi_available()) {
+#'   pbmc <- RunAUTOZI(SeuratObject::pbmc_small, max_epochs = 50, seed = 0)
+#'   genes <- pbmc[["RNA"]][[]]
+#'   head(genes[order(-genes$autozi.prob_zi), c("autozi.prob_zi", "autozi.is_zi")])
+#'   mean(genes$autozi.is_zi)
+#' }
 #' }
 #' @export
 RunAUTOZI <- function(object, assay = NULL, features = NULL, batch_key = NULL, labels_key = NULL,
@@ -99,15 +99,16 @@ RunAUTOZI <- function(object, assay = NULL, features = NULL, batch_key = NULL, l
 #' As [RunAUTOZI()]; the per-gene columns go to `rowData(x)`, the latent space to
 #' `reducedDim(x, name)` and the model is recorded in `metadata(x)$cellvi[[name]]`.
 #'
-#' @param x A SingleCellExperiment with raw counts.
-#' @param assay.type Assay holding the counts.
-#' @param name Name of the new reducedDim.
 #' @inheritParams RunAUTOZI
+#' @inheritParams cellvi-params
 #' @return `x` with the `rowData` columns and the reducedDim added.
 #' @examples
-#' \dontrun{
-#' sce <- runAUTOZI(sce, max_epochs = 200, seed = 0)
-#' table(SummarizedExperiment::rowData(sce)$autozi.is_zi)
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("pbmc_small", as = "SingleCellExperiment")
+#'   sce <- runAUTOZI(sce, max_epochs = 50, seed = 0)
+#'   table(SummarizedExperiment::rowData(sce)$autozi.is_zi)
+#' }
 #' }
 #' @export
 runAUTOZI <- function(x, assay.type = "counts", features = NULL, batch_key = NULL,

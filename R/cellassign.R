@@ -132,7 +132,6 @@
 #' List a gene as a marker of every type that expresses it (e.g. NKG7 for NK cells and for
 #' cytotoxic CD8 T cells): a type is told apart by the markers it has and the others lack.
 #'
-#' @param object A Seurat object with raw counts.
 #' @param markers A named list with the marker genes of each cell type (e.g.
 #'   `list(T = c("CD3E", "CD3D"), B = "CD79A")`), or a genes x cell types 0/1 matrix. Genes
 #'   are named as in the assay.
@@ -146,14 +145,17 @@
 #' @param all_probabilities Also write every type's probability.
 #' @param max_epochs,batch_size,train_size,early_stopping,lr Training settings (defaults as
 #'   scvi-tools': up to 400 epochs with early stopping, 1024 cells, learning rate 3e-3).
-#' @inheritParams RunSCVI
+#' @inheritParams cellvi-params
 #' @return The Seurat object with the metadata columns added.
 #' @examples
-#' \dontrun{
-#' pbmc <- RunCellAssign(SeuratObject::pbmc_small,
-#'                       markers = list(T = c("CD3E", "CD3D"), B = c("MS4A1", "CD79A"),
-#'                                      Mono = c("LYZ", "S100A9"), NK = c("NKG7", "GNLY")))
-#' table(pbmc$cellassign.type)
+#' \donttest{
+#' if (cellvi_available()) {
+#'   pbmc <- RunCellAssign(SeuratObject::pbmc_small,
+#'                         markers = list(T = c("CD3E", "CD3D"), B = c("MS4A1", "CD79A"),
+#'                                        Mono = c("LYZ", "S100A9"), NK = c("NKG7", "GNLY")),
+#'                         max_epochs = 50)
+#'   table(pbmc$cellassign.type)
+#' }
 #' }
 #' @export
 RunCellAssign <- function(object, markers, assay = NULL, size_factor_key = NULL,
@@ -170,16 +172,19 @@ RunCellAssign <- function(object, markers, assay = NULL, size_factor_key = NULL,
 #' As [RunCellAssign()]; the columns go to `colData(x)` and the model is recorded in
 #' `metadata(x)$cellvi$cellassign`.
 #'
-#' @param x A SingleCellExperiment with raw counts.
-#' @param assay.type Assay holding the counts.
 #' @param size_factor_key `colData` column of size factors (default: each cell's total count
 #'   over the mean total; note that `sizeFactors(x)` is not read unless named here).
 #' @inheritParams RunCellAssign
+#' @inheritParams cellvi-params
 #' @return `x` with the `colData` columns added.
 #' @examples
-#' \dontrun{
-#' sce <- runCellAssign(sce, markers = list(T = c("CD3E", "CD3D"), B = "CD79A"))
-#' table(sce$cellassign.type)
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("pbmc_small", as = "SingleCellExperiment")
+#'   sce <- runCellAssign(sce, markers = list(T = c("CD3E", "CD3D"), B = c("MS4A1", "CD79A")),
+#'                        max_epochs = 50)
+#'   table(sce$cellassign.type)
+#' }
 #' }
 #' @export
 runCellAssign <- function(x, markers, assay.type = "counts", size_factor_key = NULL,

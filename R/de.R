@@ -131,7 +131,6 @@
 #' @param ident.1,ident.2 Groups to compare: identity classes (or values of `group.by`).
 #'   `ident.2 = NULL` compares with all other cells.
 #' @param group.by Metadata column defining the groups (default: the identities, `Idents()`).
-#' @param reduction The reduction whose model to use.
 #' @param features Genes to test (default: all genes of the model).
 #' @param mode `"change"` (evidence that |LFC| exceeds `delta`, with FDR calls) or `"vanilla"`
 #'   (evidence P(expression 1 > expression 2): columns `proba_m1`, `proba_m2`).
@@ -142,12 +141,15 @@
 #' @param batchid1,batchid2 Batches to generate the two groups in.
 #' @param n_samples Cells sampled from each group's posterior.
 #' @param verbose Show messages.
+#' @inheritParams cellvi-params
 #' @return A data.frame, one row per gene (rownames).
 #' @examples
-#' \dontrun{
-#' pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 100)
-#' markers <- FindMarkersSCVI(pbmc, ident.1 = "0", ident.2 = "1")
-#' head(markers[markers$is_de_fdr, ])
+#' \donttest{
+#' if (cellvi_available()) {
+#'   pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 50, seed = 0)
+#'   markers <- FindMarkersSCVI(pbmc, ident.1 = "0", ident.2 = "1")
+#'   head(markers[markers$is_de_fdr, ])
+#' }
 #' }
 #' @export
 FindMarkersSCVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL, reduction = "scvi",
@@ -166,13 +168,17 @@ FindMarkersSCVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL, re
 #' @param x A SingleCellExperiment.
 #' @param groups A vector of group labels, one per cell, or the name of a `colData` column.
 #' @param group1,group2 Groups to compare (`group2 = NULL`: all other cells).
-#' @param dimred The reducedDim whose model to use.
 #' @inheritParams FindMarkersSCVI
+#' @inheritParams cellvi-params
 #' @return A data.frame (rownames = genes for one comparison).
 #' @examples
-#' \dontrun{
-#' sce <- runSCVI(sce, batch_key = "sample_id", max_epochs = 50)
-#' markers <- findMarkersSCVI(sce, "cluster_id", group1 = "B cells")
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("pbmc_small", as = "SingleCellExperiment")
+#'   sce <- runSCVI(sce, batch_key = "groups", max_epochs = 50, seed = 0)
+#'   markers <- findMarkersSCVI(sce, "RNA_snn_res.1", group1 = "0")
+#'   head(markers)
+#' }
 #' }
 #' @export
 findMarkersSCVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "scVI",

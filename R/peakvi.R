@@ -104,14 +104,15 @@
 #' @param batch_size,train_size,early_stopping,lr Training settings (PeakVI's defaults: 128
 #'   cells, 90% training cells, early stopping on the validation loss, learning rate 1e-4).
 #' @param model_kwargs Named list of further model settings passed to Python as they are.
-#' @param reduction.name,reduction.key Name and key of the new reduction.
-#' @inheritParams RunSCVI
+#' @inheritParams cellvi-params
 #' @return The Seurat object with the reduction added.
 #' @examples
-#' \dontrun{
-#' atac <- cellvi_dataset("bmmc_atac_small")          # assay "peaks"
-#' atac <- RunPEAKVI(atac, max_epochs = 100)
-#' atac <- Seurat::RunUMAP(atac, reduction = "peakvi", dims = 1:10)
+#' \donttest{
+#' if (cellvi_available()) {
+#'   atac <- cellvi_dataset("bmmc_atac_small")          # assay "peaks"
+#'   atac <- RunPEAKVI(atac, max_epochs = 20)
+#'   atac <- Seurat::RunUMAP(atac, reduction = "peakvi", dims = 1:10)
+#' }
 #' }
 #' @export
 RunPEAKVI <- function(object, assay = "peaks", features = NULL, batch_key = NULL,
@@ -131,7 +132,6 @@ RunPEAKVI <- function(object, assay = "peaks", features = NULL, batch_key = NULL
 #' `threshold` a sparse matrix of the estimates above it.
 #'
 #' @param object A Seurat object on which [RunPEAKVI()] has run.
-#' @param reduction The reduction whose model to use.
 #' @param features Regions to return (default: all regions of the model).
 #' @param assay.name Name of the new assay.
 #' @param normalize_cells Multiply by the cell's factor (its sequencing depth effect), giving
@@ -141,11 +141,15 @@ RunPEAKVI <- function(object, assay = "peaks", features = NULL, batch_key = NULL
 #' @param threshold `NULL` (dense estimates) or a probability: estimates at or below it are
 #'   set to 0 and the assay is sparse (for many regions x cells).
 #' @param verbose Show messages.
+#' @inheritParams cellvi-params
 #' @return The Seurat object with the new assay.
 #' @examples
-#' \dontrun{
-#' atac <- RunPEAKVI(cellvi_dataset("bmmc_atac_small"), max_epochs = 100)
-#' atac <- AccessibilityPEAKVI(atac, threshold = 0.05)
+#' \donttest{
+#' if (cellvi_available()) {
+#'   atac <- RunPEAKVI(cellvi_dataset("bmmc_atac_small"), max_epochs = 20)
+#'   atac <- AccessibilityPEAKVI(atac, threshold = 0.05)
+#'   atac[["PEAKVI"]]
+#' }
 #' }
 #' @export
 AccessibilityPEAKVI <- function(object, reduction = "peakvi", features = NULL,
@@ -167,16 +171,18 @@ AccessibilityPEAKVI <- function(object, reduction = "peakvi", features = NULL,
 #' posterior expected FDR `fdr_target`).
 #'
 #' @param object A Seurat object on which [RunPEAKVI()] has run.
-#' @param reduction The reduction whose model to use.
 #' @param features Regions to test (default: all regions of the model).
 #' @param delta Threshold on the log2 ratio in `"change"` mode.
 #' @inheritParams FindMarkersSCVI
+#' @inheritParams cellvi-params
 #' @return A data.frame, one row per region (rownames), sorted by evidence.
 #' @examples
-#' \dontrun{
-#' atac <- RunPEAKVI(cellvi_dataset("bmmc_atac_small"), max_epochs = 100)
-#' da <- FindMarkersPEAKVI(atac, ident.1 = "B", ident.2 = "CD14.Mono.1", group.by = "cell_type")
-#' head(da[da$is_da_fdr, ])
+#' \donttest{
+#' if (cellvi_available()) {
+#'   atac <- RunPEAKVI(cellvi_dataset("bmmc_atac_small"), max_epochs = 20)
+#'   da <- FindMarkersPEAKVI(atac, ident.1 = "B", ident.2 = "CD14.Mono.1", group.by = "cell_type")
+#'   head(da[da$is_da_fdr, ])
+#' }
 #' }
 #' @export
 FindMarkersPEAKVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL,
@@ -197,14 +203,16 @@ FindMarkersPEAKVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL,
 #'
 #' @param x A SingleCellExperiment whose rows are regions (peaks or bins).
 #' @param assay.type Assay holding the region counts.
-#' @param name Name of the new reducedDim.
 #' @inheritParams RunPEAKVI
+#' @inheritParams cellvi-params
 #' @return `x` with the reducedDim added.
 #' @examples
-#' \dontrun{
-#' sce <- cellvi_dataset("bmmc_atac_small", as = "SingleCellExperiment")
-#' sce <- runPEAKVI(sce, max_epochs = 100)
-#' dim(SingleCellExperiment::reducedDim(sce, "PeakVI"))
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("bmmc_atac_small", as = "SingleCellExperiment")
+#'   sce <- runPEAKVI(sce, max_epochs = 20)
+#'   dim(SingleCellExperiment::reducedDim(sce, "PeakVI"))
+#' }
 #' }
 #' @export
 runPEAKVI <- function(x, assay.type = "counts", features = NULL, batch_key = NULL,
@@ -223,14 +231,17 @@ runPEAKVI <- function(x, assay.type = "counts", features = NULL, batch_key = NUL
 #' in its order) or else an altExp `name` (chosen `features`).
 #'
 #' @param x A SingleCellExperiment on which [runPEAKVI()] has run.
-#' @param dimred The reducedDim whose model to use.
 #' @param name Name of the new assay (or altExp).
 #' @inheritParams AccessibilityPEAKVI
+#' @inheritParams cellvi-params
 #' @return `x` with the estimates added.
 #' @examples
-#' \dontrun{
-#' sce <- accessibilityPEAKVI(runPEAKVI(sce, max_epochs = 100), threshold = 0.05)
-#' SummarizedExperiment::assay(sce, "PeakVI_accessibility")
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("bmmc_atac_small", as = "SingleCellExperiment")
+#'   sce <- accessibilityPEAKVI(runPEAKVI(sce, max_epochs = 20), threshold = 0.05)
+#'   SummarizedExperiment::assay(sce, "PeakVI_accessibility")[1:5, 1:5]
+#' }
 #' }
 #' @export
 accessibilityPEAKVI <- function(x, dimred = "PeakVI", features = NULL,
@@ -245,14 +256,18 @@ accessibilityPEAKVI <- function(x, dimred = "PeakVI", features = NULL,
 #' (region) columns, as [findMarkersSCVI()] does), from the model stored by [runPEAKVI()].
 #'
 #' @param x A SingleCellExperiment on which [runPEAKVI()] has run.
-#' @param dimred The reducedDim whose model to use.
 #' @inheritParams findMarkersSCVI
 #' @inheritParams FindMarkersPEAKVI
+#' @inheritParams cellvi-params
 #' @return A data.frame (rownames = regions for one comparison).
 #' @examples
-#' \dontrun{
-#' sce <- runPEAKVI(sce, max_epochs = 100)
-#' da <- findMarkersPEAKVI(sce, "cell_type", group1 = "B", group2 = "CD14.Mono.1")
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("bmmc_atac_small", as = "SingleCellExperiment")
+#'   sce <- runPEAKVI(sce, max_epochs = 20)
+#'   da <- findMarkersPEAKVI(sce, "cell_type", group1 = "B", group2 = "CD14.Mono.1")
+#'   head(da)
+#' }
 #' }
 #' @export
 findMarkersPEAKVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "PeakVI",

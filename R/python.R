@@ -25,7 +25,12 @@
 #' @return The environment's path, invisibly.
 #' @examples
 #' \dontrun{
-#' install_cellvi(source = "~/src/cellvi")   # a local checkout
+#' # the core shipped with this package, CPU build of PyTorch, in the virtualenv "r-cellvi"
+#' install_cellvi()
+#' # with a CUDA build of PyTorch, into another environment
+#' install_cellvi(envname = "r-cellvi-gpu", torch = "cuda")
+#' # from a checkout of the cellvi repository
+#' install_cellvi(source = "~/src/cellvi")
 #' }
 #' @export
 install_cellvi <- function(envname = .default_envname, source = NULL, torch = "torch>=2.2",
@@ -97,9 +102,9 @@ cellvi_available <- function() {
 #'
 #' @return A reticulate Python module object.
 #' @examples
-#' \dontrun{
-#' cv <- cellvi_python_module()
-#' cv$`__version__`
+#' if (cellvi_available()) {
+#'   cv <- cellvi_python_module()
+#'   cv$`__version__`
 #' }
 #' @export
 cellvi_python_module <- function() {

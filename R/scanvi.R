@@ -97,7 +97,6 @@
 #' assay `prediction.score.<labels_key>`. The model is saved and recorded in the reduction's
 #' `misc`, like [RunSCVI()]'s, so every scVI verb works on it.
 #'
-#' @param object A Seurat object with raw counts.
 #' @param labels_key Metadata column of the cell labels; cells to be annotated carry
 #'   `unlabeled_category` there.
 #' @param unlabeled_category The label of unannotated cells.
@@ -108,15 +107,18 @@
 #'   `model_kwargs` are then the scVI model's). `NULL` trains from scratch.
 #' @param classification_ratio Weight of the labelled cells' classification loss.
 #' @param probabilities Also store every label's probability.
-#' @inheritParams RunSCVI
+#' @inheritParams cellvi-params
 #' @return The Seurat object with the reduction and the prediction columns added.
 #' @examples
-#' \dontrun{
-#' pbmc <- SeuratObject::pbmc_small
-#' pbmc$labels <- ifelse(runif(ncol(pbmc)) < 0.3, as.character(pbmc$RNA_snn_res.1), "Unknown")
-#' pbmc <- RunSCVI(pbmc, batch_key = "groups", max_epochs = 50)
-#' pbmc <- RunSCANVI(pbmc, labels_key = "labels", scvi_reduction = "scvi")
-#' table(pbmc$predicted.labels, pbmc$RNA_snn_res.1)
+#' \donttest{
+#' if (cellvi_available()) {
+#'   pbmc <- SeuratObject::pbmc_small
+#'   set.seed(1)
+#'   pbmc$labels <- ifelse(runif(ncol(pbmc)) < 0.3, as.character(pbmc$RNA_snn_res.1), "Unknown")
+#'   pbmc <- RunSCVI(pbmc, batch_key = "groups", max_epochs = 50, seed = 0)
+#'   pbmc <- RunSCANVI(pbmc, labels_key = "labels", scvi_reduction = "scvi", max_epochs = 10)
+#'   table(pbmc$predicted.labels, pbmc$RNA_snn_res.1)
+#' }
 #' }
 #' @export
 RunSCANVI <- function(object, labels_key, unlabeled_category = "Unknown", batch_key = NULL,
@@ -137,17 +139,21 @@ RunSCANVI <- function(object, labels_key, unlabeled_category = "Unknown", batch_
 #' `colData(x)` (`predicted.<labels_key>`, `predicted.<labels_key>.score` and, with
 #' `probabilities = TRUE`, the matrix column `prediction.score.<labels_key>`).
 #'
-#' @param x A SingleCellExperiment with raw counts.
 #' @param scvi_dimred A reducedDim made by [runSCVI()] on `x`: scANVI starts from that model,
 #'   with its genes, covariates and network settings (as `scvi_reduction` of [RunSCANVI()]).
 #' @inheritParams RunSCANVI
 #' @inheritParams runSCVI
+#' @inheritParams cellvi-params
 #' @return `x` with the reducedDim and the prediction columns added.
 #' @examples
-#' \dontrun{
-#' sce$labels <- ifelse(runif(ncol(sce)) < 0.1, as.character(sce$cell_type), "Unknown")
-#' sce <- runSCANVI(sce, labels_key = "labels", batch_key = "sample_id", max_epochs = 50)
-#' table(sce$predicted.labels)
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("pbmc_small", as = "SingleCellExperiment")
+#'   set.seed(1)
+#'   sce$labels <- ifelse(runif(ncol(sce)) < 0.3, as.character(sce$RNA_snn_res.1), "Unknown")
+#'   sce <- runSCANVI(sce, labels_key = "labels", batch_key = "groups", max_epochs = 50)
+#'   table(sce$predicted.labels)
+#' }
 #' }
 #' @export
 runSCANVI <- function(x, labels_key, unlabeled_category = "Unknown", batch_key = NULL,
@@ -298,10 +304,17 @@ runSCANVI <- function(x, labels_key, unlabeled_category = "Unknown", batch_key =
 #' @inheritParams RunSCANVI
 #' @return `query` with the latent space and, for a scANVI reference, the transferred labels.
 #' @examples
-#' \dontrun{
-#' reference <- RunSCANVI(reference, labels_key = "cell_type", batch_key = "donor")
-#' query <- MapQuerySCVI(query, reference, max_epochs = 100)
-#' table(query$predicted.cell_type)
+#' \donttest{
+#' if (cellvi_available()) {
+#'   pbmc <- SeuratObject::pbmc_small
+#'   reference <- subset(pbmc, groups == "g1")
+#'   query <- subset(pbmc, groups == "g2")
+#'   reference <- RunSCANVI(reference, labels_key = "RNA_snn_res.1", batch_key = "groups",
+#'                          max_epochs = 50, seed = 0)
+#'   # the query's batch ("g2", column "groups") is new to the reference
+#'   query <- MapQuerySCVI(query, reference, max_epochs = 20)
+#'   table(query$predicted.RNA_snn_res.1, query$RNA_snn_res.1)
+#' }
 #' }
 #' @export
 MapQuerySCVI <- function(query, reference_model, reference.reduction = NULL,

@@ -55,31 +55,14 @@
 #' is saved to `model_dir` and recorded in the reduction's `misc`, so that later verbs
 #' ([NormalizeSCVI()]) and later R sessions can query it without retraining.
 #'
-#' @param object A Seurat object with raw counts.
-#' @param assay Assay holding the counts (default: the default assay); its `counts` slot is used.
-#' @param features Genes to model (default: all). Highly variable genes are a good choice,
-#'   e.g. `VariableFeatures(object)`.
-#' @param batch_key,labels_key Metadata columns of the batch and of cell labels.
-#' @param categorical_covariate_keys,continuous_covariate_keys Metadata columns of further
-#'   covariates.
-#' @param n_latent,n_hidden,n_layers,dropout_rate Network size.
-#' @param gene_likelihood `"zinb"`, `"nb"` or `"poisson"`.
-#' @param dispersion `"gene"`, `"gene-batch"`, `"gene-label"` or `"gene-cell"`.
-#' @param max_epochs Training epochs (`NULL`: `min(round(20000 / cells * 400), 400)`).
-#' @param batch_size,train_size,early_stopping,lr Training settings.
-#' @param device `"auto"` (a GPU when there is one), `"cpu"`, `"cuda"` or `"mps"`.
-#' @param seed Integer seed for reproducible runs (`NULL`: not seeded).
-#' @param model_dir Where to save the model (default: a new folder under
-#'   `tools::R_user_dir("cellvi", "data")`).
-#' @param model_kwargs Named list of further model settings passed to Python as they are
-#'   (e.g. `list(use_observed_lib_size = FALSE)`).
-#' @param reduction.name,reduction.key Name and key of the new reduction.
-#' @param verbose Show progress (a bar during training) and messages.
+#' @inheritParams cellvi-params
 #' @return The Seurat object with the reduction added.
 #' @examples
-#' \dontrun{
-#' pbmc <- RunSCVI(SeuratObject::pbmc_small, batch_key = "groups", max_epochs = 50)
-#' pbmc <- Seurat::RunUMAP(pbmc, reduction = "scvi", dims = 1:10)
+#' \donttest{
+#' if (cellvi_available()) {
+#'   pbmc <- RunSCVI(SeuratObject::pbmc_small, batch_key = "groups", max_epochs = 50)
+#'   pbmc <- Seurat::RunUMAP(pbmc, reduction = "scvi", dims = 1:10)
+#' }
 #' }
 #' @export
 RunSCVI <- function(object, assay = NULL, features = NULL, batch_key = NULL, labels_key = NULL,
@@ -97,12 +80,14 @@ RunSCVI <- function(object, assay = NULL, features = NULL, batch_key = NULL, lab
 #' Like [RunSCVI()], and the decoder's gene loadings are stored as the reduction's feature
 #' loadings, so that `Loadings(object[["ldvae"]])` gives each latent dimension's genes.
 #'
-#' @inheritParams RunSCVI
+#' @inheritParams cellvi-params
 #' @return The Seurat object with the reduction added.
 #' @examples
-#' \dontrun{
-#' pbmc <- RunLinearSCVI(SeuratObject::pbmc_small, max_epochs = 50)
-#' head(Seurat::Loadings(pbmc[["ldvae"]]))
+#' \donttest{
+#' if (cellvi_available()) {
+#'   pbmc <- RunLinearSCVI(SeuratObject::pbmc_small, max_epochs = 50)
+#'   head(Seurat::Loadings(pbmc[["ldvae"]]))
+#' }
 #' }
 #' @export
 RunLinearSCVI <- function(object, assay = NULL, features = NULL, batch_key = NULL,
@@ -123,7 +108,6 @@ RunLinearSCVI <- function(object, assay = NULL, features = NULL, batch_key = NUL
 #'
 #' @param object A Seurat object on which [RunSCVI()] or [RunLinearSCVI()] has run (or
 #'   [RunSCANVI()], [RunAUTOZI()]: name its reduction).
-#' @param reduction The reduction whose model to use.
 #' @param features Genes to return (default: all genes of the model). Only these are computed
 #'   and stored.
 #' @param assay.name Name of the new assay.
@@ -132,11 +116,15 @@ RunLinearSCVI <- function(object, assay = NULL, features = NULL, batch_key = NUL
 #' @param transform_batch Batch (or batches, averaged) to generate every cell in; `NULL`:
 #'   each cell's own.
 #' @param verbose Show messages.
+#' @inheritParams cellvi-params
 #' @return The Seurat object with the new assay (normalized values in its `data` slot).
 #' @examples
-#' \dontrun{
-#' pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 50)
-#' pbmc <- NormalizeSCVI(pbmc, features = c("CD3E", "MS4A1"))
+#' \donttest{
+#' if (cellvi_available()) {
+#'   pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 50)
+#'   pbmc <- NormalizeSCVI(pbmc, features = c("CD3E", "MS4A1"))
+#'   SeuratObject::GetAssayData(pbmc, assay = "SCVI")[, 1:5]
+#' }
 #' }
 #' @export
 NormalizeSCVI <- function(object, reduction = "scvi", features = NULL, assay.name = "SCVI",
@@ -153,15 +141,15 @@ NormalizeSCVI <- function(object, reduction = "scvi", features = NULL, assay.nam
 #' `scater::runPCA()` does. The model is saved to `model_dir` and recorded in
 #' `metadata(x)$cellvi[[name]]`, so [normalizeSCVI()] and later sessions can query it.
 #'
-#' @param x A SingleCellExperiment with raw counts.
-#' @param assay.type Assay holding the counts.
-#' @param name Name of the new reducedDim.
-#' @inheritParams RunSCVI
+#' @inheritParams cellvi-params
 #' @return `x` with the reducedDim added.
 #' @examples
-#' \dontrun{
-#' sce <- runSCVI(sce, batch_key = "sample_id", max_epochs = 50)
-#' head(SingleCellExperiment::reducedDim(sce, "scVI"))
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("pbmc_small", as = "SingleCellExperiment")
+#'   sce <- runSCVI(sce, batch_key = "groups", max_epochs = 50)
+#'   head(SingleCellExperiment::reducedDim(sce, "scVI"))
+#' }
 #' }
 #' @export
 runSCVI <- function(x, assay.type = "counts", features = NULL, batch_key = NULL,
@@ -182,9 +170,12 @@ runSCVI <- function(x, assay.type = "counts", features = NULL, batch_key = NULL,
 #' @inheritParams runSCVI
 #' @return `x` with the reducedDim added.
 #' @examples
-#' \dontrun{
-#' sce <- runLinearSCVI(sce, max_epochs = 50)
-#' head(attr(SingleCellExperiment::reducedDim(sce, "LDVAE"), "rotation"))
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("pbmc_small", as = "SingleCellExperiment")
+#'   sce <- runLinearSCVI(sce, max_epochs = 50)
+#'   head(attr(SingleCellExperiment::reducedDim(sce, "LDVAE"), "rotation"))
+#' }
 #' }
 #' @export
 runLinearSCVI <- function(x, assay.type = "counts", features = NULL, batch_key = NULL,
@@ -205,14 +196,17 @@ runLinearSCVI <- function(x, assay.type = "counts", features = NULL, batch_key =
 #'
 #' @param x A SingleCellExperiment on which [runSCVI()] or [runLinearSCVI()] has run (or
 #'   [runSCANVI()], [runAUTOZI()]: name its reducedDim).
-#' @param dimred The reducedDim whose model to use.
 #' @param name Name of the new assay (or altExp).
 #' @inheritParams NormalizeSCVI
+#' @inheritParams cellvi-params
 #' @return `x` with the normalized expression added.
 #' @examples
-#' \dontrun{
-#' sce <- normalizeSCVI(runSCVI(sce, max_epochs = 50), features = c("CD3E", "MS4A1"))
-#' SummarizedExperiment::assay(SingleCellExperiment::altExp(sce, "scVI_normalized"))
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("pbmc_small", as = "SingleCellExperiment")
+#'   sce <- normalizeSCVI(runSCVI(sce, max_epochs = 50), features = c("CD3E", "MS4A1"))
+#'   SummarizedExperiment::assay(SingleCellExperiment::altExp(sce, "scVI_normalized"))[, 1:5]
+#' }
 #' }
 #' @export
 normalizeSCVI <- function(x, dimred = "scVI", features = NULL, name = "scVI_normalized",

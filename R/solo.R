@@ -138,7 +138,6 @@
 #' The probabilities are the classifier's, with the ratio of simulated doublets to real cells
 #' in its training data taken out (they do not depend on `doublet_ratio`).
 #'
-#' @param object A Seurat object with raw counts.
 #' @param batch_key Metadata column of the lane (batch): one Solo per batch. Default: the
 #'   reused scVI model's batch column, else none (all cells together).
 #' @param assay Assay holding the counts when a scVI model is trained here (default: the
@@ -154,16 +153,18 @@
 #' @param batch_size,train_size,early_stopping,lr Solo's training settings (defaults as
 #'   scvi-tools': 128 cells, 90% training cells, early stopping on the validation loss with
 #'   patience 30, learning rate 1e-3).
-#' @inheritParams RunSCVI
+#' @inheritParams cellvi-params
 #' @return The Seurat object with the metadata columns added.
 #' @examples
-#' \dontrun{
-#' pbmc <- RunSolo(SeuratObject::pbmc_small, scvi_max_epochs = 100)
-#' table(pbmc$solo.classification)
-#' # with a scVI model already on the object, and one Solo per sample
-#' pbmc <- RunSCVI(pbmc, batch_key = "groups", max_epochs = 100)
-#' pbmc <- RunSolo(pbmc)
-#' pbmc <- subset(pbmc, solo.classification == "singlet")
+#' \donttest{
+#' if (cellvi_available()) {
+#'   pbmc <- RunSolo(SeuratObject::pbmc_small, scvi_max_epochs = 50, max_epochs = 20)
+#'   table(pbmc$solo.classification)
+#'   # with a scVI model already on the object, and one Solo per group of cells
+#'   pbmc <- RunSCVI(pbmc, batch_key = "groups", max_epochs = 50)
+#'   pbmc <- RunSolo(pbmc, max_epochs = 20)
+#'   pbmc <- subset(pbmc, solo.classification == "singlet")
+#' }
 #' }
 #' @export
 RunSolo <- function(object, batch_key = NULL, assay = NULL, features = NULL,
@@ -180,17 +181,19 @@ RunSolo <- function(object, batch_key = NULL, assay = NULL, features = NULL,
 #' `colData(x)`, the scVI model of reducedDim `scvi_dimred` (made by [runSCVI()]) is reused
 #' when there is one, and the models are recorded in `metadata(x)$cellvi$solo`.
 #'
-#' @param x A SingleCellExperiment with raw counts.
 #' @param assay.type Assay holding the counts when a scVI model is trained here.
 #' @param scvi_dimred The reducedDim of the scVI model to reuse; `NULL` (or one that does not
 #'   exist) trains a new one.
 #' @inheritParams RunSolo
+#' @inheritParams cellvi-params
 #' @return `x` with the `colData` columns added.
 #' @examples
-#' \dontrun{
-#' sce <- cellvi_dataset("pbmc_cite_small", as = "SingleCellExperiment")
-#' sce <- runSolo(sce, batch_key = "batch", scvi_max_epochs = 100)
-#' table(sce$solo.classification, sce$batch)
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("pbmc_small", as = "SingleCellExperiment")
+#'   sce <- runSolo(sce, batch_key = "groups", scvi_max_epochs = 50, max_epochs = 20)
+#'   table(sce$solo.classification, sce$groups)
+#' }
 #' }
 #' @export
 runSolo <- function(x, batch_key = NULL, assay.type = "counts", features = NULL,

@@ -76,18 +76,19 @@
 #' @param gene_dispersion `"gene"`, `"gene-batch"` or `"gene-label"`.
 #' @param protein_dispersion `"protein"`, `"protein-batch"` or `"protein-label"`.
 #' @param gene_likelihood `"nb"` or `"zinb"`.
-#' @param max_epochs Training epochs (`NULL`: `min(round(20000 / cells * 400), 400)`).
 #' @param batch_size,train_size,early_stopping,lr Training settings (totalVI's defaults:
 #'   256 cells, early stopping on the validation ELBO, learning rate 0.004).
 #' @param model_kwargs Named list of further model settings passed to Python as they are
 #'   (e.g. `list(n_hidden = 128, empirical_protein_background_prior = FALSE)`).
-#' @inheritParams RunSCVI
+#' @inheritParams cellvi-params
 #' @return The Seurat object with the reduction added.
 #' @examples
-#' \dontrun{
-#' cite <- cellvi_dataset("pbmc_cite_small")        # assays RNA and ADT
-#' cite <- RunTOTALVI(cite, protein_assay = "ADT", max_epochs = 50)
-#' cite <- Seurat::RunUMAP(cite, reduction = "totalvi", dims = 1:20)
+#' \donttest{
+#' if (cellvi_available()) {
+#'   cite <- cellvi_dataset("pbmc_cite_small")        # assays RNA and ADT
+#'   cite <- RunTOTALVI(cite, protein_assay = "ADT", max_epochs = 20)
+#'   cite <- Seurat::RunUMAP(cite, reduction = "totalvi", dims = 1:20)
+#' }
 #' }
 #' @export
 RunTOTALVI <- function(object, protein_assay = "ADT", assay = NULL, features = NULL,
@@ -108,7 +109,6 @@ RunTOTALVI <- function(object, protein_assay = "ADT", assay = NULL, features = N
 #' as two new assays (values in their `data` slot).
 #'
 #' @param object A Seurat object on which [RunTOTALVI()] has run.
-#' @param reduction The reduction whose model to use.
 #' @param features Genes to return (default: all genes of the model; `character(0)`: none).
 #' @param proteins Proteins to return (default: all; `character(0)`: none).
 #' @param assay.name Name of the new RNA assay.
@@ -120,12 +120,15 @@ RunTOTALVI <- function(object, protein_assay = "ADT", assay = NULL, features = N
 #' @param include_protein_background Add the protein background back (the expected counts
 #'   of both components).
 #' @param verbose Show messages.
+#' @inheritParams cellvi-params
 #' @return The Seurat object with the new assays.
 #' @examples
-#' \dontrun{
-#' cite <- RunTOTALVI(cellvi_dataset("pbmc_cite_small"), max_epochs = 50)
-#' cite <- NormalizeTOTALVI(cite)
-#' Seurat::FeaturePlot(cite, "totalviadt_CD3-TotalSeqB", reduction = "umap")
+#' \donttest{
+#' if (cellvi_available()) {
+#'   cite <- RunTOTALVI(cellvi_dataset("pbmc_cite_small"), max_epochs = 20)
+#'   cite <- NormalizeTOTALVI(cite)
+#'   SeuratObject::GetAssayData(cite, assay = "TOTALVI_ADT")[1:5, 1:3]
+#' }
 #' }
 #' @export
 NormalizeTOTALVI <- function(object, reduction = "totalvi", features = NULL, proteins = NULL,
@@ -148,11 +151,14 @@ NormalizeTOTALVI <- function(object, reduction = "totalvi", features = NULL, pro
 #' @inheritParams FindMarkersSCVI
 #' @return A data.frame, one row per gene or protein (rownames), sorted by evidence.
 #' @examples
-#' \dontrun{
-#' cite <- RunTOTALVI(cellvi_dataset("pbmc_cite_small"), max_epochs = 50)
-#' cite <- Seurat::FindClusters(Seurat::FindNeighbors(cite, reduction = "totalvi", dims = 1:20))
-#' markers <- FindMarkersTOTALVI(cite, ident.1 = "0", ident.2 = "1")
-#' head(markers[markers$feature_type == "protein", ])
+#' \donttest{
+#' if (cellvi_available()) {
+#'   cite <- RunTOTALVI(cellvi_dataset("pbmc_cite_small"), max_epochs = 20)
+#'   cite <- Seurat::FindNeighbors(cite, reduction = "totalvi", dims = 1:20, verbose = FALSE)
+#'   cite <- Seurat::FindClusters(cite, verbose = FALSE)
+#'   markers <- FindMarkersTOTALVI(cite, ident.1 = "0", ident.2 = "1")
+#'   head(markers[markers$feature_type == "protein", ])
+#' }
 #' }
 #' @export
 FindMarkersTOTALVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL,
@@ -174,14 +180,16 @@ FindMarkersTOTALVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL,
 #' @param x A SingleCellExperiment with raw RNA counts and an altExp of raw protein counts.
 #' @param protein_altexp The altExp holding the protein counts (its `counts` assay).
 #' @param assay.type Assay holding the RNA counts.
-#' @param name Name of the new reducedDim.
 #' @inheritParams RunTOTALVI
+#' @inheritParams cellvi-params
 #' @return `x` with the reducedDim added.
 #' @examples
-#' \dontrun{
-#' sce <- cellvi_dataset("pbmc_cite_small", as = "SingleCellExperiment")
-#' sce <- runTOTALVI(sce, protein_altexp = "ADT", max_epochs = 50)
-#' dim(SingleCellExperiment::reducedDim(sce, "totalVI"))
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("pbmc_cite_small", as = "SingleCellExperiment")
+#'   sce <- runTOTALVI(sce, protein_altexp = "ADT", max_epochs = 20)
+#'   dim(SingleCellExperiment::reducedDim(sce, "totalVI"))
+#' }
 #' }
 #' @export
 runTOTALVI <- function(x, protein_altexp = "ADT", assay.type = "counts", features = NULL,
@@ -202,14 +210,17 @@ runTOTALVI <- function(x, protein_altexp = "ADT", assay.type = "counts", feature
 #' `proteins`: an altExp `<name>_<altExp>`).
 #'
 #' @param x A SingleCellExperiment on which [runTOTALVI()] has run.
-#' @param dimred The reducedDim whose model to use.
 #' @param name Name of the new assays.
 #' @inheritParams NormalizeTOTALVI
+#' @inheritParams cellvi-params
 #' @return `x` with the denoised expression added.
 #' @examples
-#' \dontrun{
-#' sce <- normalizeTOTALVI(runTOTALVI(sce, max_epochs = 50))
-#' SummarizedExperiment::assay(SingleCellExperiment::altExp(sce, "ADT"), "totalVI_normalized")
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("pbmc_cite_small", as = "SingleCellExperiment")
+#'   sce <- normalizeTOTALVI(runTOTALVI(sce, max_epochs = 20))
+#'   SummarizedExperiment::assay(SingleCellExperiment::altExp(sce, "ADT"), "totalVI_normalized")[1:5, 1:3]
+#' }
 #' }
 #' @export
 normalizeTOTALVI <- function(x, dimred = "totalVI", features = NULL, proteins = NULL,
@@ -225,14 +236,19 @@ normalizeTOTALVI <- function(x, dimred = "totalVI", features = NULL, proteins = 
 #' by [runTOTALVI()], over genes and proteins, with a `feature_type` column.
 #'
 #' @param x A SingleCellExperiment on which [runTOTALVI()] has run.
-#' @param dimred The reducedDim whose model to use.
 #' @inheritParams findMarkersSCVI
 #' @inheritParams FindMarkersTOTALVI
+#' @inheritParams cellvi-params
 #' @return A data.frame (rownames = features for one comparison).
 #' @examples
-#' \dontrun{
-#' sce <- runTOTALVI(sce, max_epochs = 50)
-#' markers <- findMarkersTOTALVI(sce, "cluster", group1 = "B cells")
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("pbmc_cite_small", as = "SingleCellExperiment")
+#'   sce <- runTOTALVI(sce, max_epochs = 20)
+#'   sce$cluster <- kmeans(SingleCellExperiment::reducedDim(sce, "totalVI"), 4)$cluster
+#'   markers <- findMarkersTOTALVI(sce, "cluster", group1 = "1")
+#'   head(markers[markers$feature_type == "protein", ])
+#' }
 #' }
 #' @export
 findMarkersTOTALVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "totalVI",

@@ -1,0 +1,76 @@
+#' cellvi: deep probabilistic models for single-cell omics (the scVI family)
+#'
+#' cellvi runs the scVI family of deep generative models on the objects that Seurat and
+#' Bioconductor users already have, and returns the results inside those objects. The models
+#' are fitted by cellvi's Python core (PyTorch and AnnData), which this package carries in its
+#' tarball and installs with [install_cellvi()].
+#'
+#' @section Getting started:
+#' 1. `install_cellvi()` once: a Python virtual environment with the core and PyTorch (CPU
+#'    build by default, `torch = "cuda"` for a GPU). [cellvi_available()] says whether R
+#'    finds it.
+#' 2. Run a model on your object. Seurat verbs are `RunX()` and return the Seurat object with
+#'    a reduction or metadata added, as [Seurat::RunPCA()] does; SingleCellExperiment verbs
+#'    are `runX()` and return the object with a `reducedDim`, `colData` columns or an assay.
+#'    The trained model is saved to a directory recorded on the object, so the query verbs
+#'    (`NormalizeX()`, `FindMarkersX()`, ...) and later sessions use it without retraining.
+#'
+#' @section Models and verbs:
+#' - scVI: [RunSCVI()] / [runSCVI()] (batch-corrected latent space), [NormalizeSCVI()],
+#'   [FindMarkersSCVI()] (Bayesian differential expression shaped like
+#'   [Seurat::FindMarkers()]); LDVAE: [RunLinearSCVI()].
+#' - scANVI (cell-type labels from partial annotation): [RunSCANVI()]; reference mapping of a
+#'   query onto a trained model: [MapQuerySCVI()].
+#' - totalVI (CITE-seq RNA and proteins): [RunTOTALVI()], [NormalizeTOTALVI()],
+#'   [FindMarkersTOTALVI()].
+#' - PeakVI (scATAC-seq): [RunPEAKVI()], [AccessibilityPEAKVI()], [FindMarkersPEAKVI()].
+#' - CellAssign (cell types from marker genes): [RunCellAssign()]; AutoZI (zero-inflated
+#'   genes): [RunAUTOZI()]; Solo (doublets): [RunSolo()].
+#' - Conversion: [as_anndata()], [as_seurat()], [as_sce()], [read_h5ad()]; shipped data:
+#'   [cellvi_dataset()].
+#'
+#' Arguments shared by the verbs are described once, in [cellvi-params].
+#'
+#' @keywords internal
+#' @importClassesFrom Matrix dgCMatrix
+"_PACKAGE"
+
+#' Arguments shared by cellvi's verbs
+#'
+#' The verbs of every model take the same names for the same things. Seurat verbs use
+#' Seurat's names (`object`, `assay`, `reduction.name`), SingleCellExperiment verbs
+#' Bioconductor's (`x`, `assay.type`, `name`); model and training settings keep the Python
+#' core's names, so one page of the Python documentation serves both. A verb's own page
+#' lists its arguments, with the defaults of its model.
+#'
+#' @param object A Seurat object with raw counts.
+#' @param x A SingleCellExperiment with raw counts.
+#' @param assay Assay holding the counts (default: the default assay); its `counts` slot is
+#'   used.
+#' @param assay.type Assay holding the counts.
+#' @param features Genes to model (default: all). Highly variable genes are a good choice,
+#'   e.g. `VariableFeatures(object)`.
+#' @param batch_key,labels_key Metadata columns of the batch and of cell labels.
+#' @param categorical_covariate_keys,continuous_covariate_keys Metadata columns of further
+#'   covariates.
+#' @param n_latent,n_hidden,n_layers,dropout_rate Network size.
+#' @param gene_likelihood `"zinb"`, `"nb"` or `"poisson"`.
+#' @param dispersion `"gene"`, `"gene-batch"`, `"gene-label"` or `"gene-cell"`.
+#' @param max_epochs Training epochs (`NULL`: `min(round(20000 / cells * 400), 400)`).
+#' @param batch_size,train_size,early_stopping,lr Training settings: cells per minibatch,
+#'   fraction of cells used for training (the rest for validation), stop when the
+#'   validation loss stops improving, learning rate.
+#' @param device `"auto"` (a GPU when there is one), `"cpu"`, `"cuda"` or `"mps"`.
+#' @param seed Integer seed for reproducible runs (`NULL`: not seeded).
+#' @param model_dir Where to save the model (default: a new folder under
+#'   `tools::R_user_dir("cellvi", "data")`).
+#' @param model_kwargs Named list of further model settings passed to Python as they are
+#'   (e.g. `list(use_observed_lib_size = FALSE)`).
+#' @param reduction.name,reduction.key Name and key of the new reduction.
+#' @param name Name of the new reducedDim.
+#' @param reduction The reduction whose model to use.
+#' @param dimred The reducedDim whose model to use.
+#' @param verbose Show progress (a bar during training) and messages.
+#' @name cellvi-params
+#' @keywords internal
+NULL
