@@ -1,0 +1,22 @@
+test_that("the Kang PBMC subset ships with the package and loads without Python", {
+  skip_if_not_installed("SeuratObject")
+  path <- system.file("extdata", "kang_pbmc.rds", package = "cellvi")
+  expect_true(nzchar(path))
+  expect_lt(file.size(path), 5 * 2^20)
+  kang <- readRDS(path)
+  expect_match(kang$licence, "GPL-3")
+  expect_match(kang$source, "GSE96583")
+  pbmc <- cellvi_dataset("kang_pbmc")
+  expect_s4_class(pbmc, "Seurat")
+  expect_equal(dim(pbmc), c(1287L, 3000L))
+  expect_equal(nlevels(pbmc$donor), 8L)
+  expect_setequal(levels(pbmc$cell_type), c("B cells", "CD14+ Monocytes", "CD4 T cells",
+                                            "CD8 T cells", "Dendritic cells",
+                                            "FCGR3A+ Monocytes", "Megakaryocytes", "NK cells"))
+  counts <- SeuratObject::GetAssayData(pbmc, slot = "counts")
+  expect_true(all(counts@x == round(counts@x)))
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- cellvi_dataset("kang_pbmc", as = "SingleCellExperiment")
+  expect_equal(SummarizedExperiment::rowData(sce)$ensembl_id[1], "ENSG00000187608")
+  expect_identical(colnames(sce), colnames(pbmc))
+})
