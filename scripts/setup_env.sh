@@ -5,6 +5,7 @@
 #     matrix products ~30x slower
 
 #   - a Python virtual environment (.venv) with the CPU torch wheel and cellvi (editable)
+#   - PostgreSQL (Debian's postgresql): the autotune tests start a server of their own
 # The venv is also the Python that R uses through reticulate, so it holds numpy<2: Debian's
 # reticulate 1.28 cannot load NumPy 2. (The core itself works with NumPy 1.26 and 2.x.)
 set -euo pipefail
@@ -13,7 +14,7 @@ VENV="${CELLVI_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${CELLVI_TORCH_SPEC:-torch==2.13.0}"  # the CPU wheel; unpinned torch pulls CUDA
 
-R_PACKAGES="libopenblas0-pthread r-base-core r-cran-reticulate r-cran-testthat r-cran-seurat r-bioc-singlecellexperiment r-cran-matrix r-cran-rmarkdown r-cran-knitr pandoc"
+R_PACKAGES="postgresql libopenblas0-pthread r-base-core r-cran-reticulate r-cran-testthat r-cran-seurat r-bioc-singlecellexperiment r-cran-matrix r-cran-rmarkdown r-cran-knitr pandoc"
 missing=""
 for p in $R_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -39,6 +40,6 @@ fi
 stamp="$VENV/.cellvi-installed"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   echo "[setup] installing cellvi and its dependencies"
-  quiet_pip install -q -e "$ROOT[test,plot,r]" "numpy<2"
+  quiet_pip install -q -e "$ROOT[test,plot,r,autotune]" "numpy<2"
   touch "$stamp"
 fi

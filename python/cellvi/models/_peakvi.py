@@ -8,6 +8,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from ..autotune._space import choice, loguniform
 from .. import _constants as C
 from .._settings import settings
 from ..analysis import PosteriorMixin
@@ -79,6 +80,14 @@ class PEAKVI(VAEMixin, PosteriorMixin, MappingMixin, BaseModel):
     _plan_defaults = {"lr": 1e-4, "weight_decay": 1e-3, "eps": 1e-8, "optimizer": "AdamW",
                       "n_epochs_kl_warmup": 50, "kl_warmup_cap": None,
                       "monitor": "reconstruction_loss_validation", "monitor_mode": "min"}
+    # cellvi.autotune's default search space; the defaults (n_hidden and n_latent None: sized
+    # from the number of regions) join the choices in the defaults trial.
+    _tune_space = {
+        "model_params": {"n_hidden": choice([64, 128, 256]), "n_latent": choice([10, 20, 30]),
+                         "n_layers_encoder": choice([1, 2]), "n_layers_decoder": choice([1, 2]),
+                         "dropout_rate": choice([0.0, 0.1, 0.2])},
+        "train_params": {"lr": loguniform(1e-5, 1e-3)},
+    }
 
     def __init__(self, adata=None, n_hidden: int | None = None, n_latent: int | None = None,
                  n_layers_encoder: int = 2, n_layers_decoder: int = 2, dropout_rate: float = 0.1,

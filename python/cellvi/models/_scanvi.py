@@ -13,7 +13,7 @@ from ..modules import SCANVAE
 from ..train import as_count
 from ._base import BaseModel
 from ._mixins import MappingMixin, VAEMixin, _copy_weights
-from ._scvi import SCVI, vae_arguments, vae_settings
+from ._scvi import SCVI, VAE_TUNE_SPACE, vae_arguments, vae_settings
 
 
 class SCANVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
@@ -46,6 +46,9 @@ class SCANVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
     >>> adata.obs["predicted"] = model.predict()
     >>> adata.obsm["X_scANVI"] = model.get_latent_representation()
     """
+
+    # cellvi.autotune's default search space: scVI's.
+    _tune_space = VAE_TUNE_SPACE
 
     def __init__(self, adata=None, n_hidden: int = 128, n_latent: int = 10, n_layers: int = 1,
                  dropout_rate: float = 0.1, dispersion: str = "gene", gene_likelihood: str = "zinb",

@@ -7,10 +7,22 @@ import pandas as pd
 from typing import Sequence
 
 from ..analysis import ExpressionMixin
+from ..autotune._space import choice, loguniform
 from ..modules import VAE
 from ..train import as_count
 from ._base import BaseModel
 from ._mixins import MappingMixin, VAEMixin
+
+
+# The default search space of cellvi.autotune for scVI-like models: what the reference study
+# tuned (learning rate, depth, width, latent size, dropout, count likelihood), around the
+# defaults (which every range contains: the first trial is the defaults).
+VAE_TUNE_SPACE = {
+    "model_params": {"n_hidden": choice([64, 128, 256]), "n_latent": choice([5, 10, 20, 30]),
+                     "n_layers": choice([1, 2, 3]), "dropout_rate": choice([0.0, 0.05, 0.1, 0.2]),
+                     "gene_likelihood": choice(["zinb", "nb"])},
+    "train_params": {"lr": loguniform(1e-4, 1e-2)},
+}
 
 
 def library_log_stats(model: BaseModel) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +102,9 @@ class SCVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
     >>> model.train(max_epochs=100)
     >>> adata.obsm["X_scVI"] = model.get_latent_representation()
     """
+
+    # cellvi.autotune's default search space (LinearSCVI inherits it).
+    _tune_space = VAE_TUNE_SPACE
 
     def __init__(self, adata=None, n_hidden: int = 128, n_latent: int = 10, n_layers: int = 1,
                  dropout_rate: float = 0.1, dispersion: str = "gene", gene_likelihood: str = "zinb",

@@ -9,6 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from ..autotune._space import choice, loguniform
 from .. import _constants as C
 from .._settings import settings
 from ..analysis import ExpressionMixin
@@ -133,6 +134,14 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
     # The KL warm-up (which also weighs the protein likelihood and, through 1 - weight, the
     # adversarial classifier) runs 0.75 * n_cells steps, as in scvi-tools, however short the run.
     _plan_defaults = {"kl_warmup_cap": None}
+    # cellvi.autotune's default search space, around totalVI's defaults (n_latent 20, 256
+    # hidden units, 2 encoder layers, encoder dropout 0.2, NB genes, lr 4e-3).
+    _tune_space = {
+        "model_params": {"n_latent": choice([10, 20, 30]), "n_hidden": choice([128, 256, 512]),
+                         "n_layers_encoder": choice([1, 2, 3]), "dropout_rate_encoder": choice([0.1, 0.2, 0.3]),
+                         "gene_likelihood": choice(["nb", "zinb"])},
+        "train_params": {"lr": loguniform(1e-4, 1e-2)},
+    }
 
     def __init__(self, adata=None, n_latent: int = 20, gene_dispersion: str = "gene",
                  protein_dispersion: str = "protein", gene_likelihood: str = "nb",

@@ -6,6 +6,7 @@ scheduler, an optional adversarial batch classifier, the watched metric, loss ar
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import dataclasses
 import logging
@@ -25,6 +26,41 @@ logger = logging.getLogger("cellvi")
 
 class TrainingError(RuntimeError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class StopTraining(Exception):
+    """Raised by an epoch callback to end training after the current epoch, as early stopping
+    does: the model is trained and keeps its history up to that epoch."""
+
+
+# The epoch callback of Trainers built inside ``with epoch_callback(fn):``. A context rather
+# than a train() argument so that every model's train() honours it without each override
+# having to pass it on (hyperparameter search, custom monitoring).
+_EPOCH_CALLBACK: contextvars.ContextVar = contextvars.ContextVar("cellvi_epoch_callback", default=None)
+
+
+@contextlib.contextmanager
+def epoch_callback(fn):
+    """Call ``fn(trainer, row)`` after every training epoch of the models trained inside the block.
+
+    ``row`` is the epoch's history entry (``epoch``, ``elbo_train``, ``elbo_validation``, ...);
+    ``trainer`` gives access to the module and to :meth:`Trainer.evaluate`. ``fn`` may raise
+    :class:`StopTraining` to end training after this epoch; any other exception propagates
+    out of ``train()``.
+
+    Examples
+    --------
+    >>> def stop_when_good(trainer, row):
+    ...     if row["elbo_validation"] > -1200:
+    ...         raise cellvi.train.StopTraining
+    >>> with cellvi.train.epoch_callback(stop_when_good):
+    ...     model.train(max_epochs=400)
+    """
+    token = _EPOCH_CALLBACK.set(fn)
+    try:
+        yield fn
+    finally:
+        _EPOCH_CALLBACK.reset(token)
 
 
 def resolve_device(device="auto") -> torch.device:
@@ -222,8 +258,11 @@ class Trainer:
         progress_bar: bool | None = None,
         optimizer_params=None,
         labelled_indices: np.ndarray | None = None,
+        epoch_callback=None,
     ):
         self.module = module
+        # Explicit argument, else the one of an enclosing ``with epoch_callback(fn):``.
+        self.epoch_callback = epoch_callback if epoch_callback is not None else _EPOCH_CALLBACK.get()
         self.data = data
         self.plan = plan = plan if plan is not None else TrainingPlan()
         self.train_indices = train_indices
@@ -343,12 +382,16 @@ class Trainer:
         return row
 
     @torch.no_grad()
-    def evaluate(self, indices, suffix: str) -> dict:
+    def evaluate(self, indices, suffix: str, data=None) -> dict:
+        """ELBO, reconstruction loss and local KL of cells ``indices`` of ``data`` (default:
+        the training data), as history entries named ``*_{suffix}``. Another data set (e.g.
+        held-out cells cut with the same registry) works as ``data``."""
+        data = self.data if data is None else data
         self.module.eval()
-        sums = torch.zeros(3, device=self.data.device)
+        sums = torch.zeros(3, device=data.device)
         n_chunks = 0
         for idx in split_minibatches(indices, self.batch_size):
-            _, _, out = self.module(self.data.minibatch(idx), kl_weight=1.0)
+            _, _, out = self.module(data.minibatch(idx), kl_weight=1.0)
             sums += torch.stack([out.reconstruction_loss.sum(), out.kl_local.sum(),
                                  torch.as_tensor(out.kl_global, dtype=sums.dtype, device=sums.device)])
             n_chunks += 1
@@ -395,6 +438,12 @@ class Trainer:
             if has_validation:
                 postfix["elbo_val"] = f"{row['elbo_validation']:.4g}"
             bar.set_postfix(postfix, refresh=False)
+            if self.epoch_callback is not None:
+                try:
+                    self.epoch_callback(self, row)
+                except StopTraining:
+                    logger.info("training stopped by the epoch callback after epoch %d", epoch + 1)
+                    return
             if self.scheduler is not None:
                 self.scheduler.step(row[monitor])
             if self.early_stopping:
