@@ -143,7 +143,8 @@ def main(argv=None) -> int:
         + " |",
         f"| {SUMMARY_KEYS[1]} >= 1.8x faster than scvi-tools (same epochs, batch 128) | per seed "
         f"{', '.join(f'{v:.2f}x' for v in ratios)}, median {statistics.median(ratios):.2f}x | "
-        + ("met" if min(ratios) >= 1.8 else "**not met**") + " |",
+        + ("met" if min(ratios) >= 1.8 else "met on the median, not in every seed"
+           if statistics.median(ratios) >= 1.8 else "**not met**") + " |",
     ] if cross else []
     print("\n".join(table + [""] + notes + [""] + summary))
     wall = time.perf_counter() - t_start
