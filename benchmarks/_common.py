@@ -103,9 +103,10 @@ SUMMARY_HEADER = "| target (issue) | figure | status |"
 
 
 def update_summary(rows: list[str], keys: tuple[str, ...]) -> None:
-    """Replace, in RESULTS.md's summary table, the rows that start with one of ``keys`` by
-    ``rows`` (appended at the table's end when none did)."""
-    if not rows:
+    """Put ``rows`` into RESULTS.md's summary table, at its end, replacing the rows of the same
+    targets: those starting with one of ``keys`` that ``rows`` also has (a run that measures
+    only some targets leaves the others' rows as they are)."""
+    if not rows or not RESULTS.exists():
         return
     lines = RESULTS.read_text().split("\n")
     if SUMMARY_HEADER not in lines:
@@ -114,5 +115,6 @@ def update_summary(rows: list[str], keys: tuple[str, ...]) -> None:
     end = start + 2
     while end < len(lines) and lines[end].startswith("|"):
         end += 1
-    keep = [ln for ln in lines[start + 2:end] if not any(ln.startswith(f"| {k}") for k in keys)]
+    replaced = [k for k in keys if any(r.startswith(f"| {k}") for r in rows)]
+    keep = [ln for ln in lines[start + 2:end] if not any(ln.startswith(f"| {k}") for k in replaced)]
     RESULTS.write_text("\n".join(lines[:start + 2] + keep + rows + lines[end:]))

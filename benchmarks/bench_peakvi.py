@@ -58,11 +58,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS, ROOT, VENV_HINT, busy_seconds, emit_result, fmt,  # noqa: E402
-                     git_commit, interpreter_path, machine_info, run_worker)
+                     git_commit, interpreter_path, machine_info, run_worker, update_summary)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "granja2019_bmmc_scatac_10kpeaks.h5ad"
 TOOL_NAMES = {"cellvi": "cellvi", "scvi": "scvi-tools"}
-SUMMARY_HEADER = "| target (issue) | figure | status |"
 SUMMARY_KEYS = ("PeakVI training >= 2x scvi-tools", "PeakVI held-out ELBO within 0.5%",
                 "PeakVI accessibility AUROC", "PeakVI latent")
 
@@ -336,18 +335,6 @@ def summary_rows(summary: dict, cfg: dict) -> list[str]:
     return rows
 
 
-def update_summary(text: str, rows: list[str]) -> str:
-    lines = text.split("\n")
-    if SUMMARY_HEADER not in lines or not rows:
-        return text
-    start = lines.index(SUMMARY_HEADER)
-    end = start + 2
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    keep = [ln for ln in lines[start + 2:end] if not any(ln.startswith(f"| {key}") for key in SUMMARY_KEYS)]
-    return "\n".join(lines[:start + 2] + keep + rows + lines[end:])
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -410,8 +397,8 @@ def main(argv=None) -> int:
             f"weight decay 1e-3, train_size 1.0, no early stopping; KL warm-up linear over {cfg['kl_warmup_steps']} steps",
             "", *lines, *rows,
         ]
-        text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        text = update_summary(text, rows)
+        update_summary(rows, SUMMARY_KEYS)
+        text = RESULTS.read_text()
         RESULTS.write_text(text.rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n")
         print(f"recorded in {RESULTS}")
     return 0 if failed == 0 else 1

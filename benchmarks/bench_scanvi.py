@@ -60,7 +60,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (DEFAULT_DATA, RESULTS, ROOT, VENV_HINT, emit_result, fmt,  # noqa: E402
-                     git_commit, interpreter_path, machine_info, run_worker)
+                     git_commit, interpreter_path, machine_info, run_worker, update_summary)
 
 TOOL_NAMES = {"cellvi": "cellvi", "scvi": "scvi-tools"}
 PARTS = ("A", "B", "R")
@@ -69,7 +69,6 @@ BATCH_KEY, TYPE_KEY = "batch", "cell_type"  # columns of the prepared file
 LABELS_A, LABELS_B, IS_QUERY = "labels_a", "labels_b", "is_query"
 SCARCHES = dict(n_layers=2, encode_covariates=True, dropout_rate=0.2, use_layer_norm="both",
                 use_batch_norm="none")
-SUMMARY_HEADER = "| target (issue) | figure | status |"
 SUMMARY_ACCURACY = "scANVI label accuracy within 1 point of scvi-tools or better"
 SUMMARY_MAPPING = "query mapping >= 5x faster than retraining on reference + query"
 
@@ -560,21 +559,6 @@ def summary_rows(summary: dict, cfg: dict) -> list[str]:
     return rows
 
 
-def update_summary(text: str, rows: list[str]) -> str:
-    """Put ``rows`` into the summary table, replacing the rows of the same targets (a run that
-    measures neither target, e.g. ``--parts A``, leaves the table as it is)."""
-    lines = text.split("\n")
-    if SUMMARY_HEADER not in lines:
-        return text
-    start = lines.index(SUMMARY_HEADER)
-    end = start + 2
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    replaced = [key for key in (SUMMARY_ACCURACY, SUMMARY_MAPPING) if any(r.startswith(f"| {key}") for r in rows)]
-    keep = [ln for ln in lines[start + 2:end] if not any(ln.startswith(f"| {key}") for key in replaced)]
-    return "\n".join(lines[:start + 2] + keep + rows + lines[end:])
-
-
 def record(args, cfg, runs, lines, summary, wall, torch_version) -> None:
     machine = machine_info()
     versions = {t: r["version"] for (_, t), r in runs.items()}
@@ -609,8 +593,8 @@ def record(args, cfg, runs, lines, summary, wall, torch_version) -> None:
             "prepare_query_anndata + SCANVI.load_query_data + train(E3), weight decay 0 on the new weights; "
             f"R retrains the same SCVI (E1) + SCANVI (E2) on all {cfg['n_cells']:,} cells")
     section += ["", *lines]
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    text = update_summary(text, summary_rows(summary, cfg))
+    update_summary(summary_rows(summary, cfg), (SUMMARY_ACCURACY, SUMMARY_MAPPING))
+    text = RESULTS.read_text()
     RESULTS.write_text(text.rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n")
     print(f"\nrecorded in {RESULTS}")
 

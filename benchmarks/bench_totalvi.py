@@ -84,13 +84,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS, ROOT, VENV_HINT, busy_seconds, emit_result, fmt,  # noqa: E402
-                     git_commit, interpreter_path, machine_info, run_worker)
+                     git_commit, interpreter_path, machine_info, run_worker, update_summary)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "totalvi_pbmc10k_cite_6855.h5ad"
 TOOL_NAMES = {"cellvi": "cellvi", "scvi": "scvi-tools"}
 BATCH_KEY, PROTEIN_KEY = "batch", "protein_expression"  # in the prepared files
 MEASURED, HIDDEN = "measured", "hidden"
-SUMMARY_HEADER = "| target (issue) | figure | status |"
 SUMMARY_SPEED = "totalVI training >= 1.8x scvi-tools"
 SUMMARY_ELBO = "totalVI held-out ELBO within 0.5% of scvi-tools"
 SUMMARY_IMPUTE = "totalVI imputed proteins of a batch without the panel: mean Pearson >= scvi-tools - 0.02"
@@ -681,20 +680,6 @@ def summary_rows(summary: dict, cfg: dict) -> list[str]:
     return rows
 
 
-def update_summary(text: str, rows: list[str]) -> str:
-    """Put ``rows`` into the summary table, replacing the rows of the same targets."""
-    lines = text.split("\n")
-    if SUMMARY_HEADER not in lines or not rows:
-        return text
-    start = lines.index(SUMMARY_HEADER)
-    end = start + 2
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    keys = (SUMMARY_SPEED, SUMMARY_ELBO, SUMMARY_IMPUTE)
-    keep = [ln for ln in lines[start + 2:end] if not any(ln.startswith(f"| {key}") for key in keys)]
-    return "\n".join(lines[:start + 2] + keep + rows + lines[end:])
-
-
 def record(args, cfg, runs, lines, summary, wall, torch_version) -> None:
     machine = machine_info()
     versions = {t: r["version"] for (_, t), r in runs.items()}
@@ -732,8 +717,8 @@ def record(args, cfg, runs, lines, summary, wall, torch_version) -> None:
         *lines,
         *verdicts(summary),
     ]
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    text = update_summary(text, summary_rows(summary, cfg))
+    update_summary(summary_rows(summary, cfg), (SUMMARY_SPEED, SUMMARY_ELBO, SUMMARY_IMPUTE))
+    text = RESULTS.read_text()
     RESULTS.write_text(text.rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n")
     print(f"\nrecorded in {RESULTS}")
 

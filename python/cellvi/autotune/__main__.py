@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     w.add_argument("--quiet", action="store_true", help="no line per finished trial")
     args = parser.parse_args(argv)
     if args.threads:
-        # Before torch starts its thread pools.
+        # For libraries that start their thread pools later (torch's own is set by worker()).
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(args.threads)
     from . import worker

@@ -55,6 +55,9 @@ def _optuna():
     except ImportError as err:
         raise ImportError("cellvi.autotune needs Optuna; install it with: pip install 'cellvi[autotune]'") from err
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # The heartbeat (failing the trials of dead workers) and multivariate TPE are marked
+    # experimental; what they warn about is our choice, not the user's.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
 
@@ -302,15 +305,24 @@ class _Context:
     def train(self, params: dict, report: Callable[[int, float], None] | None = None) -> tuple[Any, float, int]:
         """Train a model with ``params`` on the train split; returns (model, metric, epochs).
         ``report(epoch, value)`` gets the held-out value after every epoch (for pruning)."""
-        import torch
-
         from .._settings import settings
-        from ..train import epoch_callback
 
         model_kwargs, train_kwargs = self.arguments(params)
         # Every trial starts from the same seed: differences come from the parameters, not
-        # from the draw of initial weights or minibatch order.
+        # from the draw of initial weights or minibatch order. (The user's setting is put
+        # back afterwards.)
+        user_seed = settings._seed
         settings.seed = self.config["seed"]
+        try:
+            return self._train(params, model_kwargs, train_kwargs, report)
+        finally:
+            settings._seed = user_seed
+
+    def _train(self, params, model_kwargs, train_kwargs, report):
+        import torch
+
+        from ..train import epoch_callback
+
         model = self.build(model_kwargs)
         # Pruning watches the held-out ELBO (the reconstruction loss for that metric), turned
         # to the study's direction (a function minimised: the negative ELBO, a loss).
@@ -633,8 +645,9 @@ def trials_dataframe(study, space: dict | None = None) -> pd.DataFrame:
             row["error"] = t.user_attrs["error"]
         rows.append(row)
     df = pd.DataFrame(rows)
-    if len(df) and "error" not in df:
-        df["error"] = None
+    if len(df):
+        # a string column ("" when none), which converts cleanly to R
+        df["error"] = df["error"].fillna("") if "error" in df else ""
     return df
 
 
@@ -963,6 +976,7 @@ def run_autotune(
             # The defaults trial must be able to take the default: add it to the choices.
             spec.values.append(value)
     config["search_space"] = space_to_json(space)
+    ctx.space = space_from_json(config["search_space"])
     del probe
 
     study_name = study_name or f"{model_cls.__name__}_{metric_name if isinstance(metric, str) else 'custom'}"

@@ -130,7 +130,8 @@ class SOLO(BaseModel):
     # scvi-tools' classifier training: Adam, lr 1e-3; early stopping on the validation
     # cross-entropy (the trainer's per-cell term, "reconstruction_loss").
     _plan_defaults = {"lr": 1e-3, "weight_decay": 1e-6, "eps": 0.01, "n_epochs_kl_warmup": None,
-                      "monitor": "reconstruction_loss_validation", "monitor_mode": "min"}
+                      "monitor": "reconstruction_loss_validation", "monitor_mode": "min",
+                      "progress_metrics": {"cross_entropy": "reconstruction_loss", "accuracy": "accuracy"}}
 
     def __init__(self, adata=None, n_hidden: int = 128, n_layers: int = 1, dropout_rate: float = 0.1,
                  use_batch_norm: bool = True, use_layer_norm: bool = False, *,

@@ -33,6 +33,25 @@ class LossOutput:
         return -(self.reconstruction_loss + self.kl_local)
 
 
+def fold_samples(z: torch.Tensor, batch: torch.Tensor, cat_covs=(), cont_covs=None):
+    """A decoder's inputs with ``z``'s leading sample dimensions folded into the cell dimension.
+
+    ``z`` is ([samples x] cells x latent); the per-cell ``batch``, ``cat_covs`` and
+    ``cont_covs`` are repeated once per sample. Returns the decoder input (``z``, then the
+    continuous covariates), the categorical codes (``batch`` first) and ``z``'s leading shape,
+    to unfold the decoder's output with ``out.reshape(*lead, -1)``.
+    """
+    lead = z.shape[:-1]
+    z_cells = z.reshape(-1, z.shape[-1])
+    n_rep = z_cells.shape[0] // batch.shape[0]
+
+    def rep(t):
+        return t if n_rep == 1 else t.repeat(n_rep, *([1] * (t.dim() - 1)))
+
+    dec_in = z_cells if cont_covs is None else torch.cat([z_cells, rep(cont_covs)], dim=-1)
+    return dec_in, [rep(batch), *[rep(c) for c in cat_covs]], lead
+
+
 class BaseModule(nn.Module):
     """A model's math. Subclasses implement ``inference``, ``generative`` and ``loss`` and say
     how a tensor dict (see ``cellvi._constants``) maps to their arguments.

@@ -31,7 +31,7 @@ from torch import nn
 from .. import _constants as C
 from ..distributions import Bernoulli, scaled_bernoulli_log_likelihood_per_cell
 from ..nn import GaussianEncoder, SigmoidDecoder, SparseRows, reads_sparse
-from ._base import BaseModule, LossOutput
+from ._base import BaseModule, LossOutput, fold_samples
 from ._vae import LATENT_DISTRIBUTIONS, NORM_CHOICES, _log_standard_normal, _normal, _rsample, check_choice
 
 
@@ -169,15 +169,7 @@ class PEAKVAE(BaseModule):
         """``"probs"``: accessibility probabilities y ([samples x] cells x regions), without the
         library and region factors; with ``regions_major``, ``"probs_by_region"`` laid out
         regions x cells instead (one sample per cell), of the ``regions`` only when given."""
-        lead = z.shape[:-1]
-        z2 = z.reshape(-1, z.shape[-1])
-        n_rep = z2.shape[0] // batch.shape[0]
-
-        def rep(t):
-            return t if n_rep == 1 else t.repeat(n_rep, *([1] * (t.dim() - 1)))
-
-        dec_in = z2 if cont_covs is None else torch.cat([z2, rep(cont_covs)], dim=-1)
-        cats = [rep(batch), *[rep(c) for c in cat_covs]]
+        dec_in, cats, lead = fold_samples(z, batch, cat_covs, cont_covs)
         if regions_major:
             return {"probs_by_region": self.z_decoder.by_output(dec_in, cats, regions)}
         return {"probs": self.z_decoder(dec_in, cats).reshape(*lead, -1)}

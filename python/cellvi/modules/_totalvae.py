@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from .. import _constants as C
 from ..distributions import NegativeBinomial, NegativeBinomialMixture, ZeroInflatedNegativeBinomial
 from ..nn import GaussianEncoder, SparseRows, TotalVIDecoder, reads_sparse
-from ._base import BaseModule, LossOutput
+from ._base import BaseModule, LossOutput, fold_samples
 from ._vae import LATENT_DISTRIBUTIONS, NORM_CHOICES, _log_standard_normal, _normal, _rsample, check_choice
 
 GENE_LIKELIHOODS = ("nb", "zinb")
@@ -302,19 +302,11 @@ class TOTALVAE(BaseModule):
         Protein rates: ``rate_back`` and ``rate_fore`` without the batch's efficiency (what
         normalized expression reports), ``rate_back_scaled`` and ``rate_fore_scaled`` with
         it (``protein_efficiency`` times those), as ``protein_dist`` uses them."""
-        # Leading sample dimensions are folded into the cell dimension for the decoder.
-        lead = z.shape[:-1]
-        z2 = z.reshape(-1, z.shape[-1])
-        n_rep = z2.shape[0] // batch.shape[0]
-
-        def rep(t):
-            return t if n_rep == 1 else t.repeat(n_rep, *([1] * (t.dim() - 1)))
+        dec_in, cats, lead = fold_samples(z, batch, cat_covs, cont_covs)
 
         def unfold(t):
             return t.reshape(*lead, t.shape[-1])
 
-        dec_in = z2 if cont_covs is None else torch.cat([z2, rep(cont_covs)], dim=-1)
-        cats = [rep(batch), *[rep(c) for c in cat_covs]]
         if genes_major or not likelihood:
             scale = self.decoder.gene_expression(dec_in, cats)
             if genes_major:

@@ -18,7 +18,7 @@ from torch.distributions import Normal, kl_divergence
 from .. import _constants as C
 from ..distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
 from ..nn import ExpressionDecoder, GaussianEncoder, SparseRows, reads_sparse
-from ._base import BaseModule, LossOutput
+from ._base import BaseModule, LossOutput, fold_samples
 
 GENE_LIKELIHOODS = ("zinb", "nb", "poisson")
 DISPERSIONS = ("gene", "gene-batch", "gene-label", "gene-cell")
@@ -206,16 +206,7 @@ class VAE(BaseModule):
         """Likelihood parameters; ``likelihood=False`` returns only ``"scale"`` (cheaper: the
         dispersion and zero-inflation heads are skipped); ``genes_major=True`` returns only
         ``"scale_by_gene"``, the scale laid out genes x (samples x) cells."""
-        # Leading sample dimensions are folded into the cell dimension for the decoder.
-        lead = z.shape[:-1]
-        z2 = z.reshape(-1, z.shape[-1])
-        n_rep = z2.shape[0] // batch.shape[0]
-
-        def rep(t):
-            return t if n_rep == 1 else t.repeat(n_rep, *([1] * (t.dim() - 1)))
-
-        dec_in = z2 if cont_covs is None else torch.cat([z2, rep(cont_covs)], dim=-1)
-        cats = [rep(batch), *[rep(c) for c in cat_covs]]
+        dec_in, cats, lead = fold_samples(z, batch, cat_covs, cont_covs)
         if genes_major:
             scale = self.decoder.scale_by_gene(dec_in, cats)
             return {"scale_by_gene": scale.reshape(-1, *lead)}

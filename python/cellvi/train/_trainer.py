@@ -183,6 +183,10 @@ class TrainingPlan:
         (``"max"``: ELBOs are log-likelihood bounds) or lower (``"min"``: losses) is better.
         A ``*_validation`` metric falls back to its ``*_train`` twin when there is no
         validation set.
+    progress_metrics
+        What the progress bar shows after each epoch: label -> history column stem
+        (``"<stem>_train"``, and ``"<stem>_validation"`` when there is a validation set). By
+        default the loss and the ELBO; a classifier shows its cross-entropy instead.
     adversarial_classifier
         Train a classifier to predict the batch from the latent ``z`` on its own optimizer,
         and push the encoder to fool it (weight ``scale_adversarial_loss``, by default
@@ -205,6 +209,7 @@ class TrainingPlan:
     lr_min: float = 0.0
     monitor: str = "elbo_validation"
     monitor_mode: str = "max"
+    progress_metrics: dict = dataclasses.field(default_factory=lambda: {"elbo": "elbo"})
     adversarial_classifier: bool = False
     scale_adversarial_loss: float | str = "auto"
     adversarial_lr: float = 1e-3
@@ -434,9 +439,11 @@ class Trainer:
             if monitor not in row:
                 raise ValueError(f"the training plan watches '{monitor}', which the history lacks; "
                                  f"history columns: {', '.join(row)}")
-            postfix = {"loss": f"{row['loss_train']:.4g}", "elbo": f"{row['elbo_train']:.4g}"}
-            if has_validation:
-                postfix["elbo_val"] = f"{row['elbo_validation']:.4g}"
+            postfix = {"loss": f"{row['loss_train']:.4g}"}
+            for label, stem in self.plan.progress_metrics.items():
+                for suffix, shown in (("train", label), ("validation", f"{label}_val")):
+                    if f"{stem}_{suffix}" in row:
+                        postfix[shown] = f"{row[f'{stem}_{suffix}']:.4g}"
             bar.set_postfix(postfix, refresh=False)
             if self.epoch_callback is not None:
                 try:
