@@ -394,8 +394,8 @@ def _sampler(config: dict, worker_seed: int):
 
 def _progress_line(study, trial, target: int | None) -> str:
     state = trial.state.name.lower()
-    of = f"/{target}" if target else ""
-    parts = [f"[autotune] trial {trial.number + 1}{of} {state}"]
+    of = f" ({trial.number + 1}/{target})" if target else ""
+    parts = [f"[autotune] trial {trial.number}{of} {state}"]
     if trial.state.name == "COMPLETE":
         parts.append(f"metric={trial.value:.6g}")
     elif trial.state.name == "PRUNED" and trial.intermediate_values:
@@ -405,7 +405,7 @@ def _progress_line(study, trial, target: int | None) -> str:
         parts.append(f"error: {trial.user_attrs['error']}")
     try:
         best = study.best_trial
-        parts.append(f"best={best.value:.6g} (trial {best.number + 1})")
+        parts.append(f"best={best.value:.6g} (trial {best.number})")
     except ValueError:
         pass
     if "epochs" in trial.user_attrs:
@@ -1090,7 +1090,7 @@ def _best_model(ctx: _Context, best, run_dir: str, models_dir: str, adata, verbo
             shutil.move(trial_dir, model_dir)
         else:
             if verbose:
-                print(f"[autotune] training the best trial ({best.number + 1}) again: its model was not saved here",
+                print(f"[autotune] training the best trial ({best.number}) again: its model was not saved here",
                       flush=True)
             model, _, _ = ctx.train(dict(best.params))
             model.save(model_dir, overwrite=True)
