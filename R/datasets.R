@@ -21,6 +21,13 @@
 #'   for PeakVI: 100 cells of each of six types (metadata `cell_type`; `donor`), from Granja
 #'   et al. 2019 as shipped by the epiCHAOS R package (MIT). The peaks are the assay `"peaks"`
 #'   (Seurat) or the `counts` assay (SingleCellExperiment).
+#' - `"merfish_reference_small"` and `"merfish_spatial_small"`: a single-cell RNA reference
+#'   of the mouse hypothalamic preoptic region (1,304 cells x 134 genes, 14 cell types in
+#'   `cell_type`) and MERFISH spatial data of the same 134 genes (750 cells, coordinates in
+#'   the metadata columns `x` and `y`), for gimVI ([RunGIMVI()]: hold some spatial genes out
+#'   and impute them). The MERFISH example of the spacexr R package (Cable et al. 2022;
+#'   licence GPL-3), all genes and all cells with counts; made by
+#'   `scripts/make_merfish_small.py`.
 #'
 #' @param name The data set.
 #' @param as `"Seurat"`, `"SingleCellExperiment"` or `"AnnData"` (the Python object).
@@ -37,7 +44,8 @@
 #' }
 #' @export
 cellvi_dataset <- function(name = c("pbmc_cite_small", "pbmc_small", "bmmc_atac_small",
-                                    "kang_pbmc"),
+                                    "kang_pbmc", "merfish_reference_small",
+                                    "merfish_spatial_small"),
                            as = c("Seurat", "SingleCellExperiment", "AnnData")) {
   name <- match.arg(name)
   as <- match.arg(as)

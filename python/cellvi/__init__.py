@@ -3,7 +3,7 @@ __version__ = "0.1.0"
 
 from . import criticism
 from ._settings import settings
-from .models import AUTOZI, CellAssign, PEAKVI, SCANVI, SCVI, SOLO, TOTALVI, LinearSCVI, load_model
+from .models import AUTOZI, GIMVI, CellAssign, PEAKVI, SCANVI, SCVI, SOLO, TOTALVI, LinearSCVI, load_model
 from .train import TrainingError
 
-__all__ = ["AUTOZI", "CellAssign", "LinearSCVI", "PEAKVI", "SCANVI", "SCVI", "SOLO", "TOTALVI", "TrainingError", "criticism", "load_model", "settings", "__version__"]
+__all__ = ["AUTOZI", "CellAssign", "GIMVI", "LinearSCVI", "PEAKVI", "SCANVI", "SCVI", "SOLO", "TOTALVI", "TrainingError", "criticism", "load_model", "settings", "__version__"]

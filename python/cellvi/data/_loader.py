@@ -117,6 +117,72 @@ class DeviceData:
         for idx in split_minibatches(indices, batch_size, shuffle, generator):
             yield self.minibatch(idx)
 
+    # The trainer's schedule. A data source serves "index" objects to ``minibatch``; here
+    # they are tensors of cell positions (JointData serves one per data set).
+    @staticmethod
+    def n_cells(indices) -> int:
+        """Cells in ``indices`` (a set of cells or one minibatch's index)."""
+        return len(indices)
+
+    def epoch_minibatches(self, indices, batch_size: int, generator: torch.Generator | None = None) -> list:
+        """One training epoch's minibatches of ``indices``: shuffled with ``generator``, in
+        order without it."""
+        return split_minibatches(indices, batch_size, generator is not None, generator)
+
+    def eval_minibatches(self, indices, batch_size: int) -> list:
+        """Minibatches that visit every cell of ``indices`` once (validation)."""
+        return split_minibatches(indices, batch_size)
+
+
+class JointData:
+    """Several data sets trained together (e.g. gimVI's reference and spatial cells), each
+    held as its own :class:`DeviceData` with its own registry.
+
+    An index is a tuple with one entry per data set (cell positions in that data set, or None
+    for none of its cells), and ``minibatch`` returns a list with one tensor dict (or None)
+    per data set. A training epoch is one pass over the largest data set's cells; every step
+    also takes a minibatch of each other data set, cycled through (reshuffled at every pass)
+    as often as needed, so each step sees cells of every data set. Validation visits each
+    cell once, one data set at a time.
+    """
+
+    def __init__(self, parts: "list[DeviceData]"):
+        if len(parts) < 2:
+            raise ValueError("JointData needs at least two data sets")
+        devices = {str(p.device) for p in parts}
+        if len(devices) > 1:
+            raise ValueError(f"the data sets are on different devices: {sorted(devices)}")
+        self.parts = list(parts)
+        self.device = parts[0].device
+        self.n_obs = tuple(p.n_obs for p in parts)
+
+    @staticmethod
+    def n_cells(indices) -> int:
+        return sum(len(i) for i in indices if i is not None)
+
+    def minibatch(self, idx) -> "list[dict[str, torch.Tensor] | None]":
+        return [part.minibatch(i) if i is not None and len(i) else None for part, i in zip(self.parts, idx)]
+
+    def epoch_minibatches(self, indices, batch_size: int, generator: torch.Generator | None = None) -> list:
+        if any(len(i) == 0 for i in indices):
+            raise ValueError(f"every data set needs training cells; got {[len(i) for i in indices]}")
+        shuffle = generator is not None
+        per_set = [split_minibatches(i, batch_size, shuffle, generator) for i in indices]
+        n_steps = max(len(b) for b in per_set)
+        steps = []
+        for d, batches in enumerate(per_set):
+            while len(batches) < n_steps:  # cycle a smaller data set, a fresh order each pass
+                batches = batches + split_minibatches(indices[d], batch_size, shuffle, generator)
+            steps.append(batches[:n_steps])
+        return list(zip(*steps))
+
+    def eval_minibatches(self, indices, batch_size: int) -> list:
+        out = []
+        for d, idx in enumerate(indices):
+            for chunk in split_minibatches(idx, batch_size) if len(idx) else []:
+                out.append(tuple(chunk if e == d else None for e in range(len(indices))))
+        return out
+
 
 def _cut_host(store: _SparseStore, key: str, idx: torch.Tensor) -> dict[str, torch.Tensor]:
     """``_cut`` on the CPU with scipy: the same tensors, in the same order."""

@@ -70,3 +70,48 @@ def bmmc_atac_small():
     import anndata
 
     return anndata.read_h5ad(os.path.join(os.path.dirname(__file__), "bmmc_atac_small.h5ad"))
+
+
+def merfish_reference_small():
+    """1,304 single cells x 134 genes (raw counts) of the mouse hypothalamic preoptic region,
+    with 14 cell types (obs ``cell_type``): the reference of :func:`merfish_spatial_small`,
+    for gimVI (imputation of unmeasured genes) and spatial deconvolution.
+
+    Provenance: the MERFISH example of the spacexr R package (Cable et al. 2022, Nature
+    Biotechnology 40:517-526; licence GPL-3). All genes, and all cells but the 4 with no
+    counts of them; counts unchanged. Built by ``scripts/make_merfish_small.py``.
+
+    Examples
+    --------
+    >>> import cellvi.datasets
+    >>> adata = cellvi.datasets.merfish_reference_small()
+    >>> adata.shape
+    (1304, 134)
+    """
+    import anndata
+
+    return anndata.read_h5ad(os.path.join(os.path.dirname(__file__), "merfish_reference_small.h5ad"))
+
+
+def merfish_spatial_small():
+    """750 MERFISH cells x 134 genes (raw counts) with their coordinates (obs ``x``, ``y`` and
+    obsm ``spatial``): single-cell resolution spatial data measuring the same genes as
+    :func:`merfish_reference_small`. Hold some genes out to see how well gimVI imputes them.
+
+    Provenance: the MERFISH example of the spacexr R package (Cable et al. 2022; licence
+    GPL-3). All cells and genes, counts unchanged. Built by ``scripts/make_merfish_small.py``.
+
+    Examples
+    --------
+    >>> import cellvi, cellvi.datasets
+    >>> seq = cellvi.datasets.merfish_reference_small()
+    >>> spatial = cellvi.datasets.merfish_spatial_small()
+    >>> held_out = ["Gad1", "Slc17a7"]
+    >>> spatial = spatial[:, ~spatial.var_names.isin(held_out)].copy()
+    >>> cellvi.GIMVI.setup_anndata(seq)
+    >>> cellvi.GIMVI.setup_anndata(spatial)
+    >>> model = cellvi.GIMVI(seq, spatial)
+    """
+    import anndata
+
+    return anndata.read_h5ad(os.path.join(os.path.dirname(__file__), "merfish_spatial_small.h5ad"))

@@ -2,6 +2,7 @@
 from ._autozi import AUTOZI
 from ._base import BaseModel, load_model
 from ._cellassign import CellAssign
+from ._gimvi import GIMVI
 from ._mixins import MappingMixin, VAEMixin
 from ._peakvi import PEAKVI
 from ._scanvi import SCANVI
@@ -9,4 +10,4 @@ from ._scvi import SCVI, LinearSCVI
 from ._solo import SOLO
 from ._totalvi import TOTALVI
 
-__all__ = ["AUTOZI", "BaseModel", "CellAssign", "MappingMixin", "VAEMixin", "LinearSCVI", "PEAKVI", "SCANVI", "SCVI", "SOLO", "TOTALVI", "load_model"]
+__all__ = ["AUTOZI", "BaseModel", "CellAssign", "GIMVI", "MappingMixin", "VAEMixin", "LinearSCVI", "PEAKVI", "SCANVI", "SCVI", "SOLO", "TOTALVI", "load_model"]

@@ -226,9 +226,8 @@ class BaseModel:
         """
         if self.adata is None:
             raise ValueError("this model holds no AnnData to train on (it was loaded without one)")
-        n_obs = self.adata.n_obs
         if max_epochs is None:
-            max_epochs = min(round(20000 / n_obs * 400), 400)
+            max_epochs = self._default_max_epochs()
         max_epochs = as_count(max_epochs, "max_epochs")
         given = {"lr": lr, "weight_decay": weight_decay, "eps": eps, "n_epochs_kl_warmup": n_epochs_kl_warmup}
         settings_ = {**self._plan_defaults, **{k: v for k, v in given.items() if v is not None}}
@@ -239,10 +238,10 @@ class BaseModel:
             raise TypeError(f"unknown plan_kwargs {sorted(unknown)}; TrainingPlan takes "
                             f"{', '.join(f.name for f in dataclasses.fields(TrainingPlan))}")
         plan = TrainingPlan(**{**settings_, **(plan_kwargs or {})})
-        train_idx, val_idx = split_indices(n_obs, train_size, validation_size)
         self.module.to(resolve_device(device))
+        data, train_idx, val_idx = self._training_data(train_size, validation_size)
         trainer = Trainer(
-            self.module, self._data(), train_idx, val_idx, max_epochs=max_epochs,
+            self.module, data, train_idx, val_idx, max_epochs=max_epochs,
             batch_size=batch_size, plan=plan, early_stopping=early_stopping,
             early_stopping_patience=early_stopping_patience,
             limit_train_batches=limit_train_batches, progress_bar=progress_bar,
@@ -257,6 +256,16 @@ class BaseModel:
             self._history = trainer.history
         self.is_trained = True
         return self
+
+    def _default_max_epochs(self) -> int:
+        return min(round(20000 / self.adata.n_obs * 400), 400)
+
+    def _training_data(self, train_size: float, validation_size: float | None):
+        """(data on the module's device, training cells, validation cells): one data set's
+        cells split at random (seeded). A model of several data sets returns a
+        :class:`cellvi.data.JointData` with one split per data set."""
+        train_idx, val_idx = split_indices(self.adata.n_obs, train_size, validation_size)
+        return self._data(), train_idx, val_idx
 
     def _optimizer_params(self):
         """Parameters (or parameter groups) to train; None: all of the module's."""
@@ -299,6 +308,7 @@ class BaseModel:
             "is_trained": self.is_trained,
             "history": self._history,
             "query": self._query,
+            **self._saved_extra(),
         }
         with open(os.path.join(tmp, C.MODEL_JSON_FILE), "w") as f:
             json.dump(meta, f, indent=1, default=_json_default)
@@ -322,6 +332,13 @@ class BaseModel:
             Where to put the model (``"auto"``, ``"cpu"``, ``"cuda"``).
         """
         dir_path = os.fspath(dir_path)
+        meta, model_cls = cls._saved_model(dir_path)
+        model = model_cls._from_saved(meta, dir_path, adata)
+        return model._restore_saved(meta, dir_path, device)
+
+    @classmethod
+    def _saved_model(cls, dir_path: str) -> tuple[dict, type["BaseModel"]]:
+        """The saved ``model.json`` and the class it names (which must be ``cls`` or a subclass)."""
         meta = _read_model_json(dir_path)
         name = meta["model"]
         model_cls = _MODEL_CLASSES.get(name)
@@ -329,11 +346,23 @@ class BaseModel:
             raise ValueError(f"'{dir_path}' holds a {name} model, which this cellvi does not know")
         if cls is not BaseModel and not issubclass(model_cls, cls):
             raise TypeError(f"'{dir_path}' holds a {name} model; load it with cellvi.{name}.load")
+        return meta, model_cls
+
+    @classmethod
+    def _from_saved(cls, meta: dict, dir_path: str, adata=None) -> "BaseModel":
+        """The model of a saved directory, built (untrained) on ``adata`` or on no data."""
         registry = Registry.from_dict(meta["registry"])
         # Check the data (genes, categories, counts) before building anything.
         tensors = registry.tensors(adata) if adata is not None else None
-        model = model_cls(adata, _registry=registry, _tensors=tensors,
-                          **_decode_arguments(meta["init_kwargs"], dir_path))
+        return cls(adata, _registry=registry, _tensors=tensors, **_decode_arguments(meta["init_kwargs"], dir_path))
+
+    def _saved_extra(self) -> dict:
+        """Further entries of ``model.json`` (e.g. the registries of further data sets)."""
+        return {}
+
+    def _restore_saved(self, meta: dict, dir_path: str, device: str = "auto") -> "BaseModel":
+        """Weights, state and history of a saved directory into this freshly built model."""
+        model = self
         with np.load(os.path.join(dir_path, C.WEIGHTS_FILE), allow_pickle=False) as weights:
             state = {k: torch.from_numpy(weights[k]) for k in weights.files}
         model.module.load_state_dict(state)

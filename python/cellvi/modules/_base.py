@@ -85,6 +85,16 @@ class BaseModule(nn.Module):
              **kwargs) -> LossOutput:
         raise NotImplementedError
 
+    # What a training plan's adversarial classifier sees and predicts (see
+    # TrainingPlan.adversarial_classifier): by default the latent and the batch.
+    @property
+    def n_adversarial_classes(self) -> int:
+        return getattr(self, "n_batch", 1)
+
+    def adversarial_inputs(self, tensors: dict, inference_out: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latent, class code per cell) for the adversarial classifier."""
+        return inference_out["z"], tensors[C.BATCH_KEY]
+
     def forward(self, tensors: dict, kl_weight: float = 1.0, n_samples: int = 1, **loss_kwargs):
         """One pass; ``loss_kwargs`` (e.g. a labelled minibatch) go to :meth:`loss`."""
         inference_out = self.inference(**self.inference_inputs(tensors), n_samples=n_samples)

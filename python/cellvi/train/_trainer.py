@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from .._settings import settings
-from ..data import DeviceData, cycle_minibatches, split_minibatches
-from .. import _constants as C
+from ..data import DeviceData, JointData, cycle_minibatches
 from ..modules import BaseModule
 from ..nn import Classifier
 
@@ -190,7 +189,10 @@ class TrainingPlan:
     adversarial_classifier
         Train a classifier to predict the batch from the latent ``z`` on its own optimizer,
         and push the encoder to fool it (weight ``scale_adversarial_loss``, by default
-        ``1 - kl_weight``). Off with a single batch.
+        ``1 - kl_weight``). Off with a single batch. A module may have it predict something
+        else (see ``BaseModule.adversarial_inputs``: gimVI's data set of origin).
+    adversarial_lr, adversarial_n_layers
+        The classifier's learning rate and hidden layers (32 units each).
     loss_kwargs
         Extra arguments of the module's ``loss`` during training.
     """
@@ -213,6 +215,7 @@ class TrainingPlan:
     adversarial_classifier: bool = False
     scale_adversarial_loss: float | str = "auto"
     adversarial_lr: float = 1e-3
+    adversarial_n_layers: int = 2
     loss_kwargs: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -245,12 +248,19 @@ class Trainer:
     their own settings, e.g. no weight decay); the rest are left untouched. Scalar entries of
     a loss's ``extra_metrics`` are averaged per epoch into the history; a loss's
     ``kl_global`` (a dataset-level term) is counted once per training set in the ELBO.
+
+    ``epoch_callback(trainer, row)`` runs after every epoch (see :func:`epoch_callback`).
+
+    ``data`` serves the minibatches and says how an epoch is cut (``epoch_minibatches``,
+    ``eval_minibatches``, ``n_cells``): a :class:`DeviceData` cuts one data set's cells; a
+    :class:`JointData` serves several data sets together, with one index array per data set
+    in ``train_indices`` and ``validation_indices`` and a list of tensor dicts per step.
     """
 
     def __init__(
         self,
         module: BaseModule,
-        data: DeviceData,
+        data: DeviceData | JointData,
         train_indices: np.ndarray,
         validation_indices: np.ndarray,
         max_epochs: int,
@@ -274,10 +284,11 @@ class Trainer:
         self.validation_indices = validation_indices
         self.max_epochs = as_count(max_epochs, "max_epochs")
         self.batch_size = as_count(batch_size, "batch_size")
-        if len(train_indices) < 2:
-            raise ValueError(f"training needs at least 2 cells, got {len(train_indices)}")
+        self.n_train = data.n_cells(train_indices)
+        if self.n_train < 2:
+            raise ValueError(f"training needs at least 2 cells, got {self.n_train}")
         self.limit_train_batches = limit_train_batches
-        self.n_batches = self._n_batches(len(split_minibatches(train_indices, self.batch_size)))
+        self.n_batches = self._n_batches(len(data.epoch_minibatches(train_indices, self.batch_size)))
         if plan.n_steps_kl_warmup:
             self.warmup_epochs = float(plan.n_steps_kl_warmup) / self.n_batches
         else:
@@ -299,9 +310,10 @@ class Trainer:
                 self.optimizer, mode=plan.monitor_mode, factor=plan.lr_factor, patience=plan.lr_patience,
                 threshold=plan.lr_threshold, threshold_mode="abs", min_lr=plan.lr_min)
         self.classifier = self.classifier_optimizer = None
-        n_batch = getattr(module, "n_batch", 1)
-        if plan.adversarial_classifier and n_batch > 1:
-            self.classifier = Classifier(module.n_latent, n_batch, n_hidden=32, n_layers=2).to(data.device)
+        n_classes = module.n_adversarial_classes
+        if plan.adversarial_classifier and n_classes > 1:
+            self.classifier = Classifier(module.n_latent, n_classes, n_hidden=32,
+                                         n_layers=plan.adversarial_n_layers).to(data.device)
             self.classifier_optimizer = make_optimizer(self.classifier.parameters(), lr=plan.adversarial_lr,
                                                        eps=plan.eps, weight_decay=plan.weight_decay)
         self.generator = seeded_generator(2)
@@ -341,7 +353,7 @@ class Trainer:
         self.module.train()
         if self.classifier is not None:
             self.classifier.train()
-        batches = split_minibatches(self.train_indices, self.batch_size, True, self.generator)
+        batches = self.data.epoch_minibatches(self.train_indices, self.batch_size, self.generator)
         batches = batches[: self.n_batches]
         sums = torch.zeros(4, device=self.data.device)  # summed on the device: no per-step sync
         extra_sums: dict[str, torch.Tensor] = {}
@@ -358,26 +370,28 @@ class Trainer:
             loss = out.loss
             kappa = self._adversarial_scale(kl_weight) if self.classifier is not None else 0.0
             if kappa > 0:
-                loss = loss + kappa * self._adversarial_loss(inference_out["z"], tensors[C.BATCH_KEY], False)
+                z, classes = self.module.adversarial_inputs(tensors, inference_out)
+                loss = loss + kappa * self._adversarial_loss(z, classes, False)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             if kappa > 0:
-                classifier_loss = self._adversarial_loss(inference_out["z"].detach(), tensors[C.BATCH_KEY], True)
+                classifier_loss = self._adversarial_loss(z.detach(), classes, True)
                 self.classifier_optimizer.zero_grad(set_to_none=True)
                 (kappa * classifier_loss).backward()
                 self.classifier_optimizer.step()
                 extra_sums["adversarial_classifier_loss"] = (extra_sums.get("adversarial_classifier_loss", 0.0)
                                                              + classifier_loss.detach())
             with torch.no_grad():
-                sums += torch.stack([out.loss * len(idx), out.reconstruction_loss.sum(), out.kl_local.sum(),
+                n_step = self.data.n_cells(idx)
+                sums += torch.stack([out.loss * n_step, out.reconstruction_loss.sum(), out.kl_local.sum(),
                                      torch.as_tensor(out.kl_global, dtype=sums.dtype, device=sums.device)])
                 for name, value in out.extra_metrics.items():
                     extra_sums[name] = extra_sums.get(name, 0.0) + value.detach()
-            n += len(idx)
+            n += n_step
         loss, rec, kl, kl_global = sums.tolist()
         kl_global /= len(batches)
-        row = {"loss_train": loss / n, "elbo_train": -(rec + kl) / n - kl_global / len(self.train_indices),
+        row = {"loss_train": loss / n, "elbo_train": -(rec + kl) / n - kl_global / self.n_train,
                "reconstruction_loss_train": rec / n, "kl_local_train": kl / n, "kl_weight": kl_weight}
         if kl_global:
             row["kl_global_train"] = kl_global
@@ -395,20 +409,20 @@ class Trainer:
         self.module.eval()
         sums = torch.zeros(3, device=data.device)
         n_chunks = 0
-        for idx in split_minibatches(indices, self.batch_size):
+        for idx in data.eval_minibatches(indices, self.batch_size):
             _, _, out = self.module(data.minibatch(idx), kl_weight=1.0)
             sums += torch.stack([out.reconstruction_loss.sum(), out.kl_local.sum(),
                                  torch.as_tensor(out.kl_global, dtype=sums.dtype, device=sums.device)])
             n_chunks += 1
-        rec, kl = (sums[:2] / len(indices)).tolist()
+        rec, kl = (sums[:2] / data.n_cells(indices)).tolist()
         kl_global = float(sums[2]) / n_chunks
-        return {f"elbo_{suffix}": -(rec + kl) - kl_global / len(self.train_indices),
+        return {f"elbo_{suffix}": -(rec + kl) - kl_global / self.n_train,
                 f"reconstruction_loss_{suffix}": rec, f"kl_local_{suffix}": kl}
 
     def fit(self) -> list[dict]:
         from tqdm.auto import tqdm  # imported here: `import cellvi` stays light
 
-        has_validation = len(self.validation_indices) > 0
+        has_validation = self.data.n_cells(self.validation_indices) > 0
         monitor = self.plan.monitor
         if not has_validation and monitor.endswith("_validation"):
             monitor = monitor[: -len("_validation")] + "_train"
