@@ -3,7 +3,8 @@ __version__ = "0.1.0"
 
 from . import criticism
 from ._settings import settings
-from .models import AUTOZI, GIMVI, CellAssign, PEAKVI, SCANVI, SCVI, SOLO, TOTALVI, LinearSCVI, load_model
+from .models import (AUTOZI, GIMVI, PEAKVI, SCANVI, SCVI, SOLO, TOTALVI, CellAssign, CondSCVI, DestVI, LinearSCVI,
+                     RNAStereoscope, SpatialStereoscope, load_model)
 from .train import TrainingError
 
-__all__ = ["AUTOZI", "CellAssign", "GIMVI", "LinearSCVI", "PEAKVI", "SCANVI", "SCVI", "SOLO", "TOTALVI", "TrainingError", "criticism", "load_model", "settings", "__version__"]
+__all__ = ["AUTOZI", "CellAssign", "GIMVI", "CondSCVI", "DestVI", "LinearSCVI", "PEAKVI", "RNAStereoscope", "SCANVI", "SCVI", "SOLO", "SpatialStereoscope", "TOTALVI", "TrainingError", "criticism", "load_model", "settings", "__version__"]

@@ -1,0 +1,361 @@
+"""CondSCVI + DestVI and RNAStereoscope + SpatialStereoscope: spot deconvolution.
+
+Pseudo-spots are sums of 2-10 random cells of a labelled reference (the other half of its
+cells is the model's reference), so the true proportions are known."""
+from __future__ import annotations
+
+import warnings
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import cellvi
+from cellvi.models._destvi import destvi_batch_size
+from conftest import shared_data
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny networks: a second thread only adds contention on a shared machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def pseudo_spots(adata, labels_key: str, n_spots: int, rng, low: int = 2, high: int = 10):
+    """Spots summed from ``low``-``high`` random cells of ``adata``; truth = cell fractions."""
+    X = sp.csr_matrix(adata.X)
+    types = pd.Categorical(adata.obs[labels_key].astype(str))
+    sizes = rng.integers(low, high + 1, size=n_spots)
+    rows, cols = [], []
+    truth = np.zeros((n_spots, len(types.categories)))
+    for s, k in enumerate(sizes):
+        cells = rng.choice(adata.n_obs, size=k, replace=False)
+        rows += [s] * k
+        cols += list(cells)
+        np.add.at(truth[s], types.codes[cells], 1.0 / k)
+    pick = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_spots, adata.n_obs))
+    spots = anndata.AnnData((pick @ X).astype(np.float32).tocsr(),
+                            obs=pd.DataFrame(index=[f"spot{i}" for i in range(n_spots)]),
+                            var=pd.DataFrame(index=adata.var_names.copy()))
+    spots.obsm["spatial"] = rng.uniform(0, 100, size=(n_spots, 2))
+    return spots, pd.DataFrame(truth, index=spots.obs_names, columns=list(types.categories))
+
+
+def split_reference(adata, labels_key, rng):
+    """Half of each type's cells as the reference, the other half for the spots."""
+    ref, rest = [], []
+    for _, idx in adata.obs.groupby(labels_key, observed=True).indices.items():
+        idx = rng.permutation(idx)
+        ref += list(idx[: len(idx) // 2])
+        rest += list(idx[len(idx) // 2:])
+    return adata[np.sort(ref)].copy(), adata[np.sort(rest)].copy()
+
+
+def agreement(props: pd.DataFrame, truth: pd.DataFrame) -> float:
+    """Pearson correlation of all spot x type proportions with the truth."""
+    props = props.loc[truth.index, truth.columns]
+    return float(np.corrcoef(props.to_numpy().ravel(), truth.to_numpy().ravel())[0, 1])
+
+
+def check_proportions(props: pd.DataFrame, spots, cell_types):
+    assert list(props.columns) == list(cell_types)
+    assert list(props.index) == list(spots.obs_names)
+    values = props.to_numpy()
+    assert np.all(values >= 0)
+    np.testing.assert_allclose(values.sum(1), 1.0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def merfish():
+    """(reference, spots, truth): the MERFISH reference (1,308 cells, 134 genes, 14 types)
+    halved; 200 pseudo-spots of the other half."""
+    adata = shared_data("spacexr_merfish_reference_1308.h5ad")
+    adata = adata[np.asarray(adata.X.sum(axis=1)).ravel() > 0].copy()  # one cell has no counts
+    rng = np.random.default_rng(0)
+    ref, rest = split_reference(adata, "cell_type", rng)
+    spots, truth = pseudo_spots(rest, "cell_type", 200, rng)
+    return ref, spots, truth
+
+
+@pytest.fixture(scope="module")
+def condscvi(merfish):
+    ref = merfish[0].copy()
+    cellvi.settings.seed = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # types under 10 cells in this half
+        cellvi.CondSCVI.setup_anndata(ref, labels_key="cell_type")
+    model = cellvi.CondSCVI(ref)  # every default
+    model.train(max_epochs=60)
+    return model
+
+
+@pytest.fixture(scope="module")
+def rna_stereoscope(merfish):
+    ref = merfish[0].copy()
+    cellvi.settings.seed = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cellvi.RNAStereoscope.setup_anndata(ref, labels_key="cell_type")
+    model = cellvi.RNAStereoscope(ref)
+    model.train(max_epochs=30)
+    return model
+
+
+# -- DestVI ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def destvi(merfish, condscvi):
+    spots = merfish[1].copy()
+    cellvi.settings.seed = 0
+    model = cellvi.DestVI.from_rna_model(spots, condscvi)  # every default (the reference version fails here)
+    model.train(max_epochs=150)
+    return model
+
+
+def test_destvi_defaults_recover_pseudo_spot_proportions(destvi, merfish):
+    _, _, truth = merfish
+    props = destvi.get_proportions()
+    check_proportions(props, destvi.adata, destvi.cell_types)
+    r = agreement(props, truth)
+    # Chance is 0; measured 0.83 (seed 0).
+    assert r > 0.6, r
+    # Each spot's dominant type is one of its true types far more often than chance (~4.5/14).
+    hit = np.mean([truth.loc[s, props.loc[s].idxmax()] > 0 for s in truth.index])
+    assert hit > 0.8, hit
+
+
+def test_destvi_noise_gamma_and_scale(destvi):
+    props = destvi.get_proportions(keep_noise=True)
+    assert list(props.columns) == destvi.cell_types + ["noise"]
+    np.testing.assert_allclose(props.sum(1), 1.0, atol=1e-6)
+    gamma = destvi.get_gamma()
+    assert set(gamma) == set(destvi.cell_types)
+    assert gamma[destvi.cell_types[0]].shape == (destvi.adata.n_obs, 5)
+    arr = destvi.get_gamma(return_numpy=True)
+    assert arr.shape == (destvi.adata.n_obs, 5, len(destvi.cell_types))
+    np.testing.assert_allclose(arr[:, :, 0], gamma[destvi.cell_types[0]].to_numpy(), rtol=1e-6)
+    ct = destvi.cell_types[3]
+    scale = destvi.get_scale_for_ct(ct, indices=[0, 5, 7])
+    assert scale.shape == (3, destvi.registry.n_vars)
+    assert list(scale.index) == list(destvi.adata.obs_names[[0, 5, 7]])
+    np.testing.assert_allclose(scale.sum(1), 1.0, atol=1e-5)
+    # The type's states differ between spots, and so does its expression there.
+    assert scale.std(0).max() > 0
+    with pytest.raises(ValueError, match="unknown cell type 'nope'"):
+        destvi.get_scale_for_ct("nope")
+
+
+def test_destvi_save_load(destvi, tmp_path):
+    destvi.save(tmp_path / "destvi")
+    loaded = cellvi.DestVI.load(tmp_path / "destvi", destvi.adata)
+    pd.testing.assert_frame_equal(loaded.get_proportions(), destvi.get_proportions())
+    loaded_any = cellvi.load_model(tmp_path / "destvi", destvi.adata)
+    assert isinstance(loaded_any, cellvi.DestVI) and loaded_any.cell_types == destvi.cell_types
+
+
+@pytest.mark.parametrize("amortization", ["none", "latent", "proportion"])
+def test_destvi_amortization_modes(merfish, condscvi, amortization):
+    spots = merfish[1][:80].copy()
+    cellvi.settings.seed = 0
+    model = cellvi.DestVI.from_rna_model(spots, condscvi, amortization=amortization, l1_reg=1.0)
+    model.train(max_epochs=5)
+    check_proportions(model.get_proportions(), spots, model.cell_types)
+    assert model.get_gamma(return_numpy=True).shape == (80, 5, len(model.cell_types))
+
+
+def test_condscvi_mog_prior_and_weight_obs(merfish):
+    ref, spots, _ = merfish
+    ref = ref.copy()
+    cellvi.settings.seed = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cellvi.CondSCVI.setup_anndata(ref, labels_key="cell_type")
+    sc = cellvi.CondSCVI(ref, prior="mog", weight_obs=True, num_classes_mog=4)
+    sc.train(max_epochs=5)
+    prior = sc.get_vamp_prior()
+    assert prior["mean_vprior"].shape == (14, 4, 5)
+    np.testing.assert_allclose(prior["weights_vprior"].sum(1), 1.0, atol=1e-5)
+    st = cellvi.DestVI.from_rna_model(spots[:60].copy(), sc)
+    assert st.module.mean_vprior.shape == (14, 4, 5)
+    st.train(max_epochs=3)
+    check_proportions(st.get_proportions(), st.adata, st.cell_types)
+    # Rare types weigh more with weight_obs.
+    w = sc.module.ct_weight.numpy()
+    counts = ref.obs["cell_type"].value_counts().reindex(sc.cell_types).to_numpy()
+    assert w[np.argmin(counts)] > w[np.argmax(counts)]
+
+
+def test_condscvi_vamp_prior(condscvi):
+    prior = condscvi.get_vamp_prior(p=3)
+    assert prior["mean_vprior"].shape == (14, 3, 5)
+    assert np.all(prior["var_vprior"] > 0)
+    np.testing.assert_allclose(prior["weights_vprior"].sum(1), 1.0, atol=1e-6)
+    latent = condscvi.get_latent_representation()
+    assert latent.shape == (condscvi.adata.n_obs, 5)
+
+
+def test_destvi_batch_size_default_and_few_spots_warn(merfish, condscvi):
+    assert destvi_batch_size(5) == 1
+    assert destvi_batch_size(30) == 3
+    assert destvi_batch_size(500) == 50
+    assert destvi_batch_size(100_000) == 128
+    spots = merfish[1][:30].copy()
+    with pytest.warns(UserWarning, match="30 spots: with fewer than 50 spots DestVI's deconvolution is unreliable"):
+        model = cellvi.DestVI.from_rna_model(spots, condscvi)
+    model.train(max_epochs=2)
+    assert model.history.shape[0] == 2
+
+
+def test_destvi_shared_genes_only(merfish, condscvi):
+    """Spots with other genes beside (and some of the reference's missing) use the shared ones."""
+    spots = merfish[1][:60]
+    keep = spots.var_names[10:]
+    extra = sp.csr_matrix(np.ones((60, 3), dtype=np.float32))
+    st = anndata.AnnData(sp.hstack([spots[:, keep].X, extra]).tocsr(), obs=spots.obs.copy(),
+                         var=pd.DataFrame(index=list(keep) + ["X1", "X2", "X3"]))
+    model = cellvi.DestVI.from_rna_model(st, condscvi)
+    assert model.var_names == [g for g in condscvi.var_names if g in set(keep)]
+    model.train(max_epochs=2)
+    check_proportions(model.get_proportions(), st, model.cell_types)
+
+
+# -- Stereoscope --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stereoscope(merfish, rna_stereoscope):
+    spots = merfish[1].copy()
+    cellvi.settings.seed = 0
+    model = cellvi.SpatialStereoscope.from_rna_model(spots, rna_stereoscope)
+    model.train(max_epochs=200)
+    return model
+
+
+def test_stereoscope_recovers_pseudo_spot_proportions(stereoscope, merfish):
+    _, _, truth = merfish
+    props = stereoscope.get_proportions()
+    check_proportions(props, stereoscope.adata, stereoscope.cell_types)
+    r = agreement(props, truth)
+    assert r > 0.7, r
+    hit = np.mean([truth.loc[s, props.loc[s].idxmax()] > 0 for s in truth.index])
+    assert hit > 0.8, hit
+
+
+def test_rna_stereoscope_starts_at_type_means(merfish):
+    ref = merfish[0].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cellvi.RNAStereoscope.setup_anndata(ref, labels_key="cell_type")
+    model = cellvi.RNAStereoscope(ref)
+    w, o = model.get_params()
+    X = sp.csr_matrix(ref.X).toarray()
+    per_unit = X / X.sum(1, keepdims=True)
+    t = model.cell_types[0]
+    expected = per_unit[(ref.obs["cell_type"] == t).to_numpy()].mean(0)
+    np.testing.assert_allclose(w[:, 0], np.maximum(expected, 1e-6 / ref.n_vars), rtol=1e-4, atol=1e-7)
+    assert np.all(o == 0)
+
+
+def test_stereoscope_scale_noise_and_save_load(stereoscope, rna_stereoscope, tmp_path):
+    props = stereoscope.get_proportions(keep_noise=True)
+    assert props.columns[-1] == "noise"
+    np.testing.assert_allclose(props.sum(1), 1.0, atol=1e-6)
+    scale = stereoscope.get_scale_for_ct(stereoscope.cell_types[2], indices=np.arange(4))
+    assert scale.shape == (4, stereoscope.registry.n_vars)
+    np.testing.assert_allclose(scale.sum(1), 1.0, atol=1e-6)
+    stereoscope.save(tmp_path / "st")
+    loaded = cellvi.SpatialStereoscope.load(tmp_path / "st")  # no AnnData needed
+    np.testing.assert_allclose(loaded.get_proportions().to_numpy(), stereoscope.get_proportions().to_numpy())
+    rna_stereoscope.save(tmp_path / "sc")
+    sc = cellvi.load_model(tmp_path / "sc")
+    np.testing.assert_allclose(sc.get_params()[0], rna_stereoscope.get_params()[0])
+    assert sc.cell_types == rna_stereoscope.cell_types
+
+
+def test_stereoscope_prior_weight_minibatch(merfish, rna_stereoscope):
+    model = cellvi.SpatialStereoscope.from_rna_model(merfish[1][:40].copy(), rna_stereoscope,
+                                                     prior_weight="minibatch")
+    model.train(max_epochs=3, batch_size=16)
+    assert np.isfinite(model.history["loss_train"]).all()
+    with pytest.raises(ValueError, match="prior_weight"):
+        cellvi.SpatialStereoscope.from_rna_model(merfish[1][:40].copy(), rna_stereoscope, prior_weight="spots")
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def test_reference_errors(merfish):
+    ref = merfish[0].copy()
+    for cls in (cellvi.CondSCVI, cellvi.RNAStereoscope):
+        with pytest.raises(ValueError, match="needs the cell type of each reference cell: pass labels_key="):
+            cls.setup_anndata(ref)
+        with pytest.raises(KeyError, match="obs column 'celltype' .* not found"):
+            cls.setup_anndata(ref, labels_key="celltype")
+        with pytest.warns(UserWarning, match="fewer than 10 reference cells"):
+            cls.setup_anndata(ref, labels_key="cell_type")
+    one = ref.copy()
+    one.obs["one"] = "T"
+    with pytest.raises(ValueError, match="at least 2"):
+        cellvi.CondSCVI.setup_anndata(one, labels_key="one")
+
+
+def test_spatial_errors(merfish, condscvi, rna_stereoscope):
+    spots = merfish[1][:60].copy()
+    few = spots[:, :4].copy()
+    with pytest.raises(ValueError, match="share 4 genes with the reference .*at least 10 needed"):
+        cellvi.DestVI.from_rna_model(few, condscvi)
+    renamed = spots.copy()
+    renamed.var_names = [f"g{i}" for i in range(renamed.n_vars)]
+    with pytest.raises(ValueError, match="share 0 genes"):
+        cellvi.SpatialStereoscope.from_rna_model(renamed, rna_stereoscope)
+    with pytest.raises(TypeError, match="trained cellvi.CondSCVI"):
+        cellvi.DestVI.from_rna_model(spots, rna_stereoscope)
+    ref = merfish[0].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cellvi.CondSCVI.setup_anndata(ref, labels_key="cell_type")
+    with pytest.raises(ValueError, match="not trained"):
+        cellvi.DestVI.from_rna_model(spots, cellvi.CondSCVI(ref))
+    empty = spots.copy()
+    empty.X = sp.csr_matrix(empty.X)
+    X = empty.X.tolil()
+    X[3, :] = 0
+    empty.X = X.tocsr()
+    with pytest.raises(ValueError, match="1 spots have no counts"):
+        cellvi.DestVI.from_rna_model(empty, condscvi)
+
+
+# -- real Visium data ------------------------------------------------------------------------------
+
+
+def test_lymph_node_visium_both_models():
+    """spacexr's lymph node: 330 reference cells (11 types), 1,000 Visium spots; no truth, so
+    the two methods' agreement is the check (chance: 0)."""
+    ref = shared_data("spacexr_lymphnode_reference_330.h5ad")
+    st = shared_data("spacexr_lymphnode_visium_1000.h5ad")
+    cellvi.settings.seed = 0
+    cellvi.CondSCVI.setup_anndata(ref, labels_key="cell_type")
+    sc = cellvi.CondSCVI(ref)
+    sc.train(max_epochs=100)
+    dest = cellvi.DestVI.from_rna_model(st, sc)
+    dest.train(max_epochs=60)
+    p_dest = dest.get_proportions()
+    check_proportions(p_dest, st, sc.cell_types)
+    ref2 = ref.copy()
+    cellvi.RNAStereoscope.setup_anndata(ref2, labels_key="cell_type")
+    rs = cellvi.RNAStereoscope(ref2)
+    rs.train(max_epochs=30)
+    ss = cellvi.SpatialStereoscope.from_rna_model(st, rs)
+    ss.train(max_epochs=100)
+    p_ss = ss.get_proportions()
+    check_proportions(p_ss, st, rs.cell_types)
+    assert "spatial" in st.obsm  # coordinates stay where they were, for plots
+    r = agreement(p_dest, p_ss)
+    assert r > 0.4, r
