@@ -110,6 +110,7 @@ RunAUTOZI <- function(object, assay = NULL, features = NULL, batch_key = NULL, l
 #'   table(SummarizedExperiment::rowData(sce)$autozi.is_zi)
 #' }
 #' }
+#' @rdname runAUTOZI-sce
 #' @export
 runAUTOZI <- function(x, assay.type = "counts", features = NULL, batch_key = NULL,
                       labels_key = NULL, categorical_covariate_keys = NULL,

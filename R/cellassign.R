@@ -186,6 +186,7 @@ RunCellAssign <- function(object, markers, assay = NULL, size_factor_key = NULL,
 #'   table(sce$cellassign.type)
 #' }
 #' }
+#' @rdname runCellAssign-sce
 #' @export
 runCellAssign <- function(x, markers, assay.type = "counts", size_factor_key = NULL,
                           batch_key = NULL, categorical_covariate_keys = NULL,

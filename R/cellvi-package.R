@@ -6,9 +6,9 @@
 #' tarball and installs with [install_cellvi()].
 #'
 #' @section Getting started:
-#' 1. `install_cellvi()` once: a Python virtual environment with the core and PyTorch (CPU
-#'    build by default, `torch = "cuda"` for a GPU). [cellvi_available()] says whether R
-#'    finds it.
+#' 1. `install_cellvi()` once: a Python virtual environment with the core and PyTorch (the
+#'    CUDA build when an NVIDIA GPU is found, else the CPU build; or say `torch = "cpu"` /
+#'    `"cuda"`). [cellvi_available()] says whether R finds it.
 #' 2. Run a model on your object. Seurat verbs are `RunX()` and return the Seurat object with
 #'    a reduction or metadata added, as [Seurat::RunPCA()] does; SingleCellExperiment verbs
 #'    are `runX()` and return the object with a `reducedDim`, `colData` columns or an assay.
@@ -27,7 +27,8 @@
 #' - CellAssign (cell types from marker genes): [RunCellAssign()]; AutoZI (zero-inflated
 #'   genes): [RunAUTOZI()]; Solo (doublets): [RunSolo()].
 #' - Conversion: [as_anndata()], [as_seurat()], [as_sce()], [read_h5ad()]; shipped data:
-#'   [cellvi_dataset()].
+#'   [cellvi_dataset()], among them `"kang_pbmc"`: 3,000 PBMCs of 8 donors with cell types,
+#'   for a real analysis without Python set-up beyond [install_cellvi()].
 #'
 #' Arguments shared by the verbs are described once, in [cellvi-params].
 #'
@@ -50,16 +51,19 @@
 #' @param assay.type Assay holding the counts.
 #' @param features Genes to model (default: all). Highly variable genes are a good choice,
 #'   e.g. `VariableFeatures(object)`.
-#' @param batch_key,labels_key Metadata columns of the batch and of cell labels.
+#' @param batch_key Metadata column of the batch (sample, donor, lane ...): its effects are
+#'   removed from the latent space.
+#' @param labels_key Metadata column of cell labels.
 #' @param categorical_covariate_keys,continuous_covariate_keys Metadata columns of further
 #'   covariates.
 #' @param n_latent,n_hidden,n_layers,dropout_rate Network size.
 #' @param gene_likelihood `"zinb"`, `"nb"` or `"poisson"`.
 #' @param dispersion `"gene"`, `"gene-batch"`, `"gene-label"` or `"gene-cell"`.
 #' @param max_epochs Training epochs (`NULL`: `min(round(20000 / cells * 400), 400)`).
-#' @param batch_size,train_size,early_stopping,lr Training settings: cells per minibatch,
-#'   fraction of cells used for training (the rest for validation), stop when the
-#'   validation loss stops improving, learning rate.
+#' @param batch_size Cells per minibatch.
+#' @param train_size Fraction of the cells used for training (the rest for validation).
+#' @param early_stopping Stop when the validation loss stops improving.
+#' @param lr Learning rate.
 #' @param device `"auto"` (a GPU when there is one), `"cpu"`, `"cuda"` or `"mps"`.
 #' @param seed Integer seed for reproducible runs (`NULL`: not seeded).
 #' @param model_dir Where to save the model (default: a new folder under

@@ -463,9 +463,13 @@
   parts
 }
 
+# SeuratObject 5's functions (Layers, LayerData), looked up when called: written as
+# SeuratObject::Layers they would make R CMD check fail where SeuratObject 4 is installed.
+.so5 <- function(name) getExportedValue("SeuratObject", name)
+
 # Non-empty slots (SeuratObject 4) or layers (SeuratObject 5) of an assay.
 .seurat_layer_names <- function(object, assay) {
-  if (.seuratobject_v5()) return(SeuratObject::Layers(object[[assay]]))
+  if (.seuratobject_v5()) return(.so5("Layers")(object[[assay]]))
   have <- c("counts", "data", "scale.data")
   have[vapply(have, function(l) {
     length(SeuratObject::GetAssayData(object, slot = l, assay = assay)) > 0
@@ -675,18 +679,18 @@ as_anndata.Seurat <- function(object, assay = NULL, slot = "counts", features = 
 # SeuratObject >= 5 (split layers must be joined first).
 .seurat_matrix <- function(object, assay, slot) {
   if (.seuratobject_v5()) {
-    layers <- tryCatch(SeuratObject::Layers(object[[assay]], search = slot),
+    layers <- tryCatch(.so5("Layers")(object[[assay]], search = slot),
                        error = function(e) character(0))
     if (!length(layers)) {
       .stop_kind("KeyError", "layer '", slot, "' not found in assay '", assay, "'; available: ",
-                 .show_some(SeuratObject::Layers(object[[assay]])))
+                 .show_some(.so5("Layers")(object[[assay]])))
     }
     if (length(layers) > 1) {
       stop("assay '", assay, "' has ", length(layers), " layers matching '", slot, "' (",
            .show_some(layers), "); join them first with SeuratObject::JoinLayers().",
            call. = FALSE)
     }
-    m <- SeuratObject::LayerData(object, assay = assay, layer = layers)
+    m <- .so5("LayerData")(object, assay = assay, layer = layers)
     if (is.null(dimnames(m)[[1]]) || is.null(dimnames(m)[[2]])) {
       dimnames(m) <- list(SeuratObject::Features(object[[assay]], layer = layers),
                           SeuratObject::Cells(object[[assay]], layer = layers))

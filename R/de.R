@@ -180,6 +180,7 @@ FindMarkersSCVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL, re
 #'   head(markers)
 #' }
 #' }
+#' @rdname findMarkersSCVI-sce
 #' @export
 findMarkersSCVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "scVI",
                             features = NULL, mode = "change", delta = 0.25, fdr_target = 0.05,

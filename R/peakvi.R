@@ -214,6 +214,7 @@ FindMarkersPEAKVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL,
 #'   dim(SingleCellExperiment::reducedDim(sce, "PeakVI"))
 #' }
 #' }
+#' @rdname runPEAKVI-sce
 #' @export
 runPEAKVI <- function(x, assay.type = "counts", features = NULL, batch_key = NULL,
                       categorical_covariate_keys = NULL, continuous_covariate_keys = NULL,
@@ -243,6 +244,7 @@ runPEAKVI <- function(x, assay.type = "counts", features = NULL, batch_key = NUL
 #'   SummarizedExperiment::assay(sce, "PeakVI_accessibility")[1:5, 1:5]
 #' }
 #' }
+#' @rdname accessibilityPEAKVI-sce
 #' @export
 accessibilityPEAKVI <- function(x, dimred = "PeakVI", features = NULL,
                                 name = "PeakVI_accessibility", normalize_cells = FALSE,
@@ -269,6 +271,7 @@ accessibilityPEAKVI <- function(x, dimred = "PeakVI", features = NULL,
 #'   head(da)
 #' }
 #' }
+#' @rdname findMarkersPEAKVI-sce
 #' @export
 findMarkersPEAKVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "PeakVI",
                               features = NULL, mode = "change", delta = 0.05,

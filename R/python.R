@@ -8,21 +8,30 @@
 
 #' Install the cellvi Python core for R
 #'
-#' Creates (or reuses) a Python virtual environment and installs the cellvi core and its
-#' dependencies into it, with versions that the installed reticulate can load: reticulate
-#' older than 1.36 cannot load NumPy 2, so `numpy<2` is added for it.
+#' Creates (or reuses) a Python virtual environment and installs into it PyTorch, then the
+#' cellvi Python core that this R package carries (under `system.file("python", package =
+#' "cellvi")`, the same version as the R package) and its dependencies, with versions that
+#' the installed reticulate can load: reticulate older than 1.36 cannot load NumPy 2, so
+#' `numpy<2` is added for it. Nothing is fetched for the core itself, only its dependencies
+#' (PyTorch, AnnData, NumPy, SciPy, pandas) from the package index pip is configured with.
+#'
+#' PyTorch is installed first, so that the core's own requirement (`torch>=2.2`) is already
+#' met and pip pulls no other build. A torch already in the environment is kept (pip finds
+#' the requirement satisfied); to switch between the CPU and CUDA builds, use a new
+#' `envname` or uninstall torch from the environment first.
 #'
 #' @param envname Name of (or path to) the virtual environment.
-#' @param source Where to install the core from: `NULL` installs `cellvi` at the version of
-#'   this R package from the package index; a local path (a checkout of the cellvi
-#'   repository) installs from there.
-#' @param torch pip requirement for PyTorch. On Linux the package index's default build
-#'   carries CUDA libraries (several GB); pass a CPU build or a pinned local wheel when you
-#'   have no GPU.
+#' @param source Where to install the core from: `NULL` (the core carried by this R package),
+#'   or the path of a checkout of the cellvi repository.
+#' @param torch Which PyTorch build: `"auto"` (`"cuda"` when `nvidia-smi` finds an NVIDIA
+#'   GPU, else `"cpu"`), `"cpu"` (on Linux from PyTorch's CPU wheel index, some 200 MB
+#'   instead of the several GB of CUDA libraries that the default Linux build pulls),
+#'   `"cuda"` (the package index's default build, with CUDA on Linux), or a pip requirement
+#'   given as is (e.g. `"torch==2.5.1"` or the path of a wheel file).
 #' @param python Python interpreter to build the environment from (`NULL`: reticulate's
 #'   choice).
 #' @param extra_packages Further pip requirements.
-#' @return The environment's path, invisibly.
+#' @return The environment's Python, invisibly.
 #' @examples
 #' \dontrun{
 #' # the core shipped with this package, CPU build of PyTorch, in the virtualenv "r-cellvi"
@@ -33,40 +42,113 @@
 #' install_cellvi(source = "~/src/cellvi")
 #' }
 #' @export
-install_cellvi <- function(envname = .default_envname, source = NULL, torch = "torch>=2.2",
+install_cellvi <- function(envname = .default_envname, source = NULL, torch = "auto",
                            python = NULL, extra_packages = NULL) {
-  requirements <- .cellvi_requirements(source, torch, extra_packages)
+  steps <- .cellvi_requirements(source, torch, extra_packages)
   # R's LD_LIBRARY_PATH can make a shared-library Python load another Python's libpython
   # (then pip has no ssl); the Python and pip that run here need none of R's libraries.
   old <- Sys.getenv("LD_LIBRARY_PATH", unset = NA)
   Sys.unsetenv("LD_LIBRARY_PATH")
   on.exit(if (!is.na(old)) Sys.setenv(LD_LIBRARY_PATH = old), add = TRUE)
   if (!reticulate::virtualenv_exists(envname)) {
-    reticulate::virtualenv_create(envname, python = python)
+    # no packages at creation: reticulate's default (the newest NumPy) could be NumPy 2
+    reticulate::virtualenv_create(envname, python = python, packages = character())
   }
-  reticulate::virtualenv_install(envname, requirements, ignore_installed = FALSE)
-  python <- reticulate::virtualenv_python(envname)
+  venv_python <- reticulate::virtualenv_python(envname)
+  # setuptools writes build files into the source tree: build from a copy, so that a
+  # read-only R library (a site library) works too.
+  build_dir <- tempfile("cellvi-core-")
+  on.exit(unlink(build_dir, recursive = TRUE), add = TRUE)
+  core <- .copy_core(steps$core$source, build_dir)
+  .pip_install(venv_python, steps$torch$packages, steps$torch$options, "PyTorch")
+  .pip_install(venv_python, c(core, steps$core$packages), character(), "the cellvi core")
   message("cellvi's Python core is installed in '", envname, "'. ",
           if (identical(envname, .default_envname)) "A new R session uses it by itself." else
-            paste0("In a new R session, set RETICULATE_PYTHON=", python, " before loading cellvi."))
-  invisible(python)
+            paste0("In a new R session, set RETICULATE_PYTHON=", venv_python,
+                   " before loading cellvi."))
+  invisible(venv_python)
 }
 
-# The pip requirements install_cellvi() installs, in order (torch first, so that the core's
-# own `torch>=2.2` is already satisfied and pulls nothing else).
-.cellvi_requirements <- function(source = NULL, torch = "torch>=2.2", extra_packages = NULL,
-                                 reticulate_version = utils::packageVersion("reticulate")) {
-  core <- if (is.null(source)) {
-    paste0("cellvi==", utils::packageVersion("cellvi"))
-  } else {
-    if (!dir.exists(source) || !file.exists(file.path(source, "pyproject.toml"))) {
-      stop("source '", source, "' is not a cellvi checkout (no pyproject.toml there)",
-           call. = FALSE)
-    }
-    normalizePath(source)
+# PyTorch's wheel index of CPU-only builds (Linux's default build on PyPI carries CUDA).
+.torch_cpu_index <- "https://download.pytorch.org/whl/cpu"
+
+# What install_cellvi() installs, as two pip steps: torch (packages and pip options), then the
+# core (its source directory, and further requirements installed with it).
+.cellvi_requirements <- function(source = NULL, torch = "auto", extra_packages = NULL,
+                                 reticulate_version = utils::packageVersion("reticulate"),
+                                 sysname = Sys.info()[["sysname"]],
+                                 has_gpu = .nvidia_gpu_present()) {
+  if (!is.character(torch) || length(torch) != 1L || is.na(torch) || !nzchar(torch)) {
+    stop("`torch` must be \"auto\", \"cpu\", \"cuda\" or one pip requirement such as ",
+         "\"torch==2.5.1\", not ", .show(torch), call. = FALSE)
   }
+  build <- if (identical(torch, "auto")) (if (isTRUE(has_gpu)) "cuda" else "cpu") else torch
+  torch_step <- switch(
+    build,
+    cpu = list(packages = "torch>=2.2",
+               # only Linux's default build carries CUDA; macOS and Windows default to CPU
+               options = if (identical(sysname, "Linux")) c("--index-url", .torch_cpu_index)
+                         else character()),
+    cuda = {
+      if (identical(sysname, "Darwin")) {
+        stop("PyTorch has no CUDA build for macOS: use torch = \"cpu\" (Apple GPUs are used ",
+             "through device = \"mps\")", call. = FALSE)
+      }
+      list(packages = "torch>=2.2", options = character())
+    },
+    list(packages = torch, options = character()))
   numpy <- if (reticulate_version < "1.36") "numpy<2" else NULL
-  c(torch, core, numpy, extra_packages)
+  list(torch = torch_step, build = build,
+       core = list(source = .core_source(source), packages = c(numpy, extra_packages)))
+}
+
+# The directory holding the core's pyproject.toml: a checkout, or the copy in this package.
+.core_source <- function(source = NULL) {
+  if (is.null(source)) {
+    shipped <- system.file("python", package = "cellvi")
+    if (!nzchar(shipped) || !file.exists(file.path(shipped, "pyproject.toml"))) {
+      stop("this installation of the cellvi R package does not carry its Python core ",
+           "(it was installed from a source checkout rather than from a cellvi_*.tar.gz built ",
+           "by scripts/build_r.sh). Pass the checkout: install_cellvi(source = ",
+           "\"path/to/cellvi\")", call. = FALSE)
+    }
+    return(normalizePath(shipped))
+  }
+  if (!is.character(source) || length(source) != 1L || !dir.exists(source) ||
+      !file.exists(file.path(source, "pyproject.toml"))) {
+    stop("source '", source, "' is not a cellvi checkout (no pyproject.toml there)",
+         call. = FALSE)
+  }
+  normalizePath(source)
+}
+
+# Copies the core's sources (pyproject.toml, README.md, LICENSE and python/) into `dir`.
+.copy_core <- function(source, dir) {
+  dir.create(dir, recursive = TRUE, showWarnings = FALSE)
+  entries <- intersect(c("pyproject.toml", "README.md", "LICENSE", "python"), list.files(source))
+  ok <- file.copy(file.path(source, entries), dir, recursive = TRUE)
+  if (!all(ok)) stop("could not copy the cellvi core from ", source, " to ", dir, call. = FALSE)
+  dir
+}
+
+.pip_install <- function(python, packages, options, what) {
+  args <- c("-m", "pip", "install", "--disable-pip-version-check", options, shQuote(packages))
+  status <- system2(python, args)
+  if (!identical(status, 0L)) {
+    stop("pip could not install ", what, " (", paste(packages, collapse = " "), ") into ",
+         "the environment of ", python, "; its messages above say why (a package index ",
+         "that cannot be reached: see `pip config list`)", call. = FALSE)
+  }
+  invisible()
+}
+
+# Whether an NVIDIA GPU is visible: nvidia-smi is on the PATH and lists one.
+.nvidia_gpu_present <- function() {
+  smi <- Sys.which("nvidia-smi")
+  if (!nzchar(smi)) return(FALSE)
+  out <- tryCatch(suppressWarnings(system2(smi, "-L", stdout = TRUE, stderr = FALSE)),
+                  error = function(e) character())
+  any(grepl("^GPU", out))
 }
 
 #' Is the cellvi Python core available?

@@ -155,6 +155,7 @@ RunSCANVI <- function(object, labels_key, unlabeled_category = "Unknown", batch_
 #'   table(sce$predicted.labels)
 #' }
 #' }
+#' @rdname runSCANVI-sce
 #' @export
 runSCANVI <- function(x, labels_key, unlabeled_category = "Unknown", batch_key = NULL,
                       assay.type = "counts", features = NULL, scvi_dimred = NULL,

@@ -151,6 +151,7 @@ NormalizeSCVI <- function(object, reduction = "scvi", features = NULL, assay.nam
 #'   head(SingleCellExperiment::reducedDim(sce, "scVI"))
 #' }
 #' }
+#' @rdname runSCVI-sce
 #' @export
 runSCVI <- function(x, assay.type = "counts", features = NULL, batch_key = NULL,
                     labels_key = NULL, categorical_covariate_keys = NULL,
@@ -177,6 +178,7 @@ runSCVI <- function(x, assay.type = "counts", features = NULL, batch_key = NULL,
 #'   head(attr(SingleCellExperiment::reducedDim(sce, "LDVAE"), "rotation"))
 #' }
 #' }
+#' @rdname runLinearSCVI-sce
 #' @export
 runLinearSCVI <- function(x, assay.type = "counts", features = NULL, batch_key = NULL,
                           labels_key = NULL, categorical_covariate_keys = NULL,
@@ -208,6 +210,7 @@ runLinearSCVI <- function(x, assay.type = "counts", features = NULL, batch_key =
 #'   SummarizedExperiment::assay(SingleCellExperiment::altExp(sce, "scVI_normalized"))[, 1:5]
 #' }
 #' }
+#' @rdname normalizeSCVI-sce
 #' @export
 normalizeSCVI <- function(x, dimred = "scVI", features = NULL, name = "scVI_normalized",
                           library_size = 1e4, n_samples = 1, transform_batch = NULL,

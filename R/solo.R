@@ -195,6 +195,7 @@ RunSolo <- function(object, batch_key = NULL, assay = NULL, features = NULL,
 #'   table(sce$solo.classification, sce$groups)
 #' }
 #' }
+#' @rdname runSolo-sce
 #' @export
 runSolo <- function(x, batch_key = NULL, assay.type = "counts", features = NULL,
                     scvi_dimred = "scVI", doublet_ratio = 2, max_epochs = 400,

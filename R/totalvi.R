@@ -191,6 +191,7 @@ FindMarkersTOTALVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL,
 #'   dim(SingleCellExperiment::reducedDim(sce, "totalVI"))
 #' }
 #' }
+#' @rdname runTOTALVI-sce
 #' @export
 runTOTALVI <- function(x, protein_altexp = "ADT", assay.type = "counts", features = NULL,
                        batch_key = NULL, categorical_covariate_keys = NULL,
@@ -222,6 +223,7 @@ runTOTALVI <- function(x, protein_altexp = "ADT", assay.type = "counts", feature
 #'   SummarizedExperiment::assay(SingleCellExperiment::altExp(sce, "ADT"), "totalVI_normalized")[1:5, 1:3]
 #' }
 #' }
+#' @rdname normalizeTOTALVI-sce
 #' @export
 normalizeTOTALVI <- function(x, dimred = "totalVI", features = NULL, proteins = NULL,
                              name = "totalVI_normalized", library_size = 1e4, n_samples = 1,
@@ -250,6 +252,7 @@ normalizeTOTALVI <- function(x, dimred = "totalVI", features = NULL, proteins = 
 #'   head(markers[markers$feature_type == "protein", ])
 #' }
 #' }
+#' @rdname findMarkersTOTALVI-sce
 #' @export
 findMarkersTOTALVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "totalVI",
                                features = NULL, mode = "change", delta = 0.25,

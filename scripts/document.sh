@@ -10,3 +10,13 @@ Rscript -e 'if (!requireNamespace("roxygen2", quietly = TRUE))
               stop("roxygen2 is not installed: apt install r-cran-roxygen2", call. = FALSE)
             # load_source: evaluate R/ in a fresh environment; nothing is installed or compiled
             roxygen2::roxygenise(load_code = roxygen2::load_source)'
+
+# R CMD check refuses help files whose names differ only in case (RunSCVI.Rd, runSCVI.Rd):
+# they collide on case-insensitive file systems. Give the SingleCellExperiment twin its own
+# file name; `?runSCVI` still finds it by its alias.
+clashes="$(ls man | tr '[:upper:]' '[:lower:]' | sort | uniq -d)"
+if [ -n "$clashes" ]; then
+  echo "help files whose names differ only in case: $clashes" >&2
+  echo "add '#' @rdname <name>-sce' to the SingleCellExperiment verb's roxygen block" >&2
+  exit 1
+fi

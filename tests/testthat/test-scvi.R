@@ -7,15 +7,35 @@ test_that("numeric arguments are checked at the R boundary", {
   expect_error(cellvi:::.check_setup(c("a", "b"), NULL, NULL, NULL), "one column name")
 })
 
-test_that("install_cellvi asks for numpy<2 with an old reticulate and installs torch first", {
+test_that("install_cellvi installs torch first (CPU or CUDA build), then the core with numpy<2 for an old reticulate", {
   src <- normalizePath(file.path("..", ".."), mustWork = FALSE)
   skip_if_not(file.exists(file.path(src, "pyproject.toml")), "not run from a source checkout")
   req <- cellvi:::.cellvi_requirements(src, "torch==2.13.0", reticulate_version = "1.28")
-  expect_equal(req, c("torch==2.13.0", normalizePath(src), "numpy<2"))
-  req <- cellvi:::.cellvi_requirements(NULL, "torch", reticulate_version = "1.40")
-  expect_equal(req[2], paste0("cellvi==", utils::packageVersion("cellvi")))
-  expect_false("numpy<2" %in% req)
+  expect_equal(req$torch, list(packages = "torch==2.13.0", options = character()))
+  expect_equal(req$core, list(source = normalizePath(src), packages = "numpy<2"))
+  # "auto": the CPU build without a GPU (on Linux from PyTorch's CPU index), else CUDA's
+  req <- cellvi:::.cellvi_requirements(src, "auto", reticulate_version = "1.40",
+                                       sysname = "Linux", has_gpu = FALSE)
+  expect_equal(req$build, "cpu")
+  expect_equal(req$torch$options, c("--index-url", "https://download.pytorch.org/whl/cpu"))
+  expect_null(req$core$packages)
+  req <- cellvi:::.cellvi_requirements(src, "auto", sysname = "Linux", has_gpu = TRUE)
+  expect_equal(req$build, "cuda")
+  expect_equal(req$torch, list(packages = "torch>=2.2", options = character()))
+  expect_length(cellvi:::.cellvi_requirements(src, "cpu", sysname = "Darwin")$torch$options, 0)
+  expect_error(cellvi:::.cellvi_requirements(src, "cuda", sysname = "Darwin"), "no CUDA build")
+  expect_error(cellvi:::.cellvi_requirements(src, c("cpu", "cuda")), "`torch` must be")
   expect_error(cellvi:::.cellvi_requirements(tempdir()), "not a cellvi checkout")
+})
+
+test_that("install_cellvi's default source is the core carried by the package, or says how to get it", {
+  shipped <- system.file("python", "pyproject.toml", package = "cellvi")
+  if (nzchar(shipped)) {
+    expect_equal(cellvi:::.core_source(NULL), normalizePath(dirname(shipped)))
+  } else {
+    # installed from a checkout (R CMD INSTALL .): no inst/python, the error names the fix
+    expect_error(cellvi:::.core_source(NULL), "install_cellvi\\(source = ")
+  }
 })
 
 test_that("RunSCVI adds a reduction and the model answers later, also in a new session", {
