@@ -88,7 +88,7 @@ def test_pruning_stops_bad_trials_after_an_epoch(adata, tmp_path):
     # held-out ELBO is far below the defaults', and successive halving stops it there.
     space = {"train_params": {"lr": choice([1e-6])}}  # the default 1e-3 joins the choices
     res = run_autotune(cellvi.SCVI, adata, metric="elbo_validation", search_space=space, num_samples=4,
-                       max_epochs=4, scheduler="asha", scheduler_kwargs={"min_resource": 1, "reduction_factor": 2},
+                       max_epochs=4, scheduler="asha", scheduler_kwargs={"min_resource": 1, "reduction_factor": 2, "n_startup_trials": 1},
                        seed=1, save_dir=str(tmp_path), plot=False, verbose=False, train_kwargs={"batch_size": 32})
     df = res.results
     slow = df[(df["lr"] < 1e-5)]
