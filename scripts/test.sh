@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: set up (if needed), then the Python tests (pytest) and the R package
-# tests (testthat, against the same Python environment).
+# The whole test suite: set up (if needed), then the Python tests (pytest), the R package
+# tests (testthat, against the same Python environment), the vignette, R CMD check on the
+# built tarball with the install-from-tarball test (scripts/check_r.sh), and the R main job
+# on a few epochs.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup_env.sh"
@@ -24,3 +26,10 @@ echo "== Vignette"
 Rscript -e 'rmarkdown::render("vignettes/cellvi.Rmd", output_dir = Sys.getenv("RLIB"), quiet = TRUE)'
 test -s "$RLIB/cellvi.html"
 echo "vignette rendered"
+
+echo "== R CMD check (built tarball) and install-from-tarball test"
+bash scripts/check_r.sh
+
+echo "== Main job (R script, 5 epochs)"
+Rscript scripts/main_job.R --max-epochs 5 --out "$RLIB/main_job"
+test -s "$RLIB/main_job/umap_pca_vs_scvi.png" && test -s "$RLIB/main_job/markers_cd14mono_vs_b.csv"
