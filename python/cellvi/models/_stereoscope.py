@@ -129,8 +129,9 @@ class SpatialStereoscope(BaseModel):
 
     Differences from scvi-tools 1.4.2 (``scvi.external.SpatialStereoscope``): the spots may
     hold other genes than the reference (the shared ones are used; too few is an error that
-    gives the count); the loadings start equal with their sum matched to each spot's depth
-    (scvi-tools: random), so that fewer epochs are needed (default 400 as there).
+    gives the count); the loadings are relative to each spot's depth and start equal
+    (scvi-tools: absolute and random, so that Adam's steps of the learning rate are small next
+    to loadings that must reach the hundreds); default 400 epochs as there.
 
     Parameters
     ----------
@@ -223,12 +224,11 @@ class SpatialStereoscope(BaseModel):
         with torch.no_grad():
             module.w.copy_(torch.as_tensor(w))
             module.px_o.copy_(torch.as_tensor(o))
-            # Equal loadings whose expected total count is the spot's: sum_g v sum_c w_gc e^o_g.
-            lib = np.asarray(tensors.X.sum(axis=1)).ravel()
-            per_unit = float((w.sum(1) * np.exp(o)).sum())
-            v = lib / per_unit  # each type's loading
-            v_init = np.column_stack([np.repeat(v[:, None], w.shape[1], 1), 0.1 * v])
-            module.V.copy_(inverse_softplus(torch.as_tensor(np.maximum(v_init, 1e-6), dtype=torch.float32)))
+            # Equal loadings of the types that fit the spot's depth (the module scales them by
+            # it), a tenth of that for the noise.
+            k = w.shape[1]
+            v_init = np.column_stack([np.ones((st_adata.n_obs, k)), np.full(st_adata.n_obs, 0.1)])
+            module.V.copy_(inverse_softplus(torch.as_tensor(v_init, dtype=torch.float32)))
             mean_profile = w.mean(1)
             module.eta.copy_(inverse_softplus(torch.as_tensor(np.maximum(mean_profile, 1e-6), dtype=torch.float32)))
         return model

@@ -7,9 +7,15 @@ Reference (cell n of type y_n, library l_n = total count):
 summed total counts, so a spot made of cells is again NB:
 Spatial (spot s):
     x_sg ~ NB(total_count = sum_c v_sc beta_g w_gc + v_s0 eps_g, logits = o_g)
-with w and o fixed from the reference, v_s = softplus(V_s) >= 0 the loadings of the K types
-and of a noise "type" of profile eps = softplus(eta), beta = softplus(.) a per-gene
-platform factor, and eta ~ N(0, 1). Proportions are v_sc / sum_c' v_sc'.
+with w and o fixed from the reference, v_s >= 0 the loadings of the K types and of a noise
+"type" of profile eps = softplus(eta), beta = softplus(.) a per-gene platform factor, and
+eta ~ N(0, 1). Proportions are v_sc / sum_c' v_sc'.
+
+The loadings are parameterised relative to the spot's depth: v_sc = (l_s / u) softplus(V_sc)
+with l_s the spot's total count and u = sum_g sum_c w_gc e^o_g the expected total count of
+one unit of every type. Equal V of 1 then fit the spot's depth, and Adam's steps on V are
+relative to it (loadings of hundreds, in absolute terms, move by its learning rate per step:
+a few percent over a whole run).
 """
 from __future__ import annotations
 
@@ -90,7 +96,7 @@ class SpatialStereoscopeModule(BaseModule):
         ``"n_obs"``: the prior of eta counts once per data set; ``"minibatch"``: once per
         minibatch (scvi-tools' two choices).
     v_init
-        Initial loadings (spots x types + 1, >= 0); default: equal.
+        Initial relative loadings softplus(V) (spots x types + 1, >= 0); default: all 1.
     """
 
     def __init__(self, n_spots: int, w: np.ndarray, px_o: np.ndarray, prior_weight: str = "n_obs",
@@ -124,11 +130,16 @@ class SpatialStereoscopeModule(BaseModule):
         return {}
 
     def generative_inputs(self, tensors: dict, inference_out: dict, **overrides) -> dict:
-        return {"cell_index": tensors[C.CELL_INDEX_KEY]}
+        return {"x": tensors[C.X_KEY], "cell_index": tensors[C.CELL_INDEX_KEY]}
 
-    def generative(self, cell_index) -> dict:
+    def unit_total(self) -> torch.Tensor:
+        """Expected total count of one unit loading of every type (u, a constant)."""
+        return (self.w.sum(1) * torch.exp(self.px_o)).sum()
+
+    def generative(self, x, cell_index) -> dict:
         v = F.softplus(torch.index_select(self.V, 0, cell_index.long()))
-        rate = v @ self.type_rates().T
+        depth = x.sum(-1, keepdim=True) / self.unit_total()
+        rate = depth * (v @ self.type_rates().T)
         return {"v": v, "dist": _nb_total_count(rate, self.px_o)}
 
     def loss(self, tensors, inference_out, generative_out, kl_weight: float = 1.0, n_obs: int = 1) -> LossOutput:
