@@ -118,3 +118,61 @@ def update_summary(rows: list[str], keys: tuple[str, ...]) -> None:
     replaced = [k for k in keys if any(r.startswith(f"| {k}") for r in rows)]
     keep = [ln for ln in lines[start + 2:end] if not any(ln.startswith(f"| {k}") for k in replaced)]
     RESULTS.write_text("\n".join(lines[:start + 2] + keep + rows + lines[end:]))
+
+
+def scvi_for_worker(seed: int, threads: int):
+    """scvi-tools, imported for a worker: its warnings and logger quiet, seed and threads set."""
+    import logging
+    import warnings
+
+    import scvi
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("scvi").setLevel(logging.ERROR)
+    scvi.settings.seed = seed
+    scvi.settings.num_threads = threads
+    return scvi
+
+
+def run_per_seed(script: Path | str, variants, seeds: list[int], threads: int, extra_args: list[str] = (),
+                 report=None) -> dict:
+    """Per seed, each variant (tool) in its own fresh process, alternating: ``script --worker
+    VARIANT --seed S --threads T *extra_args``. Returns {(seed, variant): result}, each result
+    with ``busy_cores`` (the machine's busy cores over the run: ~threads on a quiet machine);
+    ``report(seed, variant, result)`` is called after each run (a progress line)."""
+    runs = {}
+    for seed in seeds:
+        for variant in variants:
+            busy0, t0 = busy_seconds(), time.perf_counter()
+            r = run_worker(script, ["--worker", variant, "--seed", str(seed), "--threads", str(threads),
+                                    *extra_args], threads, label=variant)
+            if r is None:
+                continue
+            busy1 = busy_seconds()
+            if busy0 is not None and busy1 is not None:
+                r["busy_cores"] = (busy1 - busy0) / (time.perf_counter() - t0)
+            runs[(seed, variant)] = r
+            if report is not None:
+                report(seed, variant, r)
+    return runs
+
+
+def record_section(title: str, wall_s: float, threads: int, notes: list[str], body: list[str],
+                   summary_rows: list[str] = (), summary_keys: tuple[str, ...] = ()) -> None:
+    """Append a dated section (command, commit, machine, ``notes`` as bullets, then ``body``)
+    to RESULTS.md, after putting ``summary_rows`` into its summary table."""
+    import datetime as _dt
+    import shlex
+
+    machine = machine_info()
+    script = Path(sys.argv[0]).resolve()
+    command = f"{interpreter_path()} {os.path.relpath(script, ROOT)} {' '.join(shlex.quote(a) for a in sys.argv[1:])}"
+    section = [f"## {title}", "",
+               f"- date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}; whole benchmark {wall_s / 60:.1f} min",
+               f"- command: `{command.strip()}`",
+               f"- commit: {git_commit()}",
+               f"- machine: {machine['cpu']} ({machine['cores']} cores), {threads} torch threads",
+               *[f"- {n}" for n in notes], "", *body, ""]
+    update_summary(list(summary_rows), tuple(summary_keys))
+    RESULTS.write_text(RESULTS.read_text().rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n")
+    print(f"recorded in {RESULTS}")

@@ -15,17 +15,14 @@ tool (the noise floor), the share of genes called, and the speed ratio.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import itertools
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, ROOT, busy_seconds, emit_result, git_commit, interpreter_path,  # noqa: E402
-                     machine_info, run_worker, update_summary)
+from _common import ROOT, emit_result, record_section, run_per_seed, scvi_for_worker  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "kang_se_12261.h5ad"
 TOOLS = {"cellvi": "cellvi", "scvi": "scvi-tools"}
@@ -53,15 +50,7 @@ def worker(tool: str, seed: int, threads: int, epochs: int, lr: float) -> None:
         train_s = time.perf_counter() - t0
         version = cellvi.__version__
     else:
-        import logging
-        import warnings
-
-        import scvi
-
-        warnings.filterwarnings("ignore")
-        logging.getLogger("scvi").setLevel(logging.ERROR)
-        scvi.settings.seed = seed
-        scvi.settings.num_threads = threads
+        scvi = scvi_for_worker(seed, threads)
         scvi.model.AUTOZI.setup_anndata(adata)
         model = scvi.model.AUTOZI(adata)
         t0 = time.perf_counter()
@@ -94,22 +83,13 @@ def main(argv=None) -> int:
         worker(args.worker, args.seed, args.threads, args.epochs, args.lr)
         return 0
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    runs = {}
+    def report(seed, tool, r):
+        zi = sum(v > 0.5 for v in r["prob_zi"]) / len(r["prob_zi"])
+        print(f"[seed {seed}] [{tool}] train {r['train_s']:.1f} s ({r['cells_per_s']:,.0f} cells/s), "
+              f"zero-inflated {zi:.3f}", flush=True)
+
     t_start = time.perf_counter()
-    for seed in seeds:
-        for tool in TOOLS:  # alternating, each in its own process
-            busy0, t0 = busy_seconds(), time.perf_counter()
-            r = run_worker(__file__, ["--worker", tool, "--seed", str(seed), "--threads", str(args.threads),
-                                      "--epochs", str(args.epochs), "--lr", str(args.lr)], args.threads, label=tool)
-            if r is None:
-                continue
-            busy1 = busy_seconds()
-            if busy0 is not None and busy1 is not None:
-                r["busy_cores"] = (busy1 - busy0) / (time.perf_counter() - t0)
-            runs[(seed, tool)] = r
-            zi = sum(v > 0.5 for v in r["prob_zi"]) / len(r["prob_zi"])
-            print(f"[seed {seed}] [{tool}] train {r['train_s']:.1f} s ({r['cells_per_s']:,.0f} cells/s), "
-                  f"zero-inflated {zi:.3f}", flush=True)
+    runs = run_per_seed(__file__, TOOLS, seeds, args.threads, ["--epochs", str(args.epochs), "--lr", str(args.lr)], report=report)
     head = ["seed", "tool", "train (s)", "cells/s", "genes called zero-inflated", "confident (P > 0.9)",
             "calls agree with scvi-tools", "busy cores"]
     rows = [head, ["---"] * len(head)]
@@ -149,19 +129,10 @@ def main(argv=None) -> int:
     print("\n".join(table + [""] + notes + [""] + summary))
     wall = time.perf_counter() - t_start
     if args.record:
-        machine = machine_info()
-        section = ["## AutoZI (kang, per-gene zero-inflation calls)", "",
-                   f"- date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}; whole benchmark {wall / 60:.1f} min",
-                   f"- command: `{interpreter_path()} {Path(__file__).resolve().relative_to(ROOT)} "
-                   f"{' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
-                   f"- commit: {git_commit()}",
-                   f"- machine: {machine['cpu']} ({machine['cores']} cores), {args.threads} torch threads",
-                   f"- 12,261 cells x 1,287 genes, no batch, {args.epochs} epochs at lr {args.lr:g}, batch 128, "
-                   "train_size 0.9; a gene is called when P(NB weight < 0.5) > 0.5",
-                   "", *table, "", *notes, ""]
-        update_summary(summary, SUMMARY_KEYS)
-        RESULTS.write_text(RESULTS.read_text().rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n")
-        print(f"recorded in {RESULTS}")
+        record_section("AutoZI (kang, per-gene zero-inflation calls)", wall, args.threads,
+                       [f"12,261 cells x 1,287 genes, no batch, {args.epochs} epochs at lr {args.lr:g}, batch 128, "
+                        "train_size 0.9; a gene is called when P(NB weight < 0.5) > 0.5"],
+                       [*table, "", *notes], summary, SUMMARY_KEYS)
     return 0
 
 

@@ -17,17 +17,14 @@ type's markers (no training).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, ROOT, busy_seconds, emit_result, git_commit, interpreter_path,  # noqa: E402
-                     machine_info, run_worker, update_summary)
+from _common import ROOT, emit_result, record_section, run_per_seed, scvi_for_worker  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "kang_se_12261.h5ad"
 MARKERS = {"T": ["CD3E", "CD3D", "IL7R"], "B": ["CD79A"], "CD14 Mono": ["CD14", "LYZ", "S100A8", "S100A9"],
@@ -89,16 +86,8 @@ def worker(tool: str, seed: int, threads: int) -> None:
         model = cellvi.CellAssign(adata, markers)
         version = cellvi.__version__
     else:
-        import logging
-        import warnings
-
-        import scvi
-        from scvi.external import CellAssign
-
-        warnings.filterwarnings("ignore")
-        logging.getLogger("scvi").setLevel(logging.ERROR)
-        scvi.settings.seed = seed
-        scvi.settings.num_threads = threads
+        scvi = scvi_for_worker(seed, threads)
+        CellAssign = scvi.external.CellAssign
         sub = adata[:, markers.index].copy()
         CellAssign.setup_anndata(sub, size_factor_key="size_factor")
         model = CellAssign(sub, markers)
@@ -127,22 +116,13 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     adata, markers, truth = load()
     baseline = scores(marker_score(adata, markers), truth)
-    runs = {}
+    def report(seed, tool, r):
+        print(f"[seed {seed}] [{tool}] accuracy {r['accuracy']:.3f}, train {r['train_s']:.1f} s "
+              f"({r['epochs']} epochs), recall {json.dumps({k: round(v, 3) for k, v in r['recall'].items()})}",
+              flush=True)
+
     t_start = time.perf_counter()
-    for seed in seeds:
-        for tool in ("cellvi", "scvi"):
-            busy0, t0 = busy_seconds(), time.perf_counter()
-            r = run_worker(__file__, ["--worker", tool, "--seed", str(seed), "--threads", str(args.threads)],
-                           args.threads, label=tool)
-            if r is None:
-                continue
-            busy1 = busy_seconds()
-            if busy0 is not None and busy1 is not None:
-                r["busy_cores"] = (busy1 - busy0) / (time.perf_counter() - t0)
-            runs[(seed, tool)] = r
-            print(f"[seed {seed}] [{tool}] accuracy {r['accuracy']:.3f}, train {r['train_s']:.1f} s "
-                  f"({r['epochs']} epochs), recall {json.dumps({k: round(v, 3) for k, v in r['recall'].items()})}",
-                  flush=True)
+    runs = run_per_seed(__file__, ("cellvi", "scvi"), seeds, args.threads, report=report)
     head = ["method", "seed", "accuracy", *[f"recall {t}" for t in MARKERS], "epochs", "train (s)", "busy cores"]
     rows = [head, ["---"] * len(head)]
     for (seed, tool), r in sorted(runs.items()):
@@ -172,18 +152,9 @@ def main(argv=None) -> int:
     print("\n".join(table + [""] + summary))
     wall = time.perf_counter() - t_start
     if args.record:
-        machine = machine_info()
-        section = ["## CellAssign (kang, marker genes)", "",
-                   f"- date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}; whole benchmark {wall / 60:.1f} min",
-                   f"- command: `{interpreter_path()} {Path(__file__).resolve().relative_to(ROOT)} "
-                   f"{' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
-                   f"- commit: {git_commit()}",
-                   f"- machine: {machine['cpu']} ({machine['cores']} cores), {args.threads} torch threads",
-                   "- every cell counts (12,261); train() with each tool's defaults; size factors from all genes",
-                   "", *table, ""]
-        update_summary(summary, SUMMARY_KEYS)
-        RESULTS.write_text(RESULTS.read_text().rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n")
-        print(f"recorded in {RESULTS}")
+        record_section("CellAssign (kang, marker genes)", wall, args.threads,
+                       ["every cell counts (12,261); train() with each tool's defaults; size factors from all genes"],
+                       table, summary, SUMMARY_KEYS)
     return 0
 
 

@@ -16,16 +16,13 @@ share of cells called doublets (``predict(soft=False)``), and the wall time of b
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, ROOT, busy_seconds, emit_result, git_commit, interpreter_path,  # noqa: E402
-                     machine_info, run_worker, update_summary)
+from _common import ROOT, emit_result, record_section, run_per_seed, scvi_for_worker  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "scds_chcl_hashing_2000.h5ad"
 VARIANTS = {"cellvi-nb": "cellvi (scVI nb)", "cellvi-zinb": "cellvi (scVI zinb, default)",
@@ -65,15 +62,7 @@ def worker(variant: str, seed: int, threads: int) -> None:
         solo_s = time.perf_counter() - t0
         version = cellvi.__version__
     else:
-        import logging
-        import warnings
-
-        import scvi
-
-        warnings.filterwarnings("ignore")
-        logging.getLogger("scvi").setLevel(logging.ERROR)
-        scvi.settings.seed = seed
-        scvi.settings.num_threads = threads
+        scvi = scvi_for_worker(seed, threads)
         scvi.model.SCVI.setup_anndata(adata)
         vae = scvi.model.SCVI(adata)
         kw = dict(accelerator="cpu", devices=1, enable_progress_bar=False)
@@ -104,21 +93,12 @@ def main(argv=None) -> int:
         worker(args.worker, args.seed, args.threads)
         return 0
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    runs = {}
+    def report(seed, variant, r):
+        print(f"[seed {seed}] [{variant}] AUROC {r['auroc']:.3f}, AP {r['ap']:.3f}, called {r['called']:.3f}, "
+              f"scVI {r['scvi_s']:.1f} s, Solo {r['solo_s']:.1f} s", flush=True)
+
     t_start = time.perf_counter()
-    for seed in seeds:
-        for variant in VARIANTS:
-            busy0, t0 = busy_seconds(), time.perf_counter()
-            r = run_worker(__file__, ["--worker", variant, "--seed", str(seed), "--threads", str(args.threads)],
-                           args.threads, label=variant)
-            if r is None:
-                continue
-            busy1 = busy_seconds()
-            if busy0 is not None and busy1 is not None:
-                r["busy_cores"] = (busy1 - busy0) / (time.perf_counter() - t0)
-            runs[(seed, variant)] = r
-            print(f"[seed {seed}] [{variant}] AUROC {r['auroc']:.3f}, AP {r['ap']:.3f}, called {r['called']:.3f}, "
-                  f"scVI {r['scvi_s']:.1f} s, Solo {r['solo_s']:.1f} s", flush=True)
+    runs = run_per_seed(__file__, VARIANTS, seeds, args.threads, report=report)
     head = ["method", "seed", "AUROC", "average precision", "called doublets", "scVI train (s)",
             "Solo train (s)", "busy cores"]
     rows = [head, ["---"] * len(head)]
@@ -154,18 +134,9 @@ def main(argv=None) -> int:
     print("\n".join(table + [""] + summary))
     wall = time.perf_counter() - t_start
     if args.record:
-        machine = machine_info()
-        section = ["## Solo (scds cell-hashing doublets)", "",
-                   f"- date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}; whole benchmark {wall / 60:.1f} min",
-                   f"- command: `{interpreter_path()} {Path(__file__).resolve().relative_to(ROOT)} "
-                   f"{' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
-                   f"- commit: {git_commit()}",
-                   f"- machine: {machine['cpu']} ({machine['cores']} cores), {args.threads} torch threads",
-                   "- 1,917 droplets (Negatives dropped), 216 hashing doublets; each tool's scVI and Solo defaults",
-                   "", *table, ""]
-        update_summary(summary, SUMMARY_KEYS)
-        RESULTS.write_text(RESULTS.read_text().rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n")
-        print(f"recorded in {RESULTS}")
+        record_section("Solo (scds cell-hashing doublets)", wall, args.threads,
+                       ["1,917 droplets (Negatives dropped), 216 hashing doublets; each tool's scVI and Solo defaults"],
+                       table, summary, SUMMARY_KEYS)
     return 0
 
 
