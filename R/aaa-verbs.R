@@ -117,7 +117,8 @@
 # outputs     functions (model, adata, a, plan, cells) -> list of results: latent (cells x k,
 #             rownames = cells), loadings (features x k), columns (named list of per-cell
 #             vectors), cell_matrices (named list of cells x k matrices), assays (list with
-#             `rna` and/or `protein`: list(data = features x cells, whole = all features?)),
+#             `rna` and/or `protein`: list(data = features x cells, whole = all features?,
+#             unit = what the rows are, assay_name = the SCE altExp's assay name)),
 #             features (a data.frame of per-feature columns, rownames = features of the
 #             counts' assay: Seurat meta.features of that assay, SCE rowData; features the
 #             model did not read get NA), table (a data.frame returned instead of the object).
@@ -495,8 +496,10 @@ load_cellvi_model <- function(model_dir) {
     if (isTRUE(result$whole) && identical(rownames(data), rownames(x))) {
       SummarizedExperiment::assay(x, name) <- data
     } else {
+      # The altExp's assay is named by the result (default "normalized": expression).
+      assays <- stats::setNames(list(data), .or_default(result$assay_name, "normalized"))
       SingleCellExperiment::altExp(x, name) <- SummarizedExperiment::SummarizedExperiment(
-        assays = list(normalized = data))
+        assays = assays)
     }
     if (verbose) message("Added '", name, "' (", nrow(data), " ", .assay_unit(result, kind), ")")
     return(x)

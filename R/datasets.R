@@ -28,6 +28,11 @@
 #'   and impute them). The MERFISH example of the spacexr R package (Cable et al. 2022;
 #'   licence GPL-3), all genes and all cells with counts; made by
 #'   `scripts/make_merfish_small.py`.
+#' - `"lymphnode_reference_small"` and `"lymphnode_visium_small"`: a lymph node's single-cell
+#'   reference (330 cells, 11 cell types of 30 cells each, metadata `cell_type`) and Visium
+#'   spots (metadata `x`, `y`: the spots' coordinates), both on the 300 genes that best tell
+#'   the types apart, for spatial deconvolution ([RunDestVI()], [RunStereoscope()]). From the
+#'   spacexr R package (licence GPL-3); made by `scripts/make_lymphnode_spatial_small.py`.
 #'
 #' @param name The data set.
 #' @param as `"Seurat"`, `"SingleCellExperiment"` or `"AnnData"` (the Python object).
@@ -45,7 +50,8 @@
 #' @export
 cellvi_dataset <- function(name = c("pbmc_cite_small", "pbmc_small", "bmmc_atac_small",
                                     "kang_pbmc", "merfish_reference_small",
-                                    "merfish_spatial_small"),
+                                    "merfish_spatial_small", "lymphnode_reference_small",
+                                    "lymphnode_visium_small"),
                            as = c("Seurat", "SingleCellExperiment", "AnnData")) {
   name <- match.arg(name)
   as <- match.arg(as)

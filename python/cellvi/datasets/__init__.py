@@ -115,3 +115,48 @@ def merfish_spatial_small():
     import anndata
 
     return anndata.read_h5ad(os.path.join(os.path.dirname(__file__), "merfish_spatial_small.h5ad"))
+
+
+def lymphnode_reference_small():
+    """330 lymph-node single cells x 300 genes (raw counts), 11 cell types (30 cells each,
+    obs ``cell_type``): the reference for :func:`lymphnode_visium_small` (DestVI,
+    Stereoscope).
+
+    Provenance: the spacexr R package's lymph node reference (licence GPL-3). Kept: every
+    cell and the 300 genes of the Visium spots that best tell the 11 types apart (variance
+    across types of their mean log-normalised expression, among genes detected in at least
+    10% of the cells); counts unchanged. Built by ``scripts/make_lymphnode_spatial_small.py``.
+
+    Examples
+    --------
+    >>> import cellvi.datasets
+    >>> ref = cellvi.datasets.lymphnode_reference_small()
+    >>> ref.obs["cell_type"].value_counts().head(3)
+    """
+    import anndata
+
+    return anndata.read_h5ad(os.path.join(os.path.dirname(__file__), "lymphnode_reference_small.h5ad"))
+
+
+def lymphnode_visium_small():
+    """Visium spots of a lymph node x the 300 genes of :func:`lymphnode_reference_small`
+    (raw counts), coordinates in ``obsm["spatial"]`` and obs ``x``, ``y``.
+
+    Provenance: the spacexr R package's lymph node Visium example (licence GPL-3; 1,000
+    spots), the same 300 genes; spots without counts in them dropped; counts unchanged.
+    Built by ``scripts/make_lymphnode_spatial_small.py``.
+
+    Examples
+    --------
+    >>> import cellvi, cellvi.datasets
+    >>> ref, spots = cellvi.datasets.lymphnode_reference_small(), cellvi.datasets.lymphnode_visium_small()
+    >>> cellvi.RNAStereoscope.setup_anndata(ref, labels_key="cell_type")
+    >>> sc = cellvi.RNAStereoscope(ref)
+    >>> sc.train()
+    >>> st = cellvi.SpatialStereoscope.from_rna_model(spots, sc)
+    >>> st.train()
+    >>> st.get_proportions().head()
+    """
+    import anndata
+
+    return anndata.read_h5ad(os.path.join(os.path.dirname(__file__), "lymphnode_visium_small.h5ad"))
