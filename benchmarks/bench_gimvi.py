@@ -1,0 +1,206 @@
+"""gimVI (imputation of spatial genes from a single-cell reference): cellvi against scvi-tools.
+
+Data: spacexr's MERFISH pair (../shared/data/spacexr_merfish_reference_1308.h5ad, 1,308 cells x
+134 genes, of which the 4 without counts are dropped, and spacexr_merfish_spatial_750.h5ad, 750 cells x the same genes). Per seed, the
+same held-out genes for both tools: ``--held-out`` spatial genes drawn at random with the seed
+are removed from the spatial data; each tool trains gimVI with its defaults (ZINB reference
+with a learned library, NB spatial data, adversarial weight 5) for ``--epochs`` epochs and
+imputes the held-out genes in the spatial cells (``get_imputed_values(normalized=True)``).
+
+Scores per held-out gene: Spearman and Pearson correlation over the spatial cells of the
+imputed value and the measured one (the gene's counts over the cell's total of the genes the
+model saw: the scale the model imputes on); the median over the held-out genes per run, then
+the median and range over seeds. Speed: the wall time of ``train()`` (each tool in its own
+fresh process, ``--threads`` torch threads).
+
+    benchmarks/.venv-scvi/bin/python benchmarks/bench_gimvi.py --seeds 0,1,2 --record
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (RESULTS, ROOT, busy_seconds, emit_result, git_commit, interpreter_path,  # noqa: E402
+                     machine_info, run_worker, update_summary)
+
+DATA = ROOT.parent / "shared" / "data"
+SEQ = DATA / "spacexr_merfish_reference_1308.h5ad"
+SPATIAL = DATA / "spacexr_merfish_spatial_750.h5ad"
+SUMMARY_KEYS = ("gimVI imputation", "gimVI training")
+
+
+def load(seed: int, n_held: int):
+    """(reference, spatial without the held-out genes, held-out gene names, measured values of
+    the held-out genes: spatial cells x genes, on the imputation's scale)."""
+    import warnings
+
+    import anndata
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seq, full = anndata.read_h5ad(SEQ), anndata.read_h5ad(SPATIAL)
+    seq = seq[np.asarray(seq.X.sum(1)).ravel() > 0].copy()  # 4 cells without counts: cellvi refuses them
+    rng = np.random.default_rng(seed)
+    held = list(full.var_names[np.sort(rng.choice(full.n_vars, n_held, replace=False))])
+    keep = ~full.var_names.isin(held)
+    X = full.X.toarray()
+    cells = X[:, keep].sum(1) > 0
+    measured = X[cells][:, ~keep] / X[cells][:, keep].sum(1, keepdims=True)
+    return seq, full[cells][:, keep].copy(), held, measured
+
+
+def correlations(imputed, measured) -> dict:
+    """Per held-out gene Spearman and Pearson correlations (imputed vs measured)."""
+    import numpy as np
+    from scipy.stats import pearsonr, spearmanr
+
+    out = {"spearman": [], "pearson": []}
+    for j in range(measured.shape[1]):
+        if np.ptp(measured[:, j]) == 0:  # never measured in these cells: no correlation
+            continue
+        out["spearman"].append(float(spearmanr(imputed[:, j], measured[:, j])[0]))
+        out["pearson"].append(float(pearsonr(imputed[:, j], measured[:, j])[0]))
+    return out
+
+
+def worker(tool: str, seed: int, threads: int, epochs: int, n_held: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    seq, spatial, held, measured = load(seed, n_held)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch._dynamo's one-time import
+    if tool == "cellvi":
+        import cellvi
+
+        cellvi.settings.seed = seed
+        cellvi.settings.progress_bar = False
+        cellvi.GIMVI.setup_anndata(seq)
+        cellvi.GIMVI.setup_anndata(spatial)
+        model = cellvi.GIMVI(seq, spatial)
+        version = cellvi.__version__
+        t0 = time.perf_counter()
+        model.train(max_epochs=epochs)
+        train_s = time.perf_counter() - t0
+        genes = model.var_names
+    else:
+        import logging
+        import warnings
+
+        import scvi
+        from scvi.external import GIMVI
+
+        warnings.filterwarnings("ignore")
+        logging.getLogger("scvi").setLevel(logging.ERROR)
+        scvi.settings.seed = seed
+        scvi.settings.num_threads = threads
+        GIMVI.setup_anndata(seq)
+        GIMVI.setup_anndata(spatial)
+        model = GIMVI(seq, spatial)
+        version = scvi.__version__
+        t0 = time.perf_counter()
+        model.train(max_epochs=epochs, accelerator="cpu", devices=1, enable_progress_bar=False)
+        train_s = time.perf_counter() - t0
+        genes = list(seq.var_names)
+    _, imputed = model.get_imputed_values(normalized=True)
+    imputed = imputed[:, [genes.index(g) for g in held]]
+    emit_result({"version": version, "train_s": train_s, "held": held, **correlations(imputed, measured)})
+
+
+def _range(values) -> str:
+    return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--held-out", type=int, default=13, help="spatial genes held out per seed (10%% of 134)")
+    p.add_argument("--record", action="store_true")
+    p.add_argument("--worker", choices=["cellvi", "scvi"], help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.seed, args.threads, args.epochs, args.held_out)
+        return 0
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    runs = {}
+    t_start = time.perf_counter()
+    for seed in seeds:
+        for tool in ("cellvi", "scvi"):
+            busy0, t0 = busy_seconds(), time.perf_counter()
+            r = run_worker(__file__, ["--worker", tool, "--seed", str(seed), "--threads", str(args.threads),
+                                      "--epochs", str(args.epochs), "--held-out", str(args.held_out)],
+                           args.threads, label=tool)
+            if r is None:
+                continue
+            busy1 = busy_seconds()
+            if busy0 is not None and busy1 is not None:
+                r["busy_cores"] = (busy1 - busy0) / (time.perf_counter() - t0)
+            r["median_spearman"] = statistics.median(r["spearman"])
+            r["median_pearson"] = statistics.median(r["pearson"])
+            runs[(seed, tool)] = r
+            print(f"[seed {seed}] [{tool}] median Spearman {r['median_spearman']:.3f}, Pearson "
+                  f"{r['median_pearson']:.3f} over {len(r['spearman'])} held-out genes; train {r['train_s']:.1f} s",
+                  flush=True)
+    name = {"cellvi": "cellvi", "scvi": "scvi-tools"}
+    head = ["method", "seed", "median Spearman", "median Pearson", "genes with Spearman > 0", "train (s)",
+            "busy cores"]
+    rows = [head, ["---"] * len(head)]
+    for (seed, tool), r in sorted(runs.items()):
+        positive = sum(v > 0 for v in r["spearman"])
+        rows.append([name[tool], str(seed), f"{r['median_spearman']:.3f}", f"{r['median_pearson']:.3f}",
+                     f"{positive}/{len(r['spearman'])}", f"{r['train_s']:.1f}",
+                     f"{r.get('busy_cores', float('nan')):.2f}"])
+    table = ["| " + " | ".join(r) + " |" for r in rows]
+    ours = [r for (s, t), r in sorted(runs.items()) if t == "cellvi"]
+    ref = [r for (s, t), r in sorted(runs.items()) if t == "scvi"]
+    ratios = [runs[(s, "scvi")]["train_s"] / runs[(s, "cellvi")]["train_s"] for s in seeds
+              if (s, "scvi") in runs and (s, "cellvi") in runs]
+    summary = []
+    if ours and ref:
+        ours_sp, ref_sp = [r["median_spearman"] for r in ours], [r["median_spearman"] for r in ref]
+        # per seed: cellvi's median Spearman against scvi-tools' (the same held-out genes)
+        diffs = [runs[(s, "cellvi")]["median_spearman"] - runs[(s, "scvi")]["median_spearman"] for s in seeds
+                 if (s, "scvi") in runs and (s, "cellvi") in runs]
+        summary = [
+            f"| {SUMMARY_KEYS[0]} of held-out MERFISH genes, at least as good as scvi-tools (same seeds and epochs) | "
+            f"median Spearman over {args.held_out} held-out genes: cellvi {_range(ours_sp)}, scvi-tools "
+            f"{_range(ref_sp)} (median [range] over {len(ours_sp)} seeds); Pearson cellvi "
+            f"{_range([r['median_pearson'] for r in ours])}, scvi-tools {_range([r['median_pearson'] for r in ref])} | "
+            + ("met" if statistics.median(diffs) >= 0 else "**not met**")
+            + f": per seed, cellvi minus scvi-tools {', '.join(f'{d:+.3f}' for d in diffs)} (median Spearman) |",
+            f"| {SUMMARY_KEYS[1]} time vs scvi-tools ({args.epochs} epochs) | train() "
+            f"{statistics.median([r['train_s'] for r in ours]):.1f} s vs {statistics.median([r['train_s'] for r in ref]):.1f} s "
+            f"(medians); ratio per seed {', '.join(f'{v:.2f}x' for v in ratios)} | "
+            + ("faster" if ratios and min(ratios) > 1 else "**slower in some seeds**") + " |",
+        ]
+    print("\n".join(table + [""] + summary))
+    wall = time.perf_counter() - t_start
+    if args.record:
+        machine = machine_info()
+        section = ["## gimVI (spacexr MERFISH pair, held-out genes)", "",
+                   f"- date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}; whole benchmark {wall / 60:.1f} min",
+                   f"- command: `{interpreter_path()} {Path(__file__).resolve().relative_to(ROOT)} "
+                   f"{' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
+                   f"- commit: {git_commit()}",
+                   f"- machine: {machine['cpu']} ({machine['cores']} cores), {args.threads} torch threads",
+                   f"- {args.held_out} spatial genes held out per seed (the same for both tools); {args.epochs} epochs; "
+                   "each tool's gimVI defaults; correlations per held-out gene over the 750 spatial cells of the "
+                   "imputed and the measured expression (counts / the cell's total of the genes seen)",
+                   "", *table, ""]
+        update_summary(summary, SUMMARY_KEYS)
+        RESULTS.write_text(RESULTS.read_text().rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n")
+        print(f"recorded in {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
