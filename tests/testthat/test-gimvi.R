@@ -37,8 +37,8 @@ test_that("RunGIMVI imputes held-out genes into a new assay and adds the latent 
   expect_true(all(imputed >= 0))
   # scaled so that the genes the model saw sum to library_size (1e4) in each cell
   expect_equal(unname(colSums(imputed[features, ])), rep(1e4, ncol(spatial)), tolerance = 1e-3)
-  # held-out genes correlate with their measured values (60 epochs, seed 0; 100 epochs in
-  # Python's tests measured a median of 0.31-0.36 over seeds)
+  # held-out genes correlate with their measured values (Python's tests: median Spearman
+  # 0.136-0.226 over seeds 0-4 at 100 epochs, 10 random held-out genes)
   counts <- SeuratObject::GetAssayData(spatial, assay = "RNA", slot = "counts")
   r <- held_out_spearman(imputed, counts, held)
   expect_gt(stats::median(r), 0.1)
