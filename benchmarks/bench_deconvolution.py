@@ -141,6 +141,7 @@ def worker(method: str, seed: int, threads: int, data: str, labels_key: str) -> 
             t0 = time.perf_counter()
             sc.train(**trainer)
             times["reference_s"] = time.perf_counter() - t0
+            SpatialStereoscope.setup_anndata(spots)  # scvi-tools needs it before from_rna_model
             st = SpatialStereoscope.from_rna_model(spots, sc)
         else:
             from scvi.model import CondSCVI, DestVI
