@@ -19,16 +19,13 @@ of each model's ``train()``. scvi-tools' DestVI cannot start from a default Cond
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, ROOT, busy_seconds, emit_result, git_commit, interpreter_path,  # noqa: E402
-                     machine_info, run_worker, update_summary)
+from _common import ROOT, busy_seconds, emit_result, record_section, run_worker  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "spacexr_merfish_reference_1308.h5ad"
 N_SPOTS = 500
@@ -251,21 +248,13 @@ def main(argv=None) -> int:
     print("\n".join(table + [""] + summary))
     wall = time.perf_counter() - t_start
     if args.record:
-        machine = machine_info()
-        section = ["## Deconvolution (Stereoscope, DestVI) on pseudo-spots", "",
-                   f"- date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}; whole benchmark {wall / 60:.1f} min",
-                   f"- command: `{interpreter_path()} {Path(__file__).resolve().relative_to(ROOT)} "
-                   f"{' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
-                   f"- commit: {git_commit()}",
-                   f"- machine: {machine['cpu']} ({machine['cores']} cores), {args.threads} torch threads",
-                   f"- data: {Path(args.data).name}, half of each type's cells as the reference, the other half "
-                   f"summed into {N_SPOTS} spots of 2-10 random cells (per seed); truth = each spot's fraction "
-                   "of cells per type; each tool's defaults (train() without arguments)",
-                   "- medians over seeds [min, max]; per-spot Pearson is the median over spots, per-type the "
-                   "mean over types; JSD base 2, mean over spots", "", *table, ""]
-        update_summary(summary, SUMMARY_KEYS)
-        RESULTS.write_text(RESULTS.read_text().rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n")
-        print(f"recorded in {RESULTS}")
+        record_section("Deconvolution (Stereoscope, DestVI) on pseudo-spots", wall, args.threads,
+                       [f"data: {Path(args.data).name}, half of each type's cells as the reference, the other half "
+                        f"summed into {N_SPOTS} spots of 2-10 random cells (per seed); truth = each spot's fraction "
+                        "of cells per type; each tool's defaults (train() without arguments)",
+                        "medians over seeds [min, max]; per-spot Pearson is the median over spots, per-type the "
+                        "mean over types; JSD base 2, mean over spots"],
+                       table, summary, SUMMARY_KEYS)
     return 0
 
 

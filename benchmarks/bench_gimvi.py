@@ -18,16 +18,13 @@ fresh process, ``--threads`` torch threads).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, ROOT, busy_seconds, emit_result, git_commit, interpreter_path,  # noqa: E402
-                     machine_info, run_worker, update_summary)
+from _common import ROOT, busy_seconds, emit_result, record_section, run_worker  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SEQ = DATA / "spacexr_merfish_reference_1308.h5ad"
@@ -185,20 +182,11 @@ def main(argv=None) -> int:
     print("\n".join(table + [""] + summary))
     wall = time.perf_counter() - t_start
     if args.record:
-        machine = machine_info()
-        section = ["## gimVI (spacexr MERFISH pair, held-out genes)", "",
-                   f"- date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}; whole benchmark {wall / 60:.1f} min",
-                   f"- command: `{interpreter_path()} {Path(__file__).resolve().relative_to(ROOT)} "
-                   f"{' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
-                   f"- commit: {git_commit()}",
-                   f"- machine: {machine['cpu']} ({machine['cores']} cores), {args.threads} torch threads",
-                   f"- {args.held_out} spatial genes held out per seed (the same for both tools); {args.epochs} epochs; "
-                   "each tool's gimVI defaults; correlations per held-out gene over the 750 spatial cells of the "
-                   "imputed and the measured expression (counts / the cell's total of the genes seen)",
-                   "", *table, ""]
-        update_summary(summary, SUMMARY_KEYS)
-        RESULTS.write_text(RESULTS.read_text().rstrip("\n") + "\n\n" + "\n".join(section).rstrip("\n") + "\n")
-        print(f"recorded in {RESULTS}")
+        record_section("gimVI (spacexr MERFISH pair, held-out genes)", wall, args.threads,
+                       [f"{args.held_out} spatial genes held out per seed (the same for both tools); {args.epochs} epochs; "
+                        "each tool's gimVI defaults; correlations per held-out gene over the 750 spatial cells of the "
+                        "imputed and the measured expression (counts / the cell's total of the genes seen)"],
+                       table, summary, SUMMARY_KEYS)
     return 0
 
 
