@@ -10,6 +10,7 @@ DE controlling the posterior expected false discovery rate. Nothing is written t
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -106,18 +107,64 @@ def _raw_statistics(X: sp.csr_matrix, idx: np.ndarray, genes: np.ndarray | None)
     }
 
 
-def _sample_scales(model, adata, cells: np.ndarray, batches, n_samples: int, features, rng) -> torch.Tensor:
-    """Posterior normalized expression of ``n_samples`` cells drawn with replacement, features
-    x samples: the statistics reduce each feature over samples, several times faster along
-    contiguous memory than down the columns of a samples x features array."""
-    drawn = np.sort(rng.choice(cells, size=n_samples, replace=True))
+def _sample_scales(model, adata, cells: np.ndarray, batches, n_samples: int, features, rng
+                   ) -> tuple[torch.Tensor, np.ndarray]:
+    """Posterior normalized expression of cells drawn with replacement, features x samples
+    (the statistics reduce each feature over samples, several times faster along contiguous
+    memory than down the columns of a samples x features array), and the batch each sample
+    was generated in ("": the cell's own).
+
+    With ``batches`` (batch correction) the samples are pooled over those batches: an equal
+    share of the ``n_samples`` draws is generated as if in each batch, laid out batch after
+    batch.
+    """
+    choices = [None] if batches is None else list(batches)
+    per_batch = max(1, n_samples // len(choices))
     n_features = len(model._de_feature_names()) if features is None else len(features)
     # NumPy asks the kernel for huge pages for an array this size; a fresh torch buffer of
     # 180 MB cost three times as long in page faults as filling it.
-    by_feature = torch.from_numpy(np.empty((n_features, n_samples), dtype=np.float32))
-    for rows, values in model._de_chunks(adata, drawn, batches, features):
-        by_feature[:, rows] = values.cpu()
-    return by_feature
+    by_feature = torch.from_numpy(np.empty((n_features, per_batch * len(choices)), dtype=np.float32))
+    for position, batch in enumerate(choices):
+        drawn = np.sort(rng.choice(cells, size=per_batch, replace=True))
+        offset = position * per_batch
+        for rows, values in model._de_chunks(adata, drawn, None if batch is None else [batch], features):
+            rows = (slice(rows.start + offset, rows.stop + offset) if isinstance(rows, slice)
+                    else rows + offset)
+            by_feature[:, rows] = values.cpu()
+    return by_feature, np.repeat(np.array(["" if b is None else b for b in choices], dtype=object), per_batch)
+
+
+def _pairs(batch1: np.ndarray, batch2: np.ndarray, m_permutation: int | None, generator: torch.Generator
+           ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Which sample of group 1 meets which of group 2 (sample positions; None: in order).
+
+    When both groups were generated in the same set of batches (batch correction), samples
+    meet only samples generated in the same batch, so that the fold change compares the
+    groups within a batch and the batch effect cancels; each batch gives its share of the
+    pairs. Otherwise the pairs ignore batches.
+    """
+    same_batches = set(batch1.tolist()) == set(batch2.tolist())
+    strata = np.unique(batch1) if same_batches else np.array([None])
+    firsts, seconds = [], []
+    for stratum in strata:
+        in1 = np.arange(len(batch1)) if stratum is None else np.flatnonzero(batch1 == stratum)
+        in2 = np.arange(len(batch2)) if stratum is None else np.flatnonzero(batch2 == stratum)
+        in1, in2 = torch.from_numpy(in1), torch.from_numpy(in2)
+        if m_permutation is None:
+            # One to one in random order: the samples are stored sorted by cell, and pairing
+            # them in that order would match cells by their position in the AnnData (often by
+            # sample) rather than at random, which narrows the LFC distribution.
+            if len(in1) != len(in2):
+                raise ValueError("one-to-one pairs need as many samples in both groups")
+            firsts.append(in1)
+            seconds.append(in2[torch.randperm(len(in2), generator=generator)])
+        else:
+            share = max(1, m_permutation // len(strata))
+            firsts.append(in1[torch.randint(len(in1), (share,), generator=generator)])
+            seconds.append(in2[torch.randint(len(in2), (share,), generator=generator)])
+    first, second = torch.cat(firsts), torch.cat(seconds)
+    in_order = m_permutation is None and torch.equal(first, torch.arange(len(batch1)))
+    return (None if in_order else first), second
 
 
 def _raw_statistics_of_blocks(blocks: list, idx: np.ndarray, features: np.ndarray | None) -> dict:
@@ -152,29 +199,18 @@ def estimate_pseudocounts(by_gene1: torch.Tensor, by_gene2: torch.Tensor, raw_me
 
 
 def _pair_statistics(t1: torch.Tensor, t2: torch.Tensor, mode: str, delta: float, pseudocounts: float,
-                     m_permutation: int | None, generator: torch.Generator, test_mode: str = "three",
+                     pairs: tuple[torch.Tensor | None, torch.Tensor], test_mode: str = "three",
                      change: str = "lfc") -> dict:
-    """Per-gene statistics over cross-group pairs of samples (genes x samples ``t1``, ``t2``),
-    in gene chunks (bounded memory).
+    """Per-gene statistics over cross-group pairs of samples (genes x samples ``t1``, ``t2``;
+    ``pairs``: the sample positions that meet, see :func:`_pairs`), in gene chunks (bounded
+    memory).
 
-    The samples of the two groups (cells drawn at random) are paired one to one in random
-    order, or, with ``m_permutation``, that many random pairs are drawn. With
-    ``change="lfc"``, in ``"change"`` mode the evidence uses ``pseudocounts`` and the LFC
+    With ``change="lfc"``, in ``"change"`` mode the evidence uses ``pseudocounts`` and the LFC
     summaries (``lfc_*``) a thousandth of it (closer to the plain fold change, as scvi-tools
     reports them); a zero offset becomes 1e-8, so that no log is -inf. With
     ``change="difference"`` the effect is t1 - t2 (no offset) and its summaries are
     ``diff_*``.
     """
-    if m_permutation is None:
-        # One to one in random order: the samples are stored sorted by cell, and pairing them
-        # in that order would match cells by their position in the AnnData (often by sample)
-        # rather than at random, which narrows the LFC distribution.
-        if t1.shape[1] != t2.shape[1]:
-            raise ValueError("one-to-one pairs need as many samples in both groups")
-        pairs = (None, torch.randperm(t2.shape[1], generator=generator))
-    else:
-        pairs = (torch.randint(t1.shape[1], (m_permutation,), generator=generator),
-                 torch.randint(t2.shape[1], (m_permutation,), generator=generator))
     n_pairs = len(pairs[1])
     # Scratch space reused by every chunk: fresh buffers would be page-faulted in each time.
     n_genes = t1.shape[0]
@@ -300,18 +336,22 @@ def differential_expression(
     fdr_target
         Posterior expected false discovery rate for ``is_de_fdr_<target>``.
     batch_correction
-        Generate each sampled cell in every batch (``batchid1`` for group 1, ``batchid2``
-        for group 2; default all) and average, instead of in its own batch. Use it to
-        compare conditions across batches; pick ``batchid1``/``batchid2`` when the batch
-        is confounded with the condition.
+        Generate the sampled cells as if in each batch (``batchid1`` for group 1,
+        ``batchid2`` for group 2; default all), an equal share of the samples per batch,
+        instead of in their own batch; when both groups use the same batches, the fold
+        changes pair samples generated in the same batch, so the batch effect cancels and
+        the spread between batches stays in the LFC distribution (as scvi-tools does). Use
+        it to compare conditions across batches; pick ``batchid1``/``batchid2`` when the
+        batch is confounded with the condition.
     n_samples, m_permutation
         Cells sampled per group; random cross-group pairs for the LFC distribution
         (``None``: the ``n_samples`` draws paired one to one at random, as scvi-tools does
         by default).
     pseudocounts
         Added to the normalized expression before the log. ``None`` (change mode):
-        estimated from the expression the model gives to genes a group does not express
-        (see :func:`estimate_pseudocounts`); vanilla mode then uses 0.
+        estimated from the expression the model gives to genes a group does not express,
+        over all genes whatever ``gene_list`` holds (see :func:`estimate_pseudocounts`);
+        vanilla mode then uses 0.
     test_mode
         ``"three"``: ``proba_de`` = max(P(LFC >= delta), P(LFC < -delta)) (scvi-tools'
         default); ``"two"``: P(|LFC| >= delta).
@@ -361,6 +401,11 @@ def differential_expression(
         batches1 = registry.batch_categories if batchid1 is None else [str(b) for b in np.atleast_1d(batchid1)]
         batches2 = registry.batch_categories if batchid2 is None else [str(b) for b in np.atleast_1d(batchid2)]
         registry.category_codes(C.BATCH_KEY, batches1 + batches2)  # unknown batch ids fail here
+        shared = set(batches1) & set(batches2)
+        if shared and shared != set(batches1) | set(batches2):
+            warnings.warn("batchid1 and batchid2 share some batches but not all: the fold changes pair "
+                          "samples across batches, so the batch effect does not cancel; pass the same "
+                          "batches for both groups, or batches that do not overlap", UserWarning, stacklevel=2)
     else:
         batches1 = batches2 = None
     all_names = model._de_feature_names()
@@ -381,16 +426,25 @@ def differential_expression(
     # A bar for one-vs-rest over many groups; one comparison takes seconds and shows none.
     for name1, name2, i1, i2 in tqdm(comparisons, desc="Differential expression", unit="comparison",
                                      disable=not settings.progress_bar or len(comparisons) == 1):
-        s1 = _sample_scales(model, adata, i1, batches1, n_samples, genes, rng)
-        s2 = _sample_scales(model, adata, i2, batches2, n_samples, genes, rng)
-        raw = {suffix: _raw_statistics_of_blocks(blocks, idx, genes) for suffix, idx in (("1", i1), ("2", i2))}
         offset = pseudocounts
         if change == "difference":
             offset = 0.0  # a difference needs no offset
-        elif offset is None:
-            offset = (estimate_pseudocounts(s1, s2, raw["1"]["raw_mean"], raw["2"]["raw_mean"])
-                      if mode == "change" else 0.0)
-        stats = _pair_statistics(s1, s2, mode, delta, offset, m_permutation, generator, test_mode, change)
+        elif offset is None and mode == "vanilla":
+            offset = 0.0
+        # The estimated offset is one number over all genes, so that a gene's result does
+        # not depend on which other genes were asked for: all genes are sampled for it.
+        sampled = None if offset is None else genes
+        s1, batch1 = _sample_scales(model, adata, i1, batches1, n_samples, sampled, rng)
+        s2, batch2 = _sample_scales(model, adata, i2, batches2, n_samples, sampled, rng)
+        raw = {suffix: _raw_statistics_of_blocks(blocks, idx, sampled) for suffix, idx in (("1", i1), ("2", i2))}
+        if offset is None:
+            offset = estimate_pseudocounts(s1, s2, raw["1"]["raw_mean"], raw["2"]["raw_mean"])
+            if genes is not None:
+                index = torch.from_numpy(genes)
+                s1, s2 = s1[index], s2[index]
+                raw = {suffix: {k: v[genes] for k, v in values.items()} for suffix, values in raw.items()}
+        pairs = _pairs(batch1, batch2, m_permutation, generator)
+        stats = _pair_statistics(s1, s2, mode, delta, offset, pairs, test_mode, change)
         n_genes = len(gene_names)
         if mode == "change":
             evidence = {"proba_de": stats.pop("proba_de")}

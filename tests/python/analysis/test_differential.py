@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cellvi
-from cellvi.analysis._differential import _pair_statistics, fdr_calls
+from cellvi.analysis._differential import _pair_statistics, _pairs, fdr_calls
 from conftest import shared_data
 
 ISGS = ["ISG15", "IFI6", "IFIT1", "IFIT3", "MX1", "ISG20", "IFIT2", "LY6E", "IFITM3", "OAS1"]
@@ -99,7 +99,9 @@ def test_pair_statistics_equal_a_direct_float64_computation(n_pairs, mode, test_
     s1, s2 = s1.astype(np.float32), s2.astype(np.float32)
     by_gene = [torch.from_numpy(np.ascontiguousarray(s.T)) for s in (s1, s2)]
     offset, delta = 1e-4, 0.25
-    stats = _pair_statistics(*by_gene, mode, delta, offset, None, torch.Generator(), test_mode)
+    unbatched = np.full(n_pairs, "", dtype=object)
+    stats = _pair_statistics(*by_gene, mode, delta, offset, _pairs(unbatched, unbatched, None, torch.Generator()),
+                             test_mode)
 
     def lfc(o):
         return np.log2(s1.astype(np.float64) + o) - np.log2(s2.astype(np.float64) + o)
@@ -126,10 +128,40 @@ def test_pairs_are_random_not_in_cell_order():
     every LFC would be 0, paired at random the LFC spread is that of two independent draws."""
     n = 4000
     trend = np.exp(np.linspace(-3, 3, n, dtype=np.float32))[None, :] * 1e-4  # 1 gene x n samples
+    unbatched = np.full(n, "", dtype=object)
     stats = _pair_statistics(torch.from_numpy(trend.copy()), torch.from_numpy(trend.copy()), "vanilla", 0.25, 0.0,
-                             None, torch.Generator().manual_seed(0))
+                             _pairs(unbatched, unbatched, None, torch.Generator().manual_seed(0)))
     spread_of_independent_pairs = np.sqrt(2) * np.log2(trend).std()
     assert 0.9 < stats["lfc_std"][0] / spread_of_independent_pairs < 1.1
+
+
+@pytest.mark.parametrize("m_permutation", [None, 600])
+def test_batch_corrected_pairs_meet_within_a_batch(m_permutation):
+    batch1 = np.repeat(np.array(["a", "b", "c"], dtype=object), 100)
+    batch2 = np.repeat(np.array(["a", "b", "c"], dtype=object), 100)
+    first, second = _pairs(batch1, batch2, m_permutation, torch.Generator().manual_seed(0))
+    first = np.arange(300) if first is None else first.numpy()
+    second = second.numpy()
+    np.testing.assert_array_equal(batch1[first], batch2[second])
+    assert len(second) == (300 if m_permutation is None else 600)
+    assert all((batch1[first] == b).sum() == len(second) // 3 for b in "abc")
+    # Groups generated in different batches (a confounded design): pairs ignore batches.
+    first, second = _pairs(batch1, np.repeat(np.array(["d"], dtype=object), 300), None, torch.Generator())
+    assert len(second) == 300 and len(np.unique(batch1[first.numpy() if first is not None else np.arange(300)])) == 3
+
+
+def test_a_genes_result_does_not_depend_on_gene_list(stim_model):
+    adata, model = stim_model
+    kept = ISGS[:3] + ["ACTB"]
+    results = []
+    for gene_list in (None, kept, kept[::-1]):
+        cellvi.settings.seed = 0
+        de = model.differential_expression(groupby="condition", group1="stim", group2="ctrl", mode="change",
+                                           n_samples=500, gene_list=gene_list)
+        results.append(de.loc[kept])
+    for other in results[1:]:
+        for column in ["proba_de", "lfc_mean", "lfc_std", "pseudocounts", "scale1", "raw_mean2"]:
+            np.testing.assert_allclose(other[column], results[0][column], rtol=1e-6, err_msg=column)
 
 
 def test_fdr_calls_control_the_expected_fdr():
@@ -163,3 +195,10 @@ def test_batch_corrected_markers_on_kang():
     assert {"CD14", "LYZ"} & top(mono)
     assert "CD79A" in top(b_cells)
     assert {"NKG7", "GNLY"} & top(nk)
+    # Calibrated with batch correction: random halves of one cell type call (almost) nothing.
+    cells = np.flatnonzero(adata.obs["cluster_id"] == mono)
+    np.random.default_rng(1).shuffle(cells)
+    half = len(cells) // 2
+    null = model.differential_expression(idx1=cells[:half], idx2=cells[half:], batch_correction=True,
+                                         n_samples=2000, mode="change")
+    assert null["is_de_fdr_0.05"].mean() <= 0.01
