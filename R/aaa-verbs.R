@@ -186,6 +186,14 @@
     record <- c(list(model = plan$model, model_dir = fit$dir, setup = plan$setup,
                      model_args = args$model_args, train_args = args$train_args,
                      cellvi_version = .py_value(.core()$`__version__`)), plan$record, fit$record)
+    # Without a `model_dir` of the user's, the saved model travels inside the object.
+    if (is.null(a$model_dir) && !is.null(fit$dir)) {
+      record <- .store_model(record, fit$dir)
+      if (verbose) {
+        message(sprintf("Model kept inside the object (%.1f MB; see ?cellvi_models)",
+                        .store_size(record) / 2^20))
+      }
+    }
   }
   results <- list()
   cells <- colnames(object)
@@ -194,13 +202,95 @@
   eco$write(object, results, record, plan, a, verbose)
 }
 
+# ---- where models live -----------------------------------------------------------------------
+# By default (no `model_dir` given to a verb) a model is saved into a folder of this R session's
+# temporary directory, and that folder's files are kept inside the object's record
+# (`model_store`: the bytes of every file), so saveRDS()/readRDS() carries the model and a
+# later session needs nothing on disk: the first verb that needs the model writes the files
+# back into its own temporary directory. With a `model_dir`, the model stays in that folder
+# and the record holds its path only (the choice for large models).
+
+# Session folder of models saved by verbs without a `model_dir` (and of unpacked ones).
+.session_models_root <- function() file.path(tempdir(), "cellvi-models")
+
 .new_model_dir <- function(model_class) {
-  root <- file.path(tools::R_user_dir("cellvi", "data"), "models")
   stamp <- format(Sys.time(), "%Y%m%d-%H%M%S")
   # tempfile() makes its suffix without R's random-number stream: a user's set.seed() before
   # each verb neither repeats a directory (one model overwriting another) nor is disturbed.
-  tempfile(paste0(model_class, "-", stamp, "-"), tmpdir = root)
+  tempfile(paste0(model_class, "-", stamp, "-"), tmpdir = .session_models_root())
 }
+
+# Whether `path` is `root` or lies under it (both normalized).
+.path_under <- function(path, root) {
+  identical(path, root) || startsWith(path, paste0(root, "/"))
+}
+
+# The folder to keep for a model saved at `dir`: its top folder under the session's models
+# root (verbs that save several models save them in subfolders of one), else `dir` itself.
+.store_root <- function(dir) {
+  dir <- normalizePath(dir, mustWork = FALSE)
+  session <- normalizePath(.session_models_root(), mustWork = FALSE)
+  if (.path_under(dir, session) && !identical(dir, session)) {
+    rel <- substring(dir, nchar(session) + 2L)
+    return(file.path(session, strsplit(rel, "/", fixed = TRUE)[[1]][1]))
+  }
+  dir
+}
+
+# The files under `root` as one raw vector (serialized list of relative paths and contents).
+.pack_dir <- function(root) {
+  files <- list.files(root, recursive = TRUE, all.files = TRUE, no.. = TRUE)
+  contents <- lapply(file.path(root, files), function(f) readBin(f, "raw", file.size(f)))
+  serialize(list(files = files, contents = contents), NULL, xdr = FALSE)
+}
+
+.unpack_dir <- function(bytes, root) {
+  packed <- unserialize(bytes)
+  for (i in seq_along(packed$files)) {
+    path <- file.path(root, packed$files[[i]])
+    dir.create(dirname(path), recursive = TRUE, showWarnings = FALSE)
+    writeBin(packed$contents[[i]], path)
+  }
+  invisible(root)
+}
+
+# `record` with the model folder(s) around `dir` kept inside it (`model_store`).
+.store_model <- function(record, dir) {
+  root <- .store_root(dir)
+  id <- paste0(format(Sys.time(), "%Y%m%d%H%M%S"), "-", basename(tempfile("")))
+  record$model_store <- list(id = id, root = root, bytes = .pack_dir(root))
+  .cellvi_env$stores[[id]] <- root  # this session already has the files
+  record
+}
+
+# `record` with its paths usable in this session: for a model kept inside the object, the
+# files are written back (once per session) and every path under the original folder is
+# moved to where they now are.
+.materialize_record <- function(record) {
+  store <- record$model_store
+  if (is.null(store) || is.null(store$bytes)) return(record)
+  here <- .cellvi_env$stores[[store$id]]
+  if (is.null(here) || !dir.exists(here)) {
+    here <- tempfile("unpacked-", tmpdir = .session_models_root())
+    .unpack_dir(store$bytes, here)
+    here <- normalizePath(here)
+    .cellvi_env$stores[[store$id]] <- here
+  }
+  if (identical(here, store$root)) return(record)
+  move <- function(x) {
+    if (is.list(x)) return(lapply(x, move))
+    if (!is.character(x)) return(x)
+    under <- !is.na(x) & (x == store$root | startsWith(x, paste0(store$root, "/")))
+    x[under] <- paste0(here, substring(x[under], nchar(store$root) + 1L))
+    x
+  }
+  keep <- setdiff(names(record), "model_store")
+  record[keep] <- lapply(record[keep], move)
+  record
+}
+
+# Size in bytes of a record's stored model (0 when it keeps a path only).
+.store_size <- function(record) length(record$model_store$bytes)
 
 # Sets up and builds a model on an AnnData handle (or makes it with `build(core, adata)`, e.g.
 # from another model), trains it (unless `train = FALSE`) and saves it; list(model, dir).
@@ -224,35 +314,46 @@
             .py_value(adata$n_vars), " features")
   }
   if (train) .py_call(do.call(model$train, args$train_args))
+  own_dir <- !is.null(model_dir)
   model_dir <- .or_default(model_dir, .new_model_dir(model_class))
   dir.create(dirname(model_dir), recursive = TRUE, showWarnings = FALSE)
   .py_call(model$save(model_dir, overwrite = TRUE))
   model_dir <- normalizePath(model_dir)
   .cellvi_env$models[[model_dir]] <- model
-  if (verbose) message("Model saved in ", model_dir)
+  if (verbose && own_dir) message("Model saved in ", model_dir)
   list(model = model, dir = model_dir)
 }
 
 #' Load a saved cellvi model
 #'
 #' Loads (once per session, then from a cache) a model directory written by the verbs or by
-#' Python's `model.save()`.
+#' Python's `model.save()`, or the model a verb recorded on an object (see [cellvi_models()]).
 #'
-#' @param model_dir The model's directory.
+#' @param model_dir The model's directory, or a Seurat object or SingleCellExperiment on
+#'   which a cellvi verb ran.
+#' @param name For an object: the name of its model (a reduction, reducedDim or record name,
+#'   as [cellvi_models()] lists them; default: the only one).
 #' @return The Python model (a reticulate handle without automatic conversion: wrap results
 #'   in `reticulate::py_to_r()`).
 #' @examples
 #' \donttest{
 #' if (cellvi_available()) {
 #'   pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 20, verbose = FALSE)
-#'   model <- load_cellvi_model(SeuratObject::Misc(pbmc[["scvi"]])$model_dir)
+#'   model <- load_cellvi_model(pbmc, "scvi")
 #'   tail(reticulate::py_to_r(model$history))
 #' }
 #' }
 #' @export
-load_cellvi_model <- function(model_dir) {
-  if (!is.character(model_dir) || length(model_dir) != 1L || !dir.exists(model_dir)) {
-    stop("no saved cellvi model at ", .show(model_dir), call. = FALSE)
+load_cellvi_model <- function(model_dir, name = NULL) {
+  if (inherits(model_dir, "Seurat") || methods::is(model_dir, "SingleCellExperiment")) {
+    return(.object_model(model_dir, name))
+  }
+  if (!is.character(model_dir) || length(model_dir) != 1L || is.na(model_dir)) {
+    stop("`model_dir` must be a model directory or a Seurat object or SingleCellExperiment, ",
+         "not ", .show(model_dir), call. = FALSE)
+  }
+  if (!dir.exists(model_dir)) {
+    stop("no saved cellvi model at '", model_dir, "' (no such directory)", call. = FALSE)
   }
   model_dir <- normalizePath(model_dir)
   if (is.null(.cellvi_env$models[[model_dir]])) {
@@ -265,7 +366,15 @@ load_cellvi_model <- function(model_dir) {
 # against the classes `verb` accepts: list(model, input, record).
 .recorded_model <- function(eco, object, where, verb = .verb()) {
   found <- eco$recorded(object, where, verb$fit_by[[eco$name]])
-  found$model <- load_cellvi_model(found$record$model_dir)
+  found$record <- .materialize_record(found$record)
+  dir <- found$record$model_dir
+  if (!dir.exists(dir)) {
+    stop(eco$what, " '", where, "' records a model saved in the directory\n  ", dir,
+         "\nwhich no longer exists (the object keeps only its path: it was made with ",
+         "`model_dir`). Restore that directory, or run ", verb$fit_by[[eco$name]],
+         " again (without `model_dir` the model is kept inside the object)", call. = FALSE)
+  }
+  found$model <- load_cellvi_model(dir)
   if (length(verb$accepts)) {
     cls <- .model_class(found$model)
     if (!cls %in% verb$accepts) {
@@ -387,10 +496,13 @@ load_cellvi_model <- function(model_dir) {
     for (kind in names(results$assays)) {
       data <- results$assays[[kind]]$data
       name <- a[[names_of[[kind]]]]
-      object <- .seurat_add_assay(object, data, name)
+      logged <- isTRUE(results$assays[[kind]]$log1p)
+      # Seurat's `data` slot holds log-normalized values (what its plots and tests expect).
+      object <- .seurat_add_assay(object, if (logged) log1p(data) else data, name)
       if (verbose) {
         message("Added assay '", name, "' (", nrow(data), " ",
-                .assay_unit(results$assays[[kind]], kind), ")")
+                .assay_unit(results$assays[[kind]], kind),
+                if (logged) "; log1p of the normalized expression in `data`", ")")
       }
     }
     object

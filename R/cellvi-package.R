@@ -12,8 +12,9 @@
 #' 2. Run a model on your object. Seurat verbs are `RunX()` and return the Seurat object with
 #'    a reduction or metadata added, as [Seurat::RunPCA()] does; SingleCellExperiment verbs
 #'    are `runX()` and return the object with a `reducedDim`, `colData` columns or an assay.
-#'    The trained model is saved to a directory recorded on the object, so the query verbs
-#'    (`NormalizeX()`, `FindMarkersX()`, ...) and later sessions use it without retraining.
+#'    The trained model is kept inside the object (or, with `model_dir`, in a directory
+#'    recorded on it), so the query verbs (`NormalizeX()`, `FindMarkersX()`, ...) and later
+#'    sessions use it without retraining; [cellvi_models()] lists and removes them.
 #'
 #' @section Models and verbs:
 #' - scVI: [RunSCVI()] / [runSCVI()] (batch-corrected latent space), [NormalizeSCVI()],
@@ -66,8 +67,11 @@
 #' @param lr Learning rate.
 #' @param device `"auto"` (a GPU when there is one), `"cpu"`, `"cuda"` or `"mps"`.
 #' @param seed Integer seed for reproducible runs (`NULL`: not seeded).
-#' @param model_dir Where to save the model (default: a new folder under
-#'   `tools::R_user_dir("cellvi", "data")`).
+#' @param model_dir `NULL` (default): the trained model is kept inside the returned object
+#'   (a few MB for most models), so `saveRDS()`/`readRDS()` carries it and later verbs work
+#'   in any session; see [cellvi_models()]. A directory: the model is saved there and the
+#'   object records its path only (for large models; the folder must then travel with the
+#'   object).
 #' @param model_kwargs Named list of further model settings passed to Python as they are
 #'   (e.g. `list(use_observed_lib_size = FALSE)`).
 #' @param reduction.name,reduction.key Name and key of the new reduction.

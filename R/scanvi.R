@@ -253,17 +253,23 @@ runSCANVI <- function(x, labels_key, unlabeled_category = "Unknown", batch_key =
 # SingleCellExperiment that a cellvi verb ran on (its reduction / reducedDim `reduction`).
 .reference_dir <- function(reference, reduction) {
   if (is.character(reference) && length(reference) == 1L) {
-    if (!dir.exists(reference)) stop("no saved cellvi model at ", .show(reference), call. = FALSE)
+    if (!dir.exists(reference)) {
+      stop("no saved cellvi model at '", reference, "' (no such directory)", call. = FALSE)
+    }
     return(normalizePath(reference))
   }
+  # Records of models kept inside the object are written back to disk first.
   if (inherits(reference, "Seurat")) {
     candidates <- .or_default(reduction, c("scanvi", "scvi", "ldvae"))
-    dirs <- lapply(intersect(candidates, SeuratObject::Reductions(reference)),
-                   function(r) SeuratObject::Misc(reference[[r]])$model_dir)
+    dirs <- lapply(intersect(candidates, SeuratObject::Reductions(reference)), function(r) {
+      misc <- SeuratObject::Misc(reference[[r]])
+      if (!is.null(misc$model_dir)) .materialize_record(misc)$model_dir
+    })
   } else if (methods::is(reference, "SingleCellExperiment")) {
     candidates <- .or_default(reduction, c("scANVI", "scVI", "LDVAE"))
     records <- S4Vectors::metadata(reference)$cellvi
-    dirs <- lapply(intersect(candidates, names(records)), function(r) records[[r]]$model_dir)
+    dirs <- lapply(intersect(candidates, names(records)),
+                   function(r) .materialize_record(records[[r]])$model_dir)
   } else {
     stop("`reference_model` must be a model directory, or a Seurat object or ",
          "SingleCellExperiment on which a cellvi verb ran", call. = FALSE)

@@ -17,7 +17,8 @@
     expr <- .normalized_expression(model, adata, a$features, a$library_size, a$n_samples,
                                    a$transform_batch)
     dimnames(expr) <- list(.or_default(a$features, .model_genes(model)), cells)
-    list(assays = list(rna = list(data = expr, whole = is.null(a$features))))
+    list(assays = list(rna = list(data = expr, whole = is.null(a$features),
+                                  log1p = .as_flag(.or_default(a$log, FALSE), "log"))))
   }),
   accepts = c("SCVI", "LinearSCVI", "SCANVI", "AUTOZI"))
 
@@ -106,6 +107,11 @@ RunLinearSCVI <- function(object, assay = NULL, features = NULL, batch_key = NUL
 #' Decodes each cell's latent state into expression with technical noise (library size,
 #' dropout and, with `transform_batch`, batch) removed, and stores it as a new assay.
 #'
+#' As after [Seurat::NormalizeData()], the assay's `data` slot holds log-normalized values:
+#' `log1p(expression scaled to library_size per cell)` (natural log), so that violin plots,
+#' feature plots and `FindMarkers()` read it as they read Seurat's own; `expm1()` gives the
+#' linear values back. With `log = FALSE` the `data` slot holds the linear values instead.
+#'
 #' @param object A Seurat object on which [RunSCVI()] or [RunLinearSCVI()] has run (or
 #'   [RunSCANVI()], [RunAUTOZI()]: name its reduction).
 #' @param features Genes to return (default: all genes of the model). Only these are computed
@@ -115,20 +121,23 @@ RunLinearSCVI <- function(object, assay = NULL, features = NULL, batch_key = NUL
 #' @param n_samples Posterior samples averaged per cell.
 #' @param transform_batch Batch (or batches, averaged) to generate every cell in; `NULL`:
 #'   each cell's own.
+#' @param log `TRUE`: `log1p()` of the normalized expression in the `data` slot (as Seurat's
+#'   log-normalized data); `FALSE`: the linear values (expression per `library_size`).
 #' @param verbose Show messages.
 #' @inheritParams cellvi-params
-#' @return The Seurat object with the new assay (normalized values in its `data` slot).
+#' @return The Seurat object with the new assay (`log1p` of the normalized expression in its
+#'   `data` slot, or the linear values with `log = FALSE`).
 #' @examples
 #' \donttest{
 #' if (cellvi_available()) {
 #'   pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 50)
 #'   pbmc <- NormalizeSCVI(pbmc, features = c("CD3E", "MS4A1"))
-#'   SeuratObject::GetAssayData(pbmc, assay = "SCVI")[, 1:5]
+#'   SeuratObject::GetAssayData(pbmc, assay = "SCVI")[, 1:5]  # log1p(expression per 10k)
 #' }
 #' }
 #' @export
 NormalizeSCVI <- function(object, reduction = "scvi", features = NULL, assay.name = "SCVI",
-                          library_size = 1e4, n_samples = 1, transform_batch = NULL,
+                          library_size = 1e4, n_samples = 1, transform_batch = NULL, log = TRUE,
                           verbose = TRUE) {
   .run_verb(.seurat, object, .normalize_scvi_verb, environment())
 }
