@@ -1,4 +1,4 @@
-"""Posterior predictive check: shapes, sane values and a ceiling above the observed score."""
+"""Posterior predictive check: shapes, sane values, and each observed score near its model reference."""
 import numpy as np
 
 import cellvi
@@ -14,9 +14,12 @@ def test_posterior_predictive_check(sim_trained):
     assert ((g["generated_zero_fraction"] >= 0) & (g["generated_zero_fraction"] <= 1)).all()
     # The model fits its own simulation: generated means track observed ones closely.
     assert np.corrcoef(np.log1p(g["observed_mean"]), np.log1p(g["generated_mean"]))[0, 1] > 0.85
-    for column in ("spearman_mean", "spearman_draw", "spearman_ceiling"):
-        assert c[column].between(-1, 1).all()
-    # Draws carry the count noise that the posterior mean averages away.
+    pairs = {"spearman_draw": "spearman_draw_vs_draw", "spearman_mean": "spearman_draw_vs_mean"}
+    for observed, reference in pairs.items():
+        assert c[observed].between(-1, 1).all() and c[reference].between(-1, 1).all()
+        # Count noise, not the model, limits the references: they rise with library size.
+        assert np.corrcoef(np.log(c["library_size"]), c[reference])[0, 1] > 0.3
+    # Draws carry the count noise that the posterior mean averages away, in both pairs.
     assert c["spearman_mean"].median() > c["spearman_draw"].median()
-    assert c["spearman_mean"].median() > c["spearman_ceiling"].median()
+    assert c["spearman_draw_vs_mean"].median() > c["spearman_draw_vs_draw"].median()
     assert ppc.figure is not None and len(ppc.figure.axes) == 4
