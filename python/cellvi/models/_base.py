@@ -271,8 +271,9 @@ class BaseModel:
         """Parameters (or parameter groups) to train; None: all of the module's."""
         return None
 
-    def _labelled_indices(self, train_indices: np.ndarray) -> np.ndarray | None:
-        """Cells to cycle through as labelled minibatches (semi-supervised models only)."""
+    def _labelled_indices(self, train_indices: np.ndarray):
+        """Cells to cycle through as labelled minibatches (semi-supervised models only), or
+        a function of the epoch that draws them anew every epoch."""
         return None
 
     # -- save / load ---------------------------------------------------------------------------

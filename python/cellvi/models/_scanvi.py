@@ -155,8 +155,8 @@ class SCANVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
             Default as for SCVI; for a model made by :meth:`from_scvi_model`, a third of that,
             between 2 and 10.
         n_samples_per_label
-            Use at most this many labelled cells of each label for the classification loss
-            (balances rare and common types); default: all.
+            Use at most this many labelled cells of each label for the classification loss,
+            drawn anew every epoch (balances rare and common types); default: all.
         **kwargs
             As for :meth:`cellvi.SCVI.train` (``batch_size``, ``lr``, ``device``, ...).
 
@@ -171,14 +171,20 @@ class SCANVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
                                      if n_samples_per_label is not None else None)
         return super().train(max_epochs, **kwargs)
 
-    def _labelled_indices(self, train_indices: np.ndarray) -> np.ndarray:
+    def _labelled_indices(self, train_indices: np.ndarray):
         labels = self._tensors().labels[train_indices]  # unlabelled cells have code n_labels
         n_labels, cap = self.registry.n_labels, self._n_samples_per_label
         if cap is None:
             return train_indices[labels < n_labels]
+        by_label = [train_indices[labels == k] for k in range(n_labels)]
         rng = np.random.default_rng(settings.seed)
-        chosen = [rng.permutation(train_indices[labels == k])[:cap] for k in range(n_labels)]
-        return np.sort(np.concatenate(chosen))
+
+        def draw(epoch: int) -> np.ndarray:
+            # A new subset every epoch (as scvi-tools does), so that over training the
+            # classifier sees every labelled cell of a common type, a few at a time.
+            return np.sort(np.concatenate([rng.permutation(cells)[:cap] for cells in by_label]))
+
+        return draw
 
     # -- queries -------------------------------------------------------------------------------
     @torch.no_grad()

@@ -243,7 +243,9 @@ class Trainer:
     ``plan.monitor``.
 
     With ``labelled_indices`` (semi-supervised models), every step also gets a minibatch of
-    those cells, cycled through independently of the main one, as ``labelled_tensors``.
+    those cells, cycled through independently of the main one, as ``labelled_tensors``;
+    ``labelled_indices`` may be a function of the epoch, drawing a new set of labelled cells
+    at the start of every epoch (e.g. a few cells per label).
     ``optimizer_params`` restricts training to some parameters (or parameter groups with
     their own settings, e.g. no weight decay); the rest are left untouched. Scalar entries of
     a loss's ``extra_metrics`` are averaged per epoch into the history; a loss's
@@ -318,8 +320,10 @@ class Trainer:
                                                        eps=plan.eps, weight_decay=plan.weight_decay)
         self.generator = seeded_generator(2)
         self.labelled_batches = None
-        if labelled_indices is not None and len(labelled_indices) > 0:
-            self.labelled_batches = cycle_minibatches(labelled_indices, self.batch_size, seeded_generator(3))
+        self._labelled_generator = seeded_generator(3)
+        self._draw_labelled = labelled_indices if callable(labelled_indices) else None
+        if self._draw_labelled is None and labelled_indices is not None and len(labelled_indices) > 0:
+            self.labelled_batches = cycle_minibatches(labelled_indices, self.batch_size, self._labelled_generator)
         self.history: list[dict] = []
 
     def _n_batches(self, n_total: int) -> int:
@@ -355,6 +359,10 @@ class Trainer:
             self.classifier.train()
         batches = self.data.epoch_minibatches(self.train_indices, self.batch_size, self.generator)
         batches = batches[: self.n_batches]
+        if self._draw_labelled is not None:
+            labelled = self._draw_labelled(epoch)
+            self.labelled_batches = (cycle_minibatches(labelled, self.batch_size, self._labelled_generator)
+                                     if len(labelled) else None)
         sums = torch.zeros(4, device=self.data.device)  # summed on the device: no per-step sync
         extra_sums: dict[str, torch.Tensor] = {}
         n = 0

@@ -99,13 +99,23 @@ def test_from_scvi_model_starts_from_its_weights():
         cellvi.SCANVI.from_scvi_model(scvi, "Unknown", labels_key="nope")
 
 
-def test_n_samples_per_label_caps_the_labelled_cells(sim_scanvi):
+def test_n_samples_per_label_caps_the_labelled_cells_and_redraws_them_every_epoch(sim_scanvi):
     adata, _, model = sim_scanvi
     model._n_samples_per_label = 5
-    chosen = model._labelled_indices(np.arange(adata.n_obs))
+    draw = model._labelled_indices(np.arange(adata.n_obs))
     model._n_samples_per_label = None
-    labels = adata.obs["labels"].to_numpy()[chosen]
-    assert len(chosen) == 15 and (pd.Series(labels).value_counts() == 5).all()
+    epochs = [draw(epoch) for epoch in range(3)]
+    for chosen in epochs:
+        labels = adata.obs["labels"].to_numpy()[chosen]
+        assert len(chosen) == 15 and (pd.Series(labels).value_counts() == 5).all()
+        assert (adata.obs["labels"].to_numpy()[chosen] != "Unknown").all()
+    assert not np.array_equal(epochs[0], epochs[1])  # a new subset each epoch
+    # And through the trainer: a short run with the cap trains and keeps learning the labels.
+    cellvi.settings.seed = 0
+    capped = cellvi.SCANVI(adata, n_latent=5)
+    capped.train(max_epochs=8, n_samples_per_label=10)
+    assert len(capped.history) == 8
+    assert capped.history["loss_train"].iloc[-1] < capped.history["loss_train"].iloc[0]
 
 
 def test_setup_errors_and_warnings():
