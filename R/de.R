@@ -17,6 +17,21 @@
       }
       object[[a$group.by, drop = TRUE]]
     }
+    if (!exists("ident.1", envir = a, inherits = FALSE)) {
+      # FindAllMarkersSCVI: every group (in the order of its levels) against all other cells
+      firsts <- if (is.factor(groups)) levels(droplevels(groups)) else sort(unique(groups))
+      groups <- as.character(groups)
+      plan$comparisons <- lapply(firsts, function(g) {
+        idx <- .group_cells(groups, g, NULL)
+        idx$group <- g
+        idx$message <- paste0("Group ", g, ": ", length(idx$idx1), " vs ", length(idx$idx2),
+                              " cells")
+        idx
+      })
+      plan$levels <- firsts
+      plan$stack <- "seurat"
+      return(plan)
+    }
     idx <- .group_cells(as.character(groups), a$ident.1, a$ident.2)
     idx$message <- paste0("Comparing ", length(idx$idx1), " cells with ", length(idx$idx2),
                           " cells")
@@ -46,7 +61,7 @@
                           " cells")
     idx
   })
-  plan$stack <- is.null(a$group1)
+  plan$stack <- if (is.null(a$group1)) "sce" else FALSE
   plan
 }
 
@@ -58,16 +73,84 @@
 }
 
 .markers_tables <- function(table_of, model, adata, a, plan) {
-  tables <- lapply(plan$comparisons, function(cmp) {
-    if (isTRUE(a$verbose)) message(cmp$message)
-    table <- table_of(model, adata, cmp$idx1, cmp$idx2, a)
-    if (plan$stack) table <- cbind(group = cmp$group, gene = rownames(table), table)
-    table
+  .with_markers_seed(a, {
+    tables <- lapply(plan$comparisons, function(cmp) {
+      if (isTRUE(a$verbose)) message(cmp$message)
+      if (identical(plan$stack, "seurat") && min(length(cmp$idx1), length(cmp$idx2)) < 3L) {
+        # as FindAllMarkers does
+        message("Group ", cmp$group, " skipped: fewer than 3 cells to compare")
+        return(NULL)
+      }
+      table <- .sort_markers(.seurat_filters(table_of(model, adata, cmp$idx1, cmp$idx2, a), a))
+      if (identical(plan$stack, "sce")) {
+        table <- cbind(group = rep(cmp$group, nrow(table)), gene = rownames(table), table)
+      }
+      if (identical(plan$stack, "seurat")) {
+        table$cluster <- factor(rep(cmp$group, nrow(table)), levels = plan$levels)
+        table$gene <- rownames(table)
+      }
+      table
+    })
   })
-  if (length(tables) == 1L) return(list(table = tables[[1]]))
+  tables <- Filter(Negate(is.null), tables)
+  if (length(tables) == 1L && isFALSE(plan$stack)) return(list(table = tables[[1]]))
+  if (!length(tables)) return(list(table = data.frame()))
   out <- do.call(rbind, tables)
-  rownames(out) <- NULL
+  # FindAllMarkers' row names: the genes, made unique
+  rownames(out) <- if (identical(plan$stack, "seurat")) make.unique(out$gene) else NULL
   list(table = out)
+}
+
+# Runs `expr` with the core seeded by the verb's `seed`, or (NULL, or a verb without one) by a
+# seed drawn from R's random-number stream, so that set.seed() before a call repeats it too;
+# the core's seed setting is put back afterwards.
+.with_markers_seed <- function(a, expr) {
+  seed <- if (is.null(a$seed)) {
+    sample.int(.Machine$integer.max, 1L)
+  } else {
+    .as_count(a$seed, "seed", minimum = 0L)
+  }
+  cv <- .core()
+  old <- .py_value(cv$settings$seed)
+  cv$settings$seed <- seed
+  on.exit(cv$settings$seed <- old, add = TRUE)
+  expr
+}
+
+# Seurat's filters, with its meanings, for the verbs that have them (Seurat's FindMarkers and
+# FindAllMarkers): features detected in at least `min.pct` of the cells of either group, with
+# |avg_log2FC| (with `only.pos`: avg_log2FC) at least `logfc.threshold`, and only positive
+# fold changes with `only.pos`.
+.seurat_filters <- function(table, a) {
+  if (!exists("min.pct", envir = a, inherits = FALSE)) return(table)
+  min_pct <- .as_number(a$min.pct, "min.pct", 0, 1)
+  threshold <- .as_number(a$logfc.threshold, "logfc.threshold", 0)
+  only_pos <- .as_flag(a$only.pos, "only.pos")
+  lfc <- table$avg_log2FC
+  keep <- pmax(table$pct.1, table$pct.2) >= min_pct
+  if (!any(keep)) {
+    warning("no features pass min.pct = ", min_pct, "; returning an empty table",
+            call. = FALSE)
+  }
+  keep <- keep & (if (only_pos) lfc >= threshold & lfc > 0 else abs(lfc) >= threshold)
+  table[keep, , drop = FALSE]
+}
+
+# Rows by evidence (proba_de, PeakVI's prob_da; in "vanilla" mode |bayes_factor|), ties (proba_de saturates near
+# 1 - 1/n_samples) by |avg_log2FC|, then by name: the same order on every run.
+.sort_markers <- function(table) {
+  if (!nrow(table)) return(table)
+  evidence <- if (!is.null(table$proba_de)) {
+    table$proba_de
+  } else if (!is.null(table$prob_da)) {
+    table$prob_da  # PeakVI's differential accessibility
+  } else if (!is.null(table$bayes_factor)) {
+    abs(table$bayes_factor)
+  } else {
+    return(table)
+  }
+  size <- if (!is.null(table$avg_log2FC)) abs(table$avg_log2FC) else numeric(nrow(table))
+  table[order(-evidence, -size, rownames(table), method = "radix"), , drop = FALSE]
 }
 
 .out_markers <- .out_markers_of(function(...) .de_table(...))
@@ -120,11 +203,36 @@
 #' Bayesian differential expression from the scVI model stored by [RunSCVI()] or
 #' [RunLinearSCVI()], between the cells of `ident.1` and `ident.2` (default: all other
 #' cells). Like [Seurat::FindMarkers()], the result has one row per gene with `avg_log2FC`,
-#' `pct.1` and `pct.2`; instead of p-values it has the model's evidence: `proba_de` (the
-#' larger of the posterior probabilities that the log2 fold change is >= `delta` or
-#' < -`delta`, as scvi-tools computes it), `bayes_factor` (its log odds), `lfc_std`
-#' and the other posterior LFC summaries, and `is_de_fdr` (called DE at posterior expected
-#' FDR `fdr_target`). Rows are sorted by evidence.
+#' `pct.1` and `pct.2`, and `features`, `min.pct`, `logfc.threshold` and `only.pos` filter
+#' the genes as they do in Seurat (with Seurat 4's defaults). There are no p-values: this is
+#' a Bayesian test, and the table has the model's evidence instead: `proba_de` (the larger of
+#' the posterior probabilities that the log2 fold change is >= `delta` or < -`delta`, as
+#' scvi-tools computes it), `bayes_factor` (its log odds, natural log), `lfc_std` and the
+#' other posterior LFC summaries, and `is_de_fdr` (called DE at posterior expected FDR
+#' `fdr_target`, over all tested genes before the filters).
+#'
+#' Rows are sorted by evidence (`proba_de`; in `"vanilla"` mode |`bayes_factor`|), then by
+#' |`avg_log2FC`| (many genes reach the largest `proba_de` that `n_samples` can show, about
+#' 1 - 1/`n_samples`), then by name. The posterior is sampled: `seed` makes a call repeat
+#' exactly; without it the seed is drawn from R's random-number stream, so `set.seed()`
+#' before the call does the same.
+#'
+#' @section Volcano plot:
+#' Plot `avg_log2FC` against `bayes_factor` (or against `-log10(1 - proba_de)`, which is
+#' capped near `log10(n_samples)`), coloured by the FDR call; keep every gene with
+#' `logfc.threshold = 0, min.pct = 0`:
+#' ```
+#' markers <- FindMarkersSCVI(pbmc, ident.1 = "0", ident.2 = "1",
+#'                            logfc.threshold = 0, min.pct = 0)
+#' plot(markers$avg_log2FC, markers$bayes_factor, pch = 20,
+#'      col = ifelse(markers$is_de_fdr, "firebrick", "grey60"),
+#'      xlab = "log2 fold change", ylab = "Bayes factor (log odds of DE)")
+#' # or with ggplot2
+#' ggplot2::ggplot(markers, ggplot2::aes(avg_log2FC, bayes_factor, colour = is_de_fdr)) +
+#'   ggplot2::geom_point()
+#' ```
+#' A Bayes factor above 3 (natural log: odds of 20 to 1) is strong evidence; `is_de_fdr`
+#' already controls the posterior expected false discovery rate over the genes tested.
 #'
 #' @param object A Seurat object on which [RunSCVI()] has run (or [RunLinearSCVI()],
 #'   [RunSCANVI()], [RunAUTOZI()]: name its reduction).
@@ -132,6 +240,13 @@
 #'   `ident.2 = NULL` compares with all other cells.
 #' @param group.by Metadata column defining the groups (default: the identities, `Idents()`).
 #' @param features Genes to test (default: all genes of the model).
+#' @param logfc.threshold Keep genes whose |`avg_log2FC`| (with `only.pos`: `avg_log2FC`) is
+#'   at least this (as in Seurat; 0: no filter).
+#' @param min.pct Keep genes detected in at least this fraction of the cells of either group
+#'   (as in Seurat; 0: no filter).
+#' @param only.pos Keep only genes with a positive `avg_log2FC` (higher in `ident.1`).
+#' @param seed Integer seed of the posterior sampling (`NULL`: drawn from R's random-number
+#'   stream, so that `set.seed()` makes the result repeat).
 #' @param mode `"change"` (evidence that |LFC| exceeds `delta`, with FDR calls) or `"vanilla"`
 #'   (evidence P(expression 1 > expression 2): columns `proba_m1`, `proba_m2`).
 #' @param delta LFC threshold of `"change"` mode.
@@ -142,20 +257,50 @@
 #' @param n_samples Cells sampled from each group's posterior.
 #' @param verbose Show messages.
 #' @inheritParams cellvi-params
-#' @return A data.frame, one row per gene (rownames).
+#' @return A data.frame, one row per gene (rownames), in the order above.
+#' @seealso [FindAllMarkersSCVI()] for every identity against the rest.
 #' @examples
 #' \donttest{
 #' if (cellvi_available()) {
 #'   pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 50, seed = 0)
-#'   markers <- FindMarkersSCVI(pbmc, ident.1 = "0", ident.2 = "1")
+#'   markers <- FindMarkersSCVI(pbmc, ident.1 = "0", ident.2 = "1", seed = 1)
 #'   head(markers[markers$is_de_fdr, ])
 #' }
 #' }
 #' @export
 FindMarkersSCVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL, reduction = "scvi",
-                            features = NULL, mode = "change", delta = 0.25, fdr_target = 0.05,
+                            features = NULL, logfc.threshold = 0.25, min.pct = 0.1,
+                            only.pos = FALSE, mode = "change", delta = 0.25, fdr_target = 0.05,
                             batch_correction = FALSE, batchid1 = NULL, batchid2 = NULL,
-                            n_samples = 5000, verbose = TRUE) {
+                            n_samples = 5000, seed = NULL, verbose = TRUE) {
+  .run_verb(.seurat, object, .markers_scvi_verb, environment())
+}
+
+#' Markers of every identity with scVI (Seurat)
+#'
+#' [FindMarkersSCVI()] for each identity class (or value of `group.by`) against all other
+#' cells, stacked as [Seurat::FindAllMarkers()] stacks them: the same columns as
+#' [FindMarkersSCVI()] plus `cluster` (a factor, in the order of the identities' levels) and
+#' `gene`, row names the genes made unique. Groups with fewer than 3 cells are skipped, as
+#' Seurat does. No p-values: see [FindMarkersSCVI()] for the evidence columns, the sort order
+#' within each cluster and how to draw a volcano plot.
+#'
+#' @inheritParams FindMarkersSCVI
+#' @return A data.frame, one row per cluster and gene.
+#' @examples
+#' \donttest{
+#' if (cellvi_available()) {
+#'   pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 50, seed = 0)
+#'   all <- FindAllMarkersSCVI(pbmc, only.pos = TRUE, n_samples = 1000, seed = 1)
+#'   head(all[all$is_de_fdr, c("cluster", "gene", "avg_log2FC", "proba_de")])
+#' }
+#' }
+#' @export
+FindAllMarkersSCVI <- function(object, group.by = NULL, reduction = "scvi", features = NULL,
+                               logfc.threshold = 0.25, min.pct = 0.1, only.pos = FALSE,
+                               mode = "change", delta = 0.25, fdr_target = 0.05,
+                               batch_correction = FALSE, n_samples = 5000, seed = NULL,
+                               verbose = TRUE) {
   .run_verb(.seurat, object, .markers_scvi_verb, environment())
 }
 
@@ -164,6 +309,8 @@ FindMarkersSCVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL, re
 #' As [FindMarkersSCVI()], for a SingleCellExperiment on which [runSCVI()] has run. With
 #' `group1 = NULL`, every group is compared with all other cells (one-vs-rest, as
 #' `scran::findMarkers()` does), and the tables are stacked with `group` and `gene` columns.
+#' Rows are sorted as [FindMarkersSCVI()] sorts them (within each group), and `seed` (or
+#' `set.seed()`) makes the result repeat.
 #'
 #' @param x A SingleCellExperiment.
 #' @param groups A vector of group labels, one per cell, or the name of a `colData` column.
@@ -185,7 +332,7 @@ FindMarkersSCVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL, re
 findMarkersSCVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "scVI",
                             features = NULL, mode = "change", delta = 0.25, fdr_target = 0.05,
                             batch_correction = FALSE, batchid1 = NULL, batchid2 = NULL,
-                            n_samples = 5000, verbose = TRUE) {
+                            n_samples = 5000, seed = NULL, verbose = TRUE) {
   .run_verb(.sce, x, .markers_scvi_verb, environment())
 }
 

@@ -72,8 +72,9 @@ wrote(file.path(out, "umap_pca_vs_scvi.png"))
 
 # ---- markers: CD14+ monocytes vs B cells --------------------------------------------------------
 Idents(pbmc) <- "cell_type"
+# every gene (no Seurat filters) for the volcano plot; seeded, so the table repeats
 markers <- FindMarkersSCVI(pbmc, ident.1 = "CD14+ Monocytes", ident.2 = "B cells",
-                           verbose = FALSE)
+                           logfc.threshold = 0, min.pct = 0, seed = 0, verbose = FALSE)
 markers <- cbind(gene = rownames(markers), markers)
 write.csv(markers, file.path(out, "markers_cd14mono_vs_b.csv"), row.names = FALSE)
 wrote(file.path(out, "markers_cd14mono_vs_b.csv"))

@@ -2,7 +2,8 @@ test_that("FindMarkersSCVI gives a FindMarkers-shaped table with the model's evi
   skip_if_no_core()
   pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 20, seed = 0, verbose = FALSE,
                   model_dir = file.path(tempdir(), "de_pbmc"))
-  markers <- FindMarkersSCVI(pbmc, ident.1 = "0", ident.2 = "1", n_samples = 500, verbose = FALSE)
+  markers <- FindMarkersSCVI(pbmc, ident.1 = "0", ident.2 = "1", n_samples = 500,
+                             logfc.threshold = 0, min.pct = 0, verbose = FALSE)
   expect_s3_class(markers, "data.frame")
   expect_equal(nrow(markers), 230L)
   expect_setequal(rownames(markers), rownames(pbmc))
@@ -18,11 +19,85 @@ test_that("FindMarkersSCVI gives a FindMarkers-shaped table with the model's evi
   expect_equal(markers[g, "pct.1"], mean(counts[g, ] > 0), tolerance = 1e-6)
 
   by_group <- FindMarkersSCVI(pbmc, ident.1 = "g1", group.by = "groups", features = c("CD3E", "MS4A1"),
-                              mode = "vanilla", n_samples = 200, verbose = FALSE)
+                              mode = "vanilla", n_samples = 200, logfc.threshold = 0,
+                              min.pct = 0, verbose = FALSE)
   expect_equal(sort(rownames(by_group)), c("CD3E", "MS4A1"))
   expect_true("proba_m1" %in% names(by_group))
   expect_error(FindMarkersSCVI(pbmc, ident.1 = "9", verbose = FALSE), "group '9' not found")
   expect_error(FindMarkersSCVI(pbmc, ident.1 = "0", group.by = "nope", verbose = FALSE), "not found")
+})
+
+test_that("FindMarkersSCVI filters as Seurat does, sorts deterministically and repeats with a seed", {
+  skip_if_no_core()
+  pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 10, seed = 0, verbose = FALSE)
+  run <- function(...) FindMarkersSCVI(pbmc, ident.1 = "0", ident.2 = "1", n_samples = 300,
+                                       verbose = FALSE, ...)
+  all <- run(logfc.threshold = 0, min.pct = 0, seed = 7)
+  expect_equal(nrow(all), 230L)
+  # seed: the same call repeats exactly, another seed differs
+  expect_identical(run(logfc.threshold = 0, min.pct = 0, seed = 7), all)
+  expect_false(identical(run(logfc.threshold = 0, min.pct = 0, seed = 8)$avg_log2FC,
+                         all$avg_log2FC))
+  # no seed: set.seed() makes it repeat
+  set.seed(42)
+  a <- run()
+  set.seed(42)
+  b <- run()
+  expect_identical(a, b)
+
+  # Seurat's filters and defaults (logfc.threshold = 0.25, min.pct = 0.1), on the same draws
+  def <- run(seed = 7)
+  expected <- all[pmax(all$pct.1, all$pct.2) >= 0.1 & abs(all$avg_log2FC) >= 0.25, ]
+  expect_identical(def, expected)
+  expect_true(nrow(def) < 230L && nrow(def) > 0L)
+  pos <- run(seed = 7, only.pos = TRUE)
+  expect_true(all(pos$avg_log2FC >= 0.25))
+  expect_identical(rownames(pos), rownames(def)[def$avg_log2FC > 0])
+  strict <- run(seed = 7, min.pct = 0.5, logfc.threshold = 1)
+  expect_true(all(pmax(strict$pct.1, strict$pct.2) >= 0.5 & abs(strict$avg_log2FC) >= 1))
+  some <- run(seed = 7, features = c("CD3E", "MS4A1", "NKG7", "PPBP"), logfc.threshold = 0,
+              min.pct = 0)
+  expect_setequal(rownames(some), c("CD3E", "MS4A1", "NKG7", "PPBP"))
+  expect_error(run(min.pct = 2), "`min.pct` must be between 0 and 1")
+  expect_error(run(only.pos = "yes"), "`only.pos` must be TRUE or FALSE")
+
+  # sorted by proba_de, then |avg_log2FC|, then name
+  key <- order(-all$proba_de, -abs(all$avg_log2FC), rownames(all), method = "radix")
+  expect_identical(key, seq_len(nrow(all)))
+  ties <- all[all$proba_de == max(all$proba_de), ]
+  if (nrow(ties) > 1) expect_false(is.unsorted(rev(abs(ties$avg_log2FC))))
+})
+
+test_that("FindAllMarkersSCVI is shaped like Seurat's FindAllMarkers", {
+  skip_if_no_core()
+  pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 10, seed = 0, verbose = FALSE)
+  genes <- c("CD3E", "MS4A1", "NKG7", "PPBP", "LYZ", "S100A9")
+  all <- FindAllMarkersSCVI(pbmc, features = genes, logfc.threshold = 0, min.pct = 0,
+                            n_samples = 200, seed = 1, verbose = FALSE)
+  expect_identical(tail(names(all), 2), c("cluster", "gene"))
+  expect_true(all(c("avg_log2FC", "pct.1", "pct.2", "proba_de", "bayes_factor", "is_de_fdr") %in%
+                    names(all)))
+  expect_false(any(grepl("p_val", names(all))))  # no invented p-values
+  expect_s3_class(all$cluster, "factor")
+  expect_identical(levels(all$cluster), levels(SeuratObject::Idents(pbmc)))
+  expect_equal(nrow(all), length(genes) * nlevels(SeuratObject::Idents(pbmc)))
+  expect_identical(rownames(all), make.unique(all$gene))
+  expect_false(is.unsorted(as.integer(all$cluster)))
+  for (cl in levels(all$cluster)) {
+    block <- all[all$cluster == cl, ]
+    expect_setequal(block$gene, genes)
+    expect_false(is.unsorted(rev(block$proba_de)))
+  }
+  # a cluster's block is FindMarkersSCVI of that cluster against the rest
+  one <- FindMarkersSCVI(pbmc, ident.1 = "0", features = genes, logfc.threshold = 0,
+                         min.pct = 0, n_samples = 200, seed = 1, verbose = FALSE)
+  expect_identical(all$gene[all$cluster == "0"], rownames(one))
+  pos <- FindAllMarkersSCVI(pbmc, features = genes, only.pos = TRUE, n_samples = 200, seed = 1,
+                            verbose = FALSE)
+  expect_true(all(pos$avg_log2FC > 0))
+  by_group <- FindAllMarkersSCVI(pbmc, group.by = "groups", features = genes, n_samples = 100,
+                                 logfc.threshold = 0, min.pct = 0, seed = 1, verbose = FALSE)
+  expect_setequal(levels(by_group$cluster), c("g1", "g2"))
 })
 
 test_that("findMarkersSCVI runs one-vs-rest on a SingleCellExperiment", {
