@@ -165,6 +165,10 @@
   args <- .verb_args(verb, a)
   plan <- list(model = verb$model, input = eco$input(object, a, verb$proteins),
                features = a$features, columns = args$columns, setup = args$setup)
+  if (!is.null(eco$prepare)) {  # Seurat v5: split counts as the batch (seurat5.R)
+    ready <- eco$prepare(object, plan, args, verb, a)
+    object <- ready$object; plan <- ready$plan; args <- ready$args
+  }
   if (!is.null(verb$plan)) plan <- verb$plan(plan, eco, object, a, args)
   verbose <- isTRUE(a$verbose)
   if (is.null(plan$model)) {
@@ -458,7 +462,8 @@ load_cellvi_model <- function(model_dir, name = NULL) {
     list(record = misc, input = list(counts = SeuratObject::DefaultAssay(object[[reduction]]),
                                      proteins = misc$protein_assay))
   },
-  columns = function(object) colnames(object[[]]),
+  columns = function(object) .seurat5_columns(object),
+  prepare = function(object, plan, args, verb, a) .seurat5_split_batch(object, plan, args, verb, a),
   write = function(object, results, record, plan, a, verbose) {
     if (!is.null(results$latent)) {
       name <- .or_default(plan$latent_name, a$reduction.name)
@@ -490,7 +495,8 @@ load_cellvi_model <- function(model_dir, name = NULL) {
     for (name in names(results$cell_matrices)) {
       # Keys are alphanumeric plus "_"; Seurat would otherwise warn and make one.
       object <- .seurat_add_assay(object, t(results$cell_matrices[[name]]), name,
-                                  key = paste0(gsub("[^[:alnum:]]", "", name), "_"))
+                                  key = paste0(gsub("[^[:alnum:]]", "", name), "_"),
+                                  like = plan$input$counts)
     }
     names_of <- c(rna = "assay.name", protein = "protein.assay.name")
     for (kind in names(results$assays)) {
@@ -498,7 +504,8 @@ load_cellvi_model <- function(model_dir, name = NULL) {
       name <- a[[names_of[[kind]]]]
       logged <- isTRUE(results$assays[[kind]]$log1p)
       # Seurat's `data` slot holds log-normalized values (what its plots and tests expect).
-      object <- .seurat_add_assay(object, if (logged) log1p(data) else data, name)
+      object <- .seurat_add_assay(object, if (logged) log1p(data) else data, name,
+                                  like = plan$input$counts)
       if (verbose) {
         message("Added assay '", name, "' (", nrow(data), " ",
                 .assay_unit(results$assays[[kind]], kind),
@@ -510,10 +517,12 @@ load_cellvi_model <- function(model_dir, name = NULL) {
 )
 
 # A data assay with a valid key (letters and digits, then "_"; by default the name in lower
-# case, as Seurat makes it: assay "SCVI" has key "scvi_").
+# case, as Seurat makes it: assay "SCVI" has key "scvi_"); a v5 Assay5 when the assay `like`
+# (the counts' assay) is one (seurat5.R).
 .seurat_add_assay <- function(object, data, name,
-                              key = paste0(tolower(gsub("[^[:alnum:]]", "", name)), "_")) {
-  assay <- SeuratObject::CreateAssayObject(data = data)
+                              key = paste0(tolower(gsub("[^[:alnum:]]", "", name)), "_"),
+                              like = NULL) {
+  assay <- .seurat_new_assay(object, data, like)
   SeuratObject::Key(assay) <- key
   object[[name]] <- assay
   object

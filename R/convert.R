@@ -435,7 +435,7 @@
   }
   parts <- .parts(counts, what = paste0("Seurat assay '", assay, "' (", slot, ")"),
                   hint = "Pass the raw counts: slot = \"counts\"")
-  meta <- object[[]]
+  meta <- .with_split_column(object[[]], .seurat5_split(object, assay, slot))
   rows <- match(parts$cells, rownames(meta))
   if (anyNA(rows)) {
     .stop_kind("ValueError", "the rows of meta.data do not match the cells of assay '", assay,
@@ -467,9 +467,28 @@
 # SeuratObject::Layers they would make R CMD check fail where SeuratObject 4 is installed.
 .so5 <- function(name) getExportedValue("SeuratObject", name)
 
-# Non-empty slots (SeuratObject 4) or layers (SeuratObject 5) of an assay.
+# Cell metadata with the split of the counts' layer (a factor from .seurat5_split(), or NULL:
+# not split) as column .split_column, replacing a column of that name.
+.with_split_column <- function(meta, split) {
+  if (is.null(split)) return(meta)
+  meta[[.split_column]] <- split[rownames(meta)]
+  meta
+}
+
+# Non-empty slots (SeuratObject 4) or layers (SeuratObject 5; a split layer by its name, not
+# its parts') of an assay.
 .seurat_layer_names <- function(object, assay) {
-  if (.seuratobject_v5()) return(.so5("Layers")(object[[assay]]))
+  if (.seuratobject_v5()) {
+    have <- .so5("Layers")(object[[assay]])
+    return(unique(vapply(have, function(l) {
+      base <- have[startsWith(l, paste0(have, "."))]
+      if (length(base)) return(base[1])
+      dot <- regexpr(".", l, fixed = TRUE)
+      # a part "<layer>.<group>" of a split layer whose own name is not a layer
+      if (dot > 1L && sum(startsWith(have, substr(l, 1L, dot))) > 1L) substr(l, 1L, dot - 1L)
+      else l
+    }, character(1), USE.NAMES = FALSE)))
+  }
   have <- c("counts", "data", "scale.data")
   have[vapply(have, function(l) {
     length(SeuratObject::GetAssayData(object, slot = l, assay = assay)) > 0
@@ -676,28 +695,103 @@ as_anndata.Seurat <- function(object, assay = NULL, slot = "counts", features = 
 }
 
 # The genes x cells matrix of one slot/layer: GetAssayData for SeuratObject 4, LayerData for
-# SeuratObject >= 5 (split layers must be joined first).
+# SeuratObject >= 5, where a layer split in parts ("counts.A", "counts.B", ...) is read as one
+# matrix (.seurat5_layer(), below).
 .seurat_matrix <- function(object, assay, slot) {
-  if (.seuratobject_v5()) {
-    layers <- tryCatch(.so5("Layers")(object[[assay]], search = slot),
-                       error = function(e) character(0))
-    if (!length(layers)) {
-      .stop_kind("KeyError", "layer '", slot, "' not found in assay '", assay, "'; available: ",
-                 .show_some(.so5("Layers")(object[[assay]])))
-    }
-    if (length(layers) > 1) {
-      stop("assay '", assay, "' has ", length(layers), " layers matching '", slot, "' (",
-           .show_some(layers), "); join them first with SeuratObject::JoinLayers().",
-           call. = FALSE)
-    }
-    m <- .so5("LayerData")(object, assay = assay, layer = layers)
-    if (is.null(dimnames(m)[[1]]) || is.null(dimnames(m)[[2]])) {
-      dimnames(m) <- list(SeuratObject::Features(object[[assay]], layer = layers),
-                          SeuratObject::Cells(object[[assay]], layer = layers))
-    }
-    return(m)
-  }
+  if (.seuratobject_v5()) return(.seurat5_layer(object, assay, slot))
   SeuratObject::GetAssayData(object, slot = slot, assay = assay)
+}
+
+# ---- Seurat v5 layers ------------------------------------------------------------------------
+# A SeuratObject 5 assay (Assay5) holds its matrices as layers; `split(object[["RNA"]], f = ...)`
+# cuts each layer into parts named "<layer>.<group>" (counts.A, counts.B, ...), each holding
+# some of the cells. Conversion reads the parts of a layer together, as one genes x cells matrix
+# with the cells in the object's order, and offers the split as a metadata column
+# (.split_column) so that it can be the batch. Nothing here needs Python (rds.R sources it).
+
+# The metadata column that carries the split of a layer (its group per cell).
+.split_column <- "split.layer"
+
+# The layers of assay object `a` that hold `layer`: the layer itself, or else its split parts
+# "<layer>.<group>" in the assay's order (character(0): none). v3/v4 assays: the slot.
+.seurat5_parts_of <- function(a, layer) {
+  have <- .so5("Layers")(a)
+  if (layer %in% have) return(layer)
+  have[startsWith(have, paste0(layer, "."))]
+}
+
+# The group of each cell of assay `assay` in the split of `layer`: a factor named by cell, in
+# the assay's cell order, levels in the order of the parts; NULL when the layer is not split.
+.seurat5_split <- function(object, assay, layer = "counts") {
+  if (!.seuratobject_v5()) return(NULL)
+  a <- object[[assay]]
+  if (!inherits(a, "StdAssay")) return(NULL)
+  parts <- .seurat5_parts_of(a, layer)
+  if (length(parts) < 2L || identical(parts, layer)) return(NULL)
+  groups <- substring(parts, nchar(layer) + 2L)
+  cells <- SeuratObject::Cells(a)
+  group <- rep(NA_character_, length(cells))
+  for (k in seq_along(parts)) {
+    group[match(SeuratObject::Cells(a, layer = parts[k]), cells)] <- groups[k]
+  }
+  stats::setNames(factor(group, levels = groups), cells)
+}
+
+# The genes x cells matrix of `layer` of `assay` in a SeuratObject 5 object; the parts of a split
+# layer joined (features of any part, in the assay's order; cells in the assay's order).
+.seurat5_layer <- function(object, assay, layer) {
+  a <- object[[assay]]
+  parts <- .seurat5_parts_of(a, layer)
+  if (!length(parts)) {
+    .stop_kind("KeyError", "layer '", layer, "' not found in assay '", assay, "'; available: ",
+               .show_some(.so5("Layers")(a)))
+  }
+  mats <- lapply(parts, function(l) {
+    m <- .so5("LayerData")(a, layer = l)
+    if (is.null(dimnames(m)[[1]]) || is.null(dimnames(m)[[2]])) {
+      dimnames(m) <- list(SeuratObject::Features(a, layer = l), SeuratObject::Cells(a, layer = l))
+    }
+    m
+  })
+  if (length(mats) == 1L) return(mats[[1]])
+  .join_layer_parts(mats, SeuratObject::Features(a), SeuratObject::Cells(a),
+                    paste0("layer '", layer, "' of assay '", assay, "'"))
+}
+
+# Joins matrices (features x cells, each some of the cells) into one: rows = the features of
+# `features` that some part has, columns = the cells of `cells` that some part has, in those
+# orders. Sparse parts stay sparse (dense parts are joined dense); a feature missing from a part
+# is zero there (said in a warning).
+.join_layer_parts <- function(mats, features, cells, what) {
+  have <- unique(unlist(lapply(mats, rownames), use.names = FALSE))
+  features <- features[features %in% have]
+  dense <- all(vapply(mats, is.matrix, logical(1)))
+  short <- vapply(mats, function(m) nrow(m) != length(features) ||
+                    !identical(rownames(m), features), logical(1))
+  if (any(vapply(mats, nrow, integer(1)) < length(features))) {
+    warning(what, ": some parts lack some features (", length(features), " in all); they ",
+            "count as zero there", call. = FALSE)
+  }
+  mats <- lapply(seq_along(mats), function(k) {
+    m <- mats[[k]]
+    if (!dense) m <- .as_dgc(m, what)
+    if (!short[k]) return(m)
+    rows <- match(features, rownames(m))
+    if (dense) {
+      out <- matrix(0, length(features), ncol(m), dimnames = list(features, colnames(m)))
+      out[!is.na(rows), ] <- m[rows[!is.na(rows)], , drop = FALSE]
+      return(out)
+    }
+    # rows of the part in the joined order (those it lacks stay empty)
+    keep <- match(rownames(m), features)
+    m <- m[!is.na(keep), , drop = FALSE]
+    Matrix::sparseMatrix(i = keep[!is.na(keep)][m@i + 1L], p = m@p, x = m@x,
+                         dims = c(length(features), ncol(m)),
+                         dimnames = list(features, colnames(m)))
+  })
+  joined <- do.call(cbind, mats)
+  order <- match(cells, colnames(joined))
+  joined[, order[!is.na(order)], drop = FALSE]
 }
 
 #' @rdname as_anndata
@@ -1000,7 +1094,14 @@ as_sce <- function(adata, X_name = "counts", protein_altexp = "ADT") {
 #' @param protein_assay Name of the assay that receives the protein counts of
 #'   `obsm["protein_expression"]` (totalVI's input) as its `counts`. `NULL`: proteins become
 #'   a reduction like any other obsm entry.
-#' @return A `Seurat` object.
+#' @param split.by SeuratObject 5 only: an `obs` column by which the counts layer of `assay`
+#'   is split (`counts.<group>` layers, as `split(object[["RNA"]], f = ...)` makes them). The
+#'   default, `"split.layer"`, is the column [as_anndata()] writes for an object whose counts
+#'   are split, so a split object comes back split; that column is then dropped from the
+#'   metadata (the layers hold it). Nothing is split when the column is absent, with
+#'   SeuratObject 4 (where the column stays metadata), or with `split.by = NULL`.
+#' @return A `Seurat` object (with SeuratObject 5: assays of class `Assay5`, as
+#'   `CreateSeuratObject()` makes them).
 #' @seealso [as_sce()], [as_anndata()], [read_h5ad()]
 #' @examples
 #' if (cellvi_available() && requireNamespace("SeuratObject", quietly = TRUE)) {
@@ -1010,7 +1111,7 @@ as_sce <- function(adata, X_name = "counts", protein_altexp = "ADT") {
 #'   SeuratObject::Reductions(seu)   # "pca" "tsne"
 #' }
 #' @export
-as_seurat <- function(adata, assay = "RNA", protein_assay = "ADT") {
+as_seurat <- function(adata, assay = "RNA", protein_assay = "ADT", split.by = "split.layer") {
   .check_anndata(adata)
   .require_pkg("SeuratObject", "build a Seurat object")
   obs <- .py_df_to_r(adata$obs)
@@ -1027,8 +1128,12 @@ as_seurat <- function(adata, assay = "RNA", protein_assay = "ADT") {
   proteins <- if (!is.null(protein_assay)) .py_proteins_to_r(adata, cells)
   if (!is.null(proteins)) {
     rownames(proteins) <- gsub("_", "-", rownames(proteins), fixed = TRUE)  # as Seurat would
-    object[[protein_assay]] <- SeuratObject::CreateAssayObject(
-      counts = .as_dgc(proteins, "the protein counts"))
+    proteins <- .as_dgc(proteins, "the protein counts")
+    object[[protein_assay]] <- if (inherits(object[[assay]], "StdAssay")) {
+      .so5("CreateAssay5Object")(counts = proteins)  # v5 like the RNA (SeuratObject 5)
+    } else {
+      SeuratObject::CreateAssayObject(counts = proteins)
+    }
   }
   reds <- .py_obsm_to_r(adata, colnames(object),
                         skip = if (!is.null(proteins)) .protein_obsm_key)
@@ -1039,6 +1144,42 @@ as_seurat <- function(adata, assay = "RNA", protein_assay = "ADT") {
     object[[nm]] <- SeuratObject::CreateDimReducObject(embeddings = emb, key = key,
                                                        assay = assay)
   }
+  .seurat5_split_by(object, assay, split.by)
+}
+
+# as_seurat()'s split: the counts of `assay` split by the metadata column `split.by` (SeuratObject
+# 5; the column .split_column is dropped afterwards: the layers hold it).
+.seurat5_split_by <- function(object, assay, split.by) {
+  if (is.null(split.by)) return(object)
+  if (!is.character(split.by) || length(split.by) != 1L || is.na(split.by)) {
+    stop("split.by must be one obs column name or NULL", call. = FALSE)
+  }
+  present <- split.by %in% colnames(object[[]])
+  if (!present || !.seuratobject_v5()) {
+    if (!identical(split.by, .split_column)) {
+      if (!present) {
+        .stop_kind("KeyError", "obs column '", split.by, "' (split.by) not found; available: ",
+                   .show_some(colnames(object[[]]), 20))
+      }
+      stop("split.by needs SeuratObject >= 5 (split layers); installed: ",
+           utils::packageVersion("SeuratObject"), call. = FALSE)
+    }
+    return(object)
+  }
+  if (!inherits(object[[assay]], "StdAssay")) {
+    stop("split.by: assay '", assay, "' is not a v5 assay (Assay5); set ",
+         "options(Seurat.object.assay.version = \"v5\") or split.by = NULL", call. = FALSE)
+  }
+  f <- object[[split.by, drop = TRUE]]
+  if (anyNA(f)) {
+    stop("obs column '", split.by, "' has NA values; every cell needs a group to split by",
+         call. = FALSE)
+  }
+  groups <- if (is.factor(f)) droplevels(f) else factor(f, levels = unique(f))
+  a <- suppressMessages(split(object[[assay]], f = stats::setNames(groups, colnames(object)),
+                              layers = "counts"))
+  object[[assay]] <- a
+  if (identical(split.by, .split_column)) object[[split.by]] <- NULL
   object
 }
 

@@ -190,6 +190,13 @@ runSCANVI <- function(x, labels_key, unlabeled_category = "Unknown", batch_key =
   meta_names <- eco$columns(query)
   columns <- setdiff(.model_obs_columns(reference), FALSE)
   batch_column <- .or_default(a$query_batch_key, setup$batch_key)
+  if (!is.null(setup$batch_key) && is.null(a$query_batch_key) &&
+      !batch_column %in% meta_names && .split_column %in% meta_names) {
+    # a Seurat v5 query whose counts are split in layers: the split is its batch (seurat5.R)
+    message("The query's counts are split in layers: the split is its batch (query_batch_key = \"",
+            .split_column, "\"). Pass query_batch_key to use another column.")
+    batch_column <- .split_column
+  }
   if (!is.null(setup$batch_key)) {
     if (!batch_column %in% meta_names) {
       stop("the query has no metadata column '", batch_column, "' (the reference's batch ",
