@@ -27,6 +27,8 @@
 #' - PeakVI (scATAC-seq): [RunPEAKVI()], [AccessibilityPEAKVI()], [FindMarkersPEAKVI()].
 #' - CellAssign (cell types from marker genes): [RunCellAssign()]; AutoZI (zero-inflated
 #'   genes): [RunAUTOZI()]; Solo (doublets): [RunSolo()].
+#' - Seurat v5 objects (`Assay5`, split layers) work with every Seurat verb; [scVIIntegration()]
+#'   is an integration method for Seurat 5's `IntegrateLayers()`.
 #' - Conversion: [as_anndata()], [as_seurat()], [as_sce()], [read_h5ad()]; shipped data:
 #'   [cellvi_dataset()], among them `"kang_pbmc"`: 3,000 PBMCs of 8 donors with cell types,
 #'   for a real analysis without Python set-up beyond [install_cellvi()].
@@ -45,7 +47,9 @@
 #' core's names, so one page of the Python documentation serves both. A verb's own page
 #' lists its arguments, with the defaults of its model.
 #'
-#' @param object A Seurat object with raw counts.
+#' @param object A Seurat object with raw counts (SeuratObject 4 assays, or SeuratObject 5
+#'   `Assay5` layers, joined or split: split counts layers are read together, cells in the
+#'   object's order).
 #' @param x A SingleCellExperiment with raw counts.
 #' @param assay Assay holding the counts (default: the default assay); its `counts` slot is
 #'   used.
@@ -53,7 +57,9 @@
 #' @param features Genes to model (default: all). Highly variable genes are a good choice,
 #'   e.g. `VariableFeatures(object)`.
 #' @param batch_key Metadata column of the batch (sample, donor, lane ...): its effects are
-#'   removed from the latent space.
+#'   removed from the latent space. `NULL` on a Seurat v5 object whose counts are split in
+#'   layers (`split(object[["RNA"]], f = ...)`): the split is the batch (a message says so;
+#'   the metadata column `split.layer` is added to record it); otherwise no batch.
 #' @param labels_key Metadata column of cell labels.
 #' @param categorical_covariate_keys,continuous_covariate_keys Metadata columns of further
 #'   covariates.

@@ -113,7 +113,7 @@
 #'   obj <- SeuratObject::pbmc_small
 #'   obj[["RNA"]] <- methods::as(obj[["RNA"]], "Assay5")
 #'   obj[["RNA"]] <- split(obj[["RNA"]], f = obj$groups)
-#'   if (requireNamespace("Seurat", quietly = TRUE) &&
+#'   if (nzchar(system.file(package = "Seurat")) &&
 #'       utils::packageVersion("Seurat") >= "5.0.0") {
 #'     obj <- Seurat::IntegrateLayers(obj, method = scVIIntegration, orig.reduction = "pca",
 #'                                    max_epochs = 20, verbose = FALSE)
