@@ -163,6 +163,7 @@
 .run_verb <- function(eco, object, verb, a) {
   eco$check(object)
   args <- .verb_args(verb, a)
+  .set_progress_style()
   plan <- list(model = verb$model, input = eco$input(object, a, verb$proteins),
                features = a$features, columns = args$columns, setup = args$setup)
   if (!is.null(eco$prepare)) {  # Seurat v5: split counts as the batch (seurat5.R)
@@ -216,6 +217,22 @@
 
 # Session folder of models saved by verbs without a `model_dir` (and of unpacked ones).
 .session_models_root <- function() file.path(tempdir(), "cellvi-models")
+
+# How training shows progress (when `verbose`): a bar redrawn in place where R's output is a
+# terminal (or RStudio's console), else -- Rscript piped to a log, a knitted document -- a plain
+# line every ~10% of the epochs (the core's settings.progress_style).
+.progress_style <- function() {
+  if (isTRUE(getOption("knitr.in.progress"))) return("lines")
+  if (isatty(stdout()) || (interactive() && nzchar(Sys.getenv("RSTUDIO")))) "bar" else "lines"
+}
+
+.set_progress_style <- function() {
+  cv <- .core()
+  if (reticulate::py_has_attr(cv$settings, "progress_style")) {
+    cv$settings$progress_style <- .progress_style()
+  }
+  invisible()
+}
 
 .new_model_dir <- function(model_class) {
   stamp <- format(Sys.time(), "%Y%m%d-%H%M%S")

@@ -84,7 +84,13 @@
 #' @param name Name of the new reducedDim.
 #' @param reduction The reduction whose model to use.
 #' @param dimred The reducedDim whose model to use.
-#' @param verbose Show progress (a bar during training) and messages.
+#' @param verbose Show progress and messages (`FALSE`: silent). Training shows the planned
+#'   epochs and an estimate of the whole run after the first epoch, then a bar in a terminal,
+#'   or, when R's output is not a terminal (`Rscript` into a log, a knitted document), a plain
+#'   line every ~10% of the epochs (epoch, ELBO, elapsed and remaining time). When the
+#'   validation ELBO is still clearly rising at the last epoch, a warning says "not
+#'   converged" (more epochs may change the results); `options(cellvi.warn_not_converged =
+#'   FALSE)` silences it.
 #' @name cellvi-params
 #' @keywords internal
 NULL

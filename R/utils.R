@@ -72,6 +72,11 @@
   }, finally = recorder$`__exit__`(NULL, NULL, NULL))
   caught <- Filter(function(w) reticulate::py_to_r(builtins$issubclass(w$category, builtins$UserWarning)),
                    reticulate::py_to_r(caught))
+  # options(cellvi.warn_not_converged = FALSE) silences the "not converged" warning
+  if (isFALSE(getOption("cellvi.warn_not_converged", TRUE))) {
+    caught <- Filter(function(w) !identical(.py_value(w$category$`__name__`),
+                                            "ConvergenceWarning"), caught)
+  }
   messages <- unique(vapply(caught, function(w) reticulate::py_str(w$message),
                             character(1)))
   for (msg in messages) warning(msg, call. = FALSE)

@@ -1,4 +1,4 @@
-"""Global settings: ``cellvi.settings.seed``, ``progress_bar``, ``num_threads``."""
+"""Global settings: ``cellvi.settings.seed``, ``progress_bar``, ``progress_style``, ``num_threads``."""
 from __future__ import annotations
 
 import random
@@ -15,11 +15,16 @@ class Settings:
     >>> import cellvi
     >>> cellvi.settings.seed = 0          # runs on the CPU now repeat exactly
     >>> cellvi.settings.progress_bar = False
+    >>> cellvi.settings.progress_style = "lines"  # plain lines even in a terminal
     """
 
     def __init__(self) -> None:
         self._seed: int | None = None
         self.progress_bar: bool = True
+        #: How training shows progress: ``"auto"`` (a bar when stderr is a terminal, else a
+        #: plain line every ~10% of the epochs, for logs and knitted documents), ``"bar"`` or
+        #: ``"lines"``.
+        self.progress_style: str = "auto"
 
     @property
     def seed(self) -> int | None:

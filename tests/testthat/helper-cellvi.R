@@ -21,3 +21,7 @@ pbmc_with_labels <- function(fraction = 0.5) {
   pbmc$truth <- truth
   pbmc
 }
+
+# Test runs train for a few epochs: their models are never converged, and saying so each time
+# is noise here (test-progress.R turns the warning back on).
+options(cellvi.warn_not_converged = FALSE)

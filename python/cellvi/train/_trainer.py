@@ -11,6 +11,9 @@ import ctypes
 import dataclasses
 import logging
 import math
+import sys
+import time
+import warnings
 
 import numpy as np
 import torch
@@ -25,6 +28,10 @@ logger = logging.getLogger("cellvi")
 
 class TrainingError(RuntimeError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class ConvergenceWarning(UserWarning):
+    """Training ended while the validation ELBO was still clearly rising."""
 
 
 class StopTraining(Exception):
@@ -428,31 +435,33 @@ class Trainer:
                 f"reconstruction_loss_{suffix}": rec, f"kl_local_{suffix}": kl}
 
     def fit(self) -> list[dict]:
-        from tqdm.auto import tqdm  # imported here: `import cellvi` stays light
-
         has_validation = self.data.n_cells(self.validation_indices) > 0
         monitor = self.plan.monitor
         if not has_validation and monitor.endswith("_validation"):
             monitor = monitor[: -len("_validation")] + "_train"
-        bar = tqdm(range(self.max_epochs), desc="Training", unit="epoch", disable=not self.progress_bar,
-                   dynamic_ncols=True)
-        with single_threaded_global_openblas():
-            self._run_epochs(bar, has_validation, monitor)
-        bar.close()
+        progress = Progress(self.max_epochs, self.progress_bar, settings.progress_style)
+        try:
+            with single_threaded_global_openblas():
+                stopped = self._run_epochs(progress, has_validation, monitor)
+        finally:
+            progress.close()
         self.module.eval()
+        if not stopped:
+            warn_if_not_converged(self.history)
         return self.history
 
-    def _run_epochs(self, bar, has_validation: bool, monitor: str) -> None:
+    def _run_epochs(self, progress: "Progress", has_validation: bool, monitor: str) -> bool:
+        """The epochs; True when training stopped before ``max_epochs`` (early stopping or the
+        epoch callback)."""
         # Early stopping compares the watched metric with its sign set so that higher is better.
         sign = 1.0 if self.plan.monitor_mode == "max" else -1.0
         best, since_best = -math.inf, 0
-        for epoch in bar:
+        for epoch in range(self.max_epochs):
             row = {"epoch": epoch, **self._train_epoch(epoch)}
             if has_validation:
                 row.update(self.evaluate(self.validation_indices, "validation"))
             self.history.append(row)
             if not all(math.isfinite(v) for v in row.values()):
-                bar.close()
                 raise TrainingError(
                     f"the loss became NaN or infinite in epoch {epoch + 1}. Usual causes: input that "
                     "is not raw counts (normalized, scaled or very large values), a learning rate "
@@ -466,13 +475,13 @@ class Trainer:
                 for suffix, shown in (("train", label), ("validation", f"{label}_val")):
                     if f"{stem}_{suffix}" in row:
                         postfix[shown] = f"{row[f'{stem}_{suffix}']:.4g}"
-            bar.set_postfix(postfix, refresh=False)
+            progress.update(epoch, postfix)
             if self.epoch_callback is not None:
                 try:
                     self.epoch_callback(self, row)
                 except StopTraining:
                     logger.info("training stopped by the epoch callback after epoch %d", epoch + 1)
-                    return
+                    return True
             if self.scheduler is not None:
                 self.scheduler.step(row[monitor])
             if self.early_stopping:
@@ -483,4 +492,126 @@ class Trainer:
                     if since_best >= self.patience:
                         logger.info("early stopping after epoch %d: %s has not improved for %d epochs",
                                     epoch + 1, monitor, self.patience)
-                        return
+                        progress.note(f"Early stopping after epoch {epoch + 1}: {monitor} has not "
+                                      f"improved for {self.patience} epochs")
+                        return True
+        return False
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class Progress:
+    """Training progress on stderr, in one of two styles.
+
+    ``"bar"``: a tqdm bar redrawn in place (for a terminal). ``"lines"``: a plain line after
+    the first epoch and then every ~10% of the epochs (epoch, ELBO, elapsed, remaining), for
+    output that is not a terminal: a log file, a pipe, a knitted document, where a bar's
+    carriage returns would pile up into one long line. ``"auto"``: the bar when stderr is a
+    terminal, else lines. Both say the planned epochs and an estimate of the whole run after
+    the first epoch.
+    """
+
+    def __init__(self, max_epochs: int, enabled: bool, style: str = "auto", stream=None):
+        if style not in ("auto", "bar", "lines"):
+            raise ValueError(f"progress style must be 'auto', 'bar' or 'lines', got {style!r}")
+        self.max_epochs = max_epochs
+        self.enabled = bool(enabled)
+        self.stream = stream if stream is not None else sys.stderr
+        if style == "auto":
+            style = "bar" if _is_terminal(self.stream) else "lines"
+        self.style = style
+        self.start = time.perf_counter()
+        self.bar = None
+        self._next_line = 1  # the next tenth of the run that gets a line
+        if self.enabled and style == "bar":
+            from tqdm.auto import tqdm  # imported here: `import cellvi` stays light
+
+            self.bar = tqdm(total=max_epochs, desc="Training", unit="epoch", dynamic_ncols=True,
+                            file=self.stream)
+
+    def _write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self._write(text)
+
+    def update(self, epoch: int, postfix: dict) -> None:
+        if not self.enabled:
+            return
+        done = epoch + 1
+        elapsed = time.perf_counter() - self.start
+        remaining = elapsed / done * (self.max_epochs - done)
+        if done == 1:
+            self._write(f"Training for {self.max_epochs} epoch{'s' if self.max_epochs > 1 else ''}: "
+                        f"the first took {elapsed:.2g}s, so about {_duration(elapsed * self.max_epochs)} "
+                        "in all")
+        if self.bar is not None:
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(1)
+            return
+        tenth = done * 10 // self.max_epochs
+        if tenth >= self._next_line or done == self.max_epochs:
+            self._next_line = tenth + 1
+            metrics = "  ".join(f"{k} {v}" for k, v in postfix.items())
+            self._write(f"Epoch {done}/{self.max_epochs} ({100 * done // self.max_epochs}%)  {metrics}  "
+                        f"elapsed {_duration(elapsed)}  remaining ~{_duration(remaining)}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def not_converged(values, min_epochs: int = 20) -> str | None:
+    """Why a run whose per-epoch validation ELBO is ``values`` looks unconverged, or None.
+
+    A straight line is fitted to the last fifth of the epochs (at least 10): the curve is
+    "clearly rising" when its slope is more than three standard errors above zero and the
+    rise it implies over those epochs exceeds 1% of the whole climb since the first epoch
+    (so a long run creeping up by noise-level amounts passes). Runs shorter than
+    ``min_epochs`` are not judged.
+    """
+    values = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = values.size
+    if n < min_epochs:
+        return None
+    tail = values[-max(10, n // 5):]
+    x = np.arange(tail.size, dtype=float)
+    x -= x.mean()
+    slope = float((x * (tail - tail.mean())).sum() / (x * x).sum())
+    residuals = tail - tail.mean() - slope * x
+    se = math.sqrt(float((residuals ** 2).sum()) / (tail.size - 2) / float((x * x).sum()))
+    rise = slope * (tail.size - 1)
+    climb = float(values[-1] - values[0])
+    if slope > 3 * se and rise > 0.01 * abs(climb):
+        return (f"the validation ELBO was still rising at the last epoch (+{rise:.3g} over the "
+                f"last {tail.size} epochs, to {tail[-1]:.6g})")
+    return None
+
+
+def warn_if_not_converged(history: list[dict]) -> None:
+    """A :class:`ConvergenceWarning` when the validation ELBO was still clearly rising at the
+    end of training (see :func:`not_converged`)."""
+    why = not_converged([row.get("elbo_validation") for row in history])
+    if why is not None:
+        warnings.warn(f"not converged: {why}; more epochs (max_epochs) may change the results",
+                      ConvergenceWarning, stacklevel=4)
