@@ -161,6 +161,9 @@
 # Runs `verb` on `object` (a Seurat object or SCE, handled by the adapter `eco`) with the verb's
 # arguments in the environment `a`.
 .run_verb <- function(eco, object, verb, a) {
+  # Messages name the arguments of the verb the user called (see .counts_fix()).
+  .cellvi_env$caller <- list(name = .verb_name(sys.function(-1)), eco = eco$name, a = a)
+  on.exit(.cellvi_env$caller <- NULL, add = TRUE)
   eco$check(object)
   args <- .verb_args(verb, a)
   .set_progress_style()
@@ -205,6 +208,43 @@
   for (output in verb$outputs) results <- c(results, output(model, adata, a, plan, cells))
   if ("table" %in% names(results)) return(results$table)
   eco$write(object, results, record, plan, a, verbose)
+}
+
+# The exported name of the verb function `f` ("the verb" when it is not one).
+.verb_name <- function(f) {
+  ns <- asNamespace("cellvi")
+  for (n in getNamespaceExports(ns)) {
+    if (identical(get0(n, envir = ns, inherits = FALSE), f)) return(n)
+  }
+  "the verb"
+}
+
+# What to do about counts that are not raw counts, in the terms of the function the user
+# called: a verb's own arguments (`assay`, `assay.type`, `protein_assay` ...), or, from
+# as_anndata() and friends, `hint` and their `allow_non_counts`.
+.counts_fix <- function(hint, protein = FALSE) {
+  caller <- .cellvi_env$caller
+  if (is.null(caller)) {
+    return(paste0(hint, " (or set allow_non_counts = TRUE to convert ",
+                  if (protein) "them" else "it", " anyway)."))
+  }
+  fn <- paste0(caller$name, "()")
+  has <- function(arg) exists(arg, envir = caller$a, inherits = FALSE)
+  seurat <- caller$eco == "seurat"
+  if (protein) {
+    arg <- if (seurat) "protein_assay" else "protein_altexp"
+    return(paste0(fn, " reads the protein counts of `", arg, "`: pass ", arg, " = the ",
+                  if (seurat) "assay" else "altExp", " holding the raw antibody (ADT) counts."))
+  }
+  if (seurat && has("assay")) {
+    return(paste0(fn, " reads the counts slot of `assay`: pass assay = an assay whose counts ",
+                  "slot holds the raw counts (whole numbers)."))
+  }
+  if (!seurat && has("assay.type")) {
+    return(paste0(fn, " reads the assay named by `assay.type`: pass assay.type = the assay of ",
+                  "raw counts (whole numbers), usually \"counts\"."))
+  }
+  paste0(fn, " needs the raw counts (whole numbers) the model was trained on.")
 }
 
 # ---- where models live -----------------------------------------------------------------------
@@ -361,7 +401,7 @@
 #' if (cellvi_available()) {
 #'   pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 20, verbose = FALSE)
 #'   model <- load_cellvi_model(pbmc, "scvi")
-#'   tail(reticulate::py_to_r(model$history))
+#'   tail(cellvi_history(model))
 #' }
 #' }
 #' @export

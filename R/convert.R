@@ -21,11 +21,8 @@
     mods <- c(np = "numpy", sp = "scipy.sparse", pd = "pandas", ad = "anndata")
     handles <- lapply(mods, function(m) {
       tryCatch(reticulate::import(m, convert = FALSE), error = function(e) {
-        stop("Python module '", m, "' could not be imported (Python: ",
-             tryCatch(reticulate::py_config()$python, error = function(e2) "none found"),
-             "): ", conditionMessage(e), ". Point RETICULATE_PYTHON to an environment with ",
-             "numpy, scipy, pandas and anndata, e.g. the .venv made by scripts/setup_env.sh.",
-             call. = FALSE)
+        stop("Python module '", m, "' could not be imported: ",
+             .r_wording(conditionMessage(e)), ". ", .python_advice(), call. = FALSE)
       })
     })
     handles$bi <- reticulate::import_builtins(convert = FALSE)
@@ -153,14 +150,12 @@
   if (allow_non_counts) return(invisible(TRUE))
   if (lo < 0) {
     stop(what, " has negative values (min ", signif(lo, 4), "), so it does not hold raw counts: ",
-         "normalized or scaled data was probably passed. ", hint,
-         " (or set allow_non_counts = TRUE to convert it anyway).", call. = FALSE)
+         "normalized or scaled data was probably passed. ", .counts_fix(hint), call. = FALSE)
   }
   bad <- reticulate::py_to_r(.cellvi_py_helpers()$first_non_integer(x_py))
   if (!is.null(bad)) {
     stop(what, " has non-integer values (e.g. ", signif(bad, 6), "), so it does not hold raw ",
-         "counts: normalized data was probably passed. ", hint,
-         " (or set allow_non_counts = TRUE to convert it anyway).", call. = FALSE)
+         "counts: normalized data was probably passed. ", .counts_fix(hint), call. = FALSE)
   }
   invisible(TRUE)
 }
@@ -545,8 +540,8 @@
   if (allow_non_counts || !length(m)) return(invisible(TRUE))
   if (min(m) < 0 || any(m != round(m))) {
     stop(what, " does not hold raw counts (negative or non-integer values, e.g. ",
-         signif(m[m < 0 | m != round(m)][1], 6), "): pass the raw ADT counts ",
-         "(or set allow_non_counts = TRUE to convert them anyway).", call. = FALSE)
+         signif(m[m < 0 | m != round(m)][1], 6), "). ",
+         .counts_fix("Pass the raw ADT counts", protein = TRUE), call. = FALSE)
   }
   invisible(TRUE)
 }

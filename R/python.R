@@ -167,6 +167,26 @@ cellvi_available <- function() {
   isTRUE(tryCatch(reticulate::py_module_available("cellvi"), error = function(e) FALSE))
 }
 
+# Which Python R tried, why that one, and what to do: for messages when the core (or one of
+# its dependencies) cannot be imported.
+.python_advice <- function() {
+  python <- tryCatch(reticulate::py_config()$python, error = function(e) NA_character_)
+  env <- Sys.getenv("RETICULATE_PYTHON")
+  why <- if (nzchar(env)) {
+    "set by RETICULATE_PYTHON"
+  } else if (reticulate::virtualenv_exists(.default_envname)) {
+    paste0("the virtualenv '", .default_envname, "' made by install_cellvi()")
+  } else {
+    "reticulate's default: no RETICULATE_PYTHON and no cellvi environment"
+  }
+  others <- setdiff(unique(Sys.which(c("python3", "python"))), c("", python))
+  paste0("R tried the Python ", if (is.na(python)) "(none found)" else python, " (", why, ")",
+         if (length(others)) paste0("; other Pythons here: ", paste(others, collapse = ", ")),
+         ". Run cellvi::install_cellvi() to install the core into its own environment, then ",
+         "restart R", if (nzchar(env)) " without RETICULATE_PYTHON (or point it to that environment's Python)",
+         "; or set RETICULATE_PYTHON to a Python that has cellvi installed.")
+}
+
 .choose_python <- function() {
   if (nzchar(Sys.getenv("RETICULATE_PYTHON")) || reticulate::py_available(initialize = FALSE)) {
     return(invisible())
@@ -192,12 +212,20 @@ cellvi_available <- function() {
 cellvi_python_module <- function() {
   if (is.null(.cellvi_env$module)) {
     if (!cellvi_available()) {
-      python <- tryCatch(reticulate::py_config()$python, error = function(e) "none found")
-      stop("the cellvi Python core is not available to reticulate (Python: ", python, "). ",
-           "Run cellvi::install_cellvi(), or set RETICULATE_PYTHON to a Python that has ",
-           "cellvi installed, then restart R.", call. = FALSE)
+      why <- tryCatch({
+        reticulate::import("cellvi")
+        ""
+      }, error = function(e) paste0(" (", .r_wording(conditionMessage(e)), ")"))
+      stop("the cellvi Python core cannot be imported", why, ". ", .python_advice(),
+           call. = FALSE)
     }
     .cellvi_env$module <- reticulate::import("cellvi", delay_load = FALSE)
+    # reticulate (< 1.36) converts a pandas DataFrame with Index.format(), which pandas 2
+    # deprecates: py_to_r(model$history) would print a FutureWarning the user can do nothing
+    # about (cellvi_history() converts without it).
+    reticulate::py_run_string(paste0(
+      "import warnings; warnings.filterwarnings('ignore', message='Index.format is deprecated', ",
+      "category=FutureWarning)"))
     .check_blas()
   }
   .cellvi_env$module

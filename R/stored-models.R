@@ -152,3 +152,32 @@ cellvi_remove_models <- function(x, names = NULL, delete_files = FALSE) {
   }
   load_cellvi_model(record$model_dir)
 }
+
+#' Training history of a cellvi model
+#'
+#' The per-epoch history of training (`elbo_train`, `elbo_validation`,
+#' `reconstruction_loss_*`, `kl_local_*`, `loss_train`, `kl_weight`, ...), as a data.frame
+#' with an `epoch` column (from 1). ELBOs are log-likelihood bounds: higher is better.
+#'
+#' @param x A Seurat object or SingleCellExperiment on which a cellvi verb ran, a model
+#'   directory, or a model from [load_cellvi_model()].
+#' @param name For an object: the name of its model (see [cellvi_models()]).
+#' @return A data.frame, one row per epoch.
+#' @examples
+#' \donttest{
+#' if (cellvi_available()) {
+#'   pbmc <- RunSCVI(SeuratObject::pbmc_small, max_epochs = 20, verbose = FALSE)
+#'   history <- cellvi_history(pbmc, "scvi")
+#'   plot(history$epoch, history$elbo_validation, type = "l")
+#' }
+#' }
+#' @export
+cellvi_history <- function(x, name = NULL) {
+  model <- if (inherits(x, "python.builtin.object")) x else load_cellvi_model(x, name)
+  # converted column by column (reticulate's own DataFrame conversion warns with pandas 2)
+  history <- .py_call(model$history$reset_index())
+  out <- .py_df_to_r(history)
+  rownames(out) <- NULL
+  if (!is.null(out$epoch)) out$epoch <- as.integer(out$epoch) + 1L
+  out
+}

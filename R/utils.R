@@ -64,11 +64,9 @@
   builtins <- reticulate::import_builtins(convert = FALSE)
   py_warnings$simplefilter("always", builtins$UserWarning)
   result <- tryCatch(expr, python.builtin.BaseException = function(e) {
-    stop(conditionMessage(e), call. = FALSE)
+    stop(.r_wording(conditionMessage(e)), call. = FALSE)
   }, error = function(e) {
-    msg <- conditionMessage(e)
-    msg <- sub("(?s)\nRun `reticulate::py_last_error\\(\\)`.*$", "", msg, perl = TRUE)
-    stop(msg, call. = FALSE)
+    stop(.r_wording(conditionMessage(e)), call. = FALSE)
   }, finally = recorder$`__exit__`(NULL, NULL, NULL))
   caught <- Filter(function(w) reticulate::py_to_r(builtins$issubclass(w$category, builtins$UserWarning)),
                    reticulate::py_to_r(caught))
@@ -81,6 +79,26 @@
                             character(1)))
   for (msg in messages) warning(msg, call. = FALSE)
   result
+}
+
+# A Python error message in R's terms: no exception name in front ("ValueError: ", "KeyError:
+# '...'"), no reticulate footer or trailing blank lines, metadata columns instead of obs columns,
+# and R code instead of Python code in the advice.
+.r_wording <- function(msg) {
+  msg <- sub("(?s)\n*Run `reticulate::py_last_error\\(\\)`.*$", "", msg, perl = TRUE)
+  msg <- sub("^\\s*(Error in py_call_impl[^:]*:\\s*)?", "", msg, perl = TRUE)
+  msg <- sub("^([A-Za-z_][A-Za-z0-9_.]*(Error|Exception|Warning|Exit|Interrupt)): ", "", msg,
+             perl = TRUE)
+  msg <- sub("\\s+$", "", msg, perl = TRUE)
+  # KeyError's message is the repr of its argument: quoted, with quotes escaped
+  if (grepl("^'.*'$", msg) || grepl('^".*"$', msg)) {
+    msg <- gsub("\\\\'", "'", substr(msg, 2L, nchar(msg) - 1L))
+  }
+  msg <- gsub("(\\w+)\\.obs\\['([^']+)'\\] = 'query_' \\+ \\1\\.obs\\['\\2'\\]\\.astype\\(str\\)",
+              "\\1$\\2 <- paste0(\"query_\", \\1$\\2)", msg, perl = TRUE)
+  msg <- gsub("(\\w+)\\.obs\\['([^']+)'\\]", "\\1$\\2", msg, perl = TRUE)
+  msg <- gsub("\\bobs column", "metadata column", msg, perl = TRUE)
+  msg
 }
 
 # An R value from a Python object (reticulate handles made with convert = FALSE stay Python).

@@ -116,7 +116,7 @@ knn_scores <- function(emb) {
 pca_scores <- knn_scores(Embeddings(pbmc, "pca")[, 1:20])
 scvi_scores <- knn_scores(Embeddings(pbmc, "scvi"))
 model <- load_cellvi_model(file.path(out, "scvi_model"))
-history <- reticulate::py_to_r(model$history)
+history <- cellvi_history(model)
 
 cat("\n== cellvi main job: scVI on Kang et al. 2018 control PBMCs (Seurat)\n")
 cat(sprintf("data: %d cells x %d genes, %d donors, %d cell types\n", ncol(pbmc), nrow(pbmc),

@@ -204,6 +204,31 @@ def obs_column(adata, key: str, role: str) -> pd.Series:
     return column
 
 
+def check_grouping(column: pd.Series, key: str, role: str) -> None:
+    """Refuse, as a batch or label column, one that cannot be a grouping of the cells: numbers
+    that are not whole (a continuous measurement), or a value that differs in every cell (cell
+    names, barcodes, a per-cell score), which would make one group per cell."""
+    n = len(column)
+    if pd.api.types.is_float_dtype(column.dtype):
+        values = column.to_numpy(dtype=float)
+        bad = values[np.isfinite(values) & (values != np.round(values))]
+        if bad.size:
+            raise ValueError(
+                f"obs column '{key}' ({role}) holds non-integer numbers (e.g. {bad[0]:g}): it looks "
+                f"like a continuous measurement, not groups of cells. Pass it in "
+                f"continuous_covariate_keys, or give {role} a column of categories (e.g. sample or "
+                "donor names)"
+            )
+    if n >= 10 and column.nunique(dropna=True) == n:
+        example = ", ".join(str(v) for v in column.iloc[:3])
+        raise ValueError(
+            f"obs column '{key}' ({role}) has a different value in every one of the {n} cells "
+            f"({example}, ...): it would make one group per cell. Give {role} a column whose "
+            "values are shared by many cells (e.g. sample, donor or cell type), or pass a numeric "
+            "per-cell value in continuous_covariate_keys"
+        )
+
+
 def category_codes(adata, key: str, role: str, categories: list[str]) -> np.ndarray:
     values = obs_column(adata, key, role).astype(str)
     codes = pd.Categorical(values, categories=categories).codes.astype(np.int64)
@@ -549,7 +574,9 @@ class CategoricalObsField(Field):
             if self.unlabeled_category is not None:
                 raise ValueError(f"unlabeled_category needs {self.role} (the obs column of the labels)")
             return
-        categories = category_strings(obs_column(adata, self.obs_key, self.role))[1]
+        column = obs_column(adata, self.obs_key, self.role)
+        check_grouping(column, self.obs_key, self.role)
+        categories = category_strings(column)[1]
         if self.unlabeled_category is not None:
             if self.unlabeled_category in categories:
                 categories.remove(self.unlabeled_category)

@@ -191,3 +191,17 @@ def test_setup_checks_the_data_once_and_models_still_build(sim):
     second = cellvi.SCVI(sim)  # the next model checks the data again itself
     assert second._own_tensors is None
     np.testing.assert_array_equal(second._tensors().batch, first._own_tensors.batch)
+
+
+@pytest.mark.parametrize("role", ["batch_key", "labels_key"])
+def test_a_grouping_column_that_is_continuous_or_per_cell_is_refused(sim, role):
+    sim.obs["score"] = np.linspace(0.1, 3.3, sim.n_obs)  # a continuous measurement
+    with pytest.raises(ValueError, match=r"obs column 'score' \(" + role + r"\) holds non-integer "
+                       r"numbers \(e\.g\. 0\.1\).*continuous_covariate_keys"):
+        cellvi.SCVI.setup_anndata(sim, **{role: "score"})
+    sim.obs["barcode"] = [f"cell{i}" for i in range(sim.n_obs)]  # one value per cell
+    with pytest.raises(ValueError, match=r"different value in every one of the 600 cells "
+                       r"\(cell0, cell1, cell2, \.\.\.\)"):
+        cellvi.SCVI.setup_anndata(sim, **{role: "barcode"})
+    sim.obs["whole"] = sim.obs["batch_int"].astype(float)  # whole numbers as floats: groups
+    cellvi.SCVI.setup_anndata(sim, **{role: "whole"})
