@@ -490,6 +490,16 @@
   }, logical(1))]
 }
 
+# reducedDimNames(x) without its cost: the accessor runs updateObject() on the whole object
+# (~20 ms for 100,000 cells, an eighth of converting its counts); the names are those of the
+# internal colData's reducedDims table, read directly when it is there.
+.sce_reduced_dim_names <- function(x) {
+  fast <- tryCatch(colnames(SingleCellExperiment::int_colData(x)[["reducedDims"]]),
+                   error = function(e) NULL)
+  if (is.character(fast)) return(fast)
+  SingleCellExperiment::reducedDimNames(x)
+}
+
 # A SummarizedExperiment's parts: assay `assay.type` as the counts, colData, rowData,
 # reducedDims (SingleCellExperiment), the protein altExp's counts and the other assays.
 .sce_parts <- function(object, assay.type = "counts", metadata = TRUE, reductions = TRUE,
@@ -505,8 +515,7 @@
   parts$obs <- .metadata_columns(SummarizedExperiment::colData(object), metadata, "colData")
   parts$var <- .metadata_columns(SummarizedExperiment::rowData(object), TRUE, "rowData")
   if (methods::is(object, "SingleCellExperiment")) {
-    red_names <- .select_names(reductions, SingleCellExperiment::reducedDimNames(object),
-                               "reducedDim(s)")
+    red_names <- .select_names(reductions, .sce_reduced_dim_names(object), "reducedDim(s)")
     reds <- lapply(red_names, function(r) {
       e <- SingleCellExperiment::reducedDim(object, r)
       if (!is.null(colnames(object))) rownames(e) <- colnames(object)
