@@ -116,3 +116,23 @@ test_that("NormalizeSCVI writes log1p of the normalized expression into `data`, 
   expect_true(max(a) < log1p(1e4) && min(a) >= 0)
   expect_error(NormalizeSCVI(pbmc, log = NA, verbose = FALSE), "`log` must be TRUE or FALSE")
 })
+
+test_that("a verb that saves several models (Solo: scVI + one Solo per batch) keeps them all inside the object", {
+  skip_if_no_core()
+  pbmc <- RunSolo(SeuratObject::pbmc_small, batch_key = "groups", scvi_reduction = NULL,
+                  max_epochs = 2, scvi_max_epochs = 2, seed = 0, verbose = FALSE)
+  record <- SeuratObject::Misc(pbmc, "cellvi")$solo
+  expect_type(record$model_store$bytes, "raw")
+  expect_identical(cellvi_models(pbmc)$stored, "object")
+  # the session's files gone: the record is written back, every path moved with it
+  unlink(record$model_dir, recursive = TRUE)
+  back <- cellvi:::.materialize_record(record)
+  expect_false(identical(back$model_dir, record$model_dir))
+  expect_length(back$solo_dirs, 2L)
+  expect_true(all(startsWith(c(back$solo_dirs, back$scvi_model_dir), back$model_dir)))
+  for (d in c(back$solo_dirs, back$scvi_model_dir)) {
+    expect_true(file.exists(file.path(d, "model.json")), info = d)
+  }
+  solo <- load_cellvi_model(back$solo_dirs[[1]])
+  expect_identical(reticulate::py_to_r(solo$`__class__`$`__name__`), "SOLO")
+})
