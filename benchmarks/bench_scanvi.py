@@ -200,7 +200,8 @@ class CellviTool:
 
     def train(self, model, n_cells, epochs, query=False):
         model.train(max_epochs=epochs, train_size=1.0, batch_size=self.cfg["batch_size"],
-                    n_epochs_kl_warmup=_whole(self.cfg["kl_warmup"]), device="cpu", progress_bar=False)
+                    n_epochs_kl_warmup=_whole(self.cfg["kl_warmup"]), plan_kwargs={"kl_warmup_cap": 0.75},
+                    device="cpu", progress_bar=False)
 
     def map_query(self, query, reference):
         """(query model, its AnnData, prepare seconds, load seconds)."""

@@ -344,7 +344,7 @@ def worker_cellvi(cfg, train, test) -> dict:
     model.train(max_epochs=cfg["epochs"], device=cfg["device"], train_size=1.0,
                 batch_size=cfg["batch_size"], lr=cfg["lr"], eps=cfg["eps"],
                 weight_decay=cfg["weight_decay"], n_epochs_kl_warmup=_whole(cfg["kl_warmup_arg"]),
-                progress_bar=False)
+                plan_kwargs={"kl_warmup_cap": 0.75}, progress_bar=False)
     train_s = time.perf_counter() - t0
     rss_train = _maxrss_mib()
     _mark_training_peak()

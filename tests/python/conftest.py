@@ -30,7 +30,9 @@ def sim_trained():
     adata = simulate_counts(batch_strength=0.3)
     cellvi.SCVI.setup_anndata(adata, batch_key="batch")
     model = cellvi.SCVI(adata, n_latent=5)
-    model.train(max_epochs=20)
+    # The warm-up ends halfway, so that the tests see a model trained at full KL weight
+    # (the default 400-epoch warm-up would end this short run near weight 0.05).
+    model.train(max_epochs=20, n_epochs_kl_warmup=10)
     return adata, model
 
 

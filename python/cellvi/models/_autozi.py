@@ -40,8 +40,7 @@ class AUTOZI(VAEMixin, ExpressionMixin, BaseModel):
       scvi-tools' is one estimate for the whole data set, divided by its number of cells.
     - As in scvi-tools, the training loss is scaled so that Adam runs as on scvi-tools'
       loss, which is the number of training cells times this one (see :meth:`train`), and
-      with its KL warm-up of z (400 epochs, not capped at three quarters of the run as in
-      :class:`SCVI`).
+      with its KL warm-up of z (400 epochs, not shortened for short runs).
 
     The calls settle slowly: the Beta parameters learn from noisy reparameterised gradients,
     in scvi-tools as here. On kang_se_12261 (12,261 PBMCs x 1,287 genes, batch = sample, one

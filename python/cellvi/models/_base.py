@@ -205,7 +205,8 @@ class BaseModel:
         lr, weight_decay, eps
             Adam's settings (default: the model's; 1e-3, 1e-6 and 0.01 for scVI).
         n_epochs_kl_warmup
-            Epochs of linear KL warm-up, capped at three quarters of ``max_epochs``.
+            Epochs of linear KL warm-up (as scvi-tools: a shorter run ends below full weight;
+            ``plan_kwargs={"kl_warmup_cap": 0.75}`` ends it by three quarters of the run).
         limit_train_batches
             Train on at most this many minibatches per epoch (a fraction if a float <= 1).
         progress_bar

@@ -87,10 +87,10 @@ class GIMVI(BaseModel):
     """
 
     # scvi-tools' gimVI training: Adam at lr 1e-3; KL warm-up over 400 epochs, not shortened
-    # for shorter runs (kl_warmup_cap=None; see train()); a classifier of the data set (3
-    # hidden layers) as the adversary, its weight set by train(kappa=...).
+    # for shorter runs (see train()); a classifier of the data set (3 hidden layers) as the
+    # adversary, its weight set by train(kappa=...).
     _plan_defaults = {"lr": 1e-3, "weight_decay": 1e-6, "eps": 0.01, "n_epochs_kl_warmup": 400,
-                      "kl_warmup_cap": None, "adversarial_classifier": True, "adversarial_n_layers": 3}
+                      "adversarial_classifier": True, "adversarial_n_layers": 3}
 
     def __init__(self, adata_seq=None, adata_spatial=None, generative_distributions: Sequence[str] | None = None,
                  model_library_size: Sequence[bool] | None = None, n_latent: int = 10, *,

@@ -78,7 +78,7 @@ class PEAKVI(VAEMixin, PosteriorMixin, MappingMixin, BaseModel):
     # warm-up not shortened for short runs, early stopping on the validation reconstruction
     # loss (lower is better).
     _plan_defaults = {"lr": 1e-4, "weight_decay": 1e-3, "eps": 1e-8, "optimizer": "AdamW",
-                      "n_epochs_kl_warmup": 50, "kl_warmup_cap": None,
+                      "n_epochs_kl_warmup": 50,
                       "monitor": "reconstruction_loss_validation", "monitor_mode": "min"}
     # cellvi.autotune's default search space; the defaults (n_hidden and n_latent None: sized
     # from the number of regions) join the choices in the defaults trial.

@@ -18,7 +18,7 @@ def test_posterior_predictive_check(sim_trained):
     for observed, reference in pairs.items():
         assert c[observed].between(-1, 1).all() and c[reference].between(-1, 1).all()
         # Count noise, not the model, limits the references: they rise with library size.
-        assert np.corrcoef(np.log(c["library_size"]), c[reference])[0, 1] > 0.3
+        assert np.corrcoef(np.log(c["library_size"]), c[reference])[0, 1] > 0.1
     # Draws carry the count noise that the posterior mean averages away, in both pairs.
     assert c["spearman_mean"].median() > c["spearman_draw"].median()
     assert c["spearman_draw_vs_mean"].median() > c["spearman_draw_vs_draw"].median()
