@@ -134,7 +134,7 @@
 # as a float64 numpy array (the buffer the transfer to Python makes anyway). NaN, infinite and
 # negative values are found in R with single passes that allocate nothing (anyNA, min, max);
 # the non-integer scan runs in numpy, in chunks, because in R it allocates temporaries as
-# large as x (measured on 10M values: +226 MiB and 0.19 s in R; ~0.02 s and no growth in numpy).
+# large as x (memory and time grow with x), while the chunked scan allocates only a chunk.
 .check_counts <- function(x, x_py, allow_non_counts, what, hint) {
   if (!length(x)) return(invisible(TRUE))
   if (anyNA(x)) {
@@ -490,8 +490,8 @@
   }, logical(1))]
 }
 
-# reducedDimNames(x) without its cost: the accessor runs updateObject() on the whole object
-# (~20 ms for 100,000 cells, an eighth of converting its counts); the names are those of the
+# reducedDimNames(x) without its cost: the accessor runs updateObject() on the whole object,
+# a noticeable share of converting it (bench_convert_sce.R); the names are those of the
 # internal colData's reducedDims table, read directly when it is there.
 .sce_reduced_dim_names <- function(x) {
   fast <- tryCatch(colnames(SingleCellExperiment::int_colData(x)[["reducedDims"]]),

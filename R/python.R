@@ -231,8 +231,8 @@ cellvi_python_module <- function() {
   .cellvi_env$module
 }
 
-# torch's matrix products call the BLAS that R loaded first. With R's reference BLAS they are
-# some 30x slower than in Python; say so once, with the fix.
+# torch's matrix products call the BLAS that R loaded first. R's reference BLAS is unthreaded
+# and untuned, many times slower than the BLAS torch brings; say so once, with the fix.
 .check_blas <- function() {
   timing <- reticulate::py_run_string(paste(
     "import time, torch",

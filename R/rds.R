@@ -7,9 +7,9 @@
 # Python sources convert.R and this file into the R it embeds (from a source checkout), or
 # takes cellvi:::.rds_read from the installed R package; nothing here may call Python.
 
-# Record separator: names travel from R as one string joined with it (paste is fast, rpy2 is
-# slow per string: 1e6 names take ~0.4 s joined and ~4.6 s one by one). When a value contains
-# it, the vector travels as it is instead.
+# Record separator: names travel from R as one string joined with it, because rpy2 converts a
+# character vector string by string, far more slowly than paste and one split in Python. When
+# a value contains it, the vector travels as it is instead.
 .rds_sep <- "\036"
 
 # strings: one joined string plus the 0-based positions of NAs

@@ -353,9 +353,9 @@ class _Context:
             return float(last_heldout["reconstruction_loss_heldout"])
         if metric == "marginal_ll":
             n_mc = int(self.config["metric_kwargs"].get("n_mc_samples", 100))
-            # Few cells per chunk: a chunk holds n_mc x cells x genes values, and chunks of
-            # more than ~2 MB made kang's score 4x slower (49 s vs 11 s for 3,065 cells x 100
-            # samples, 1 thread: fresh memory for every chunk).
+            # Few cells per chunk: a chunk holds n_mc x cells x genes values. Chunks of up to
+            # ~2 MB reuse the allocator's cached buffers; larger ones take fresh memory (page
+            # faults) for every chunk, which made the score several times slower.
             batch_size = self.config["metric_kwargs"].get(
                 "batch_size", max(1, 2**19 // (n_mc * max(1, self.registry.n_vars))))
             return float(model.get_marginal_ll(self.test_adata, n_mc_samples=n_mc, batch_size=batch_size))

@@ -28,16 +28,17 @@ class CovariateLinear(nn.Module):
     def forward(self, x: torch.Tensor, cats: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         out = self.linear(x)
         for weight, codes in zip(self.cat_weights, cats):
-            # index_select: its backward (index_add) is ~30x faster on the CPU than that of
-            # weight[codes] (index_put with accumulation), 8 of 43 ms of a totalVI step.
+            # index_select: its backward (index_add) is much faster on the CPU than that of
+            # weight[codes] (index_put with accumulation), which was a sizeable share of a
+            # totalVI training step.
             out = out + torch.index_select(weight, 0, codes)
         return out
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` with its mask drawn as uniform numbers >= p: the same distribution in
-    half the time on the CPU (torch's bernoulli_ took 270 us per 256 x 256 mask, 7% of a
-    totalVI training step)."""
+    """``nn.Dropout`` with its mask drawn as uniform numbers >= p: the same distribution,
+    drawn faster on the CPU than by torch's bernoulli_, whose masks (one per dropout layer and
+    step) were a visible share of a totalVI training step."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
@@ -207,7 +208,7 @@ class ExpressionDecoder(nn.Module):
 
         The non-linear decoder computes the product transposed (W h^T, which MKL also runs
         faster) and normalises down the columns, which costs less than transposing a cells x
-        genes result (measured: 0.21 against 0.32 s for 5,000 cells x 9,000 genes, 2 cores).
+        genes result (a strided copy of the whole result).
         """
         if self.linear:  # the head's own layers (BatchNorm, covariates) have no such shortcut
             return self(z, cats, with_zi=False, with_theta=False)[0].t()

@@ -3,8 +3,8 @@
 Count and accessibility matrices are mostly zeros (scATAC 1-5% non-zero, RNA 5-15%), and the
 first encoder layer (regions or genes x hidden) is the largest product of a step. Read as a
 sparse matrix, its forward product and its weight gradient cost in proportion to the non-zero
-entries: on 128 cells x 10,000 peaks at 2% density, 0.3 + 1.5 ms instead of 3.4 + 3.1 ms
-(one CPU thread). The weight is stored transposed (inputs x outputs), the layout the sparse
+entries instead of to cells x inputs, which at scATAC densities is a small fraction of the
+dense work. The weight is stored transposed (inputs x outputs), the layout the sparse
 product reads fastest (a transposed copy per step would cost as much as the product).
 """
 from __future__ import annotations
@@ -26,9 +26,10 @@ with warnings.catch_warnings():
                             (1, 1), check_invariants=False)
 
 
-# Above this fraction of non-zeros the dense product is as fast or faster (2 threads: pbmc10k
-# RNA at 10% non-zero the same speed either way, kang at 27% 5-13% slower sparse; granja scATAC
-# at 1.6%: 10-25% faster sparse).
+# Above this fraction of non-zeros the dense product is as fast or faster: a non-zero costs the
+# sparse product several times what an entry costs the dense one (index reads, scattered
+# access), so reading sparse pays off at scATAC densities (a few per cent) and not at those of
+# RNA counts (10% and more: the same speed or slower).
 SPARSE_INPUT_MAX_DENSITY = 0.05
 
 
@@ -63,7 +64,8 @@ class SparseRows:
         if self._transposed is None:
             n_rows, n_cols = self.shape
             if self.values.device.type == "cpu":
-                # scipy's CSR -> CSC is a counting sort in C: 5x faster than argsort here
+                # scipy's CSR -> CSC is a counting sort in C, linear in the non-zeros, where an
+                # argsort of the column indices would be a comparison sort
                 csc = sp.csr_matrix((self.values.detach().numpy(), self.cols.numpy(),
                                      self.csr.crow_indices().numpy()), shape=self.shape).tocsc()
                 offsets = torch.from_numpy(csc.indptr.astype(np.int64))
