@@ -48,9 +48,8 @@ class AUTOZI(VAEMixin, ExpressionMixin, BaseModel):
     this implementation (its warm-up then capped) with scvi-tools on 69-73%; after 200 epochs at lr 1e-2 over 92% of
     genes had P < 0.1 or > 0.9 in every run, two scvi-tools seeds agreed on 98.4% and this
     implementation with scvi-tools on 98.1-98.5% (both called 92.5-92.9% of the genes
-    zero-inflated). Training ran 2.5-2.6x as many cells per second as scvi-tools' (about
-    10,500 against 4,100). Check that the calls are stable (e.g. two seeds) before reading
-    them.
+    zero-inflated); training speed against scvi-tools is in ``benchmarks/RESULTS.md``. Check
+    that the calls are stable (e.g. two seeds) before reading them.
 
     Parameters
     ----------

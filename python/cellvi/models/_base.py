@@ -161,8 +161,8 @@ class BaseModel:
     def _cells_per_chunk(values_per_cell: int) -> int:
         """Default cells per chunk of a query: up to 1,024, fewer for wide data, so that a
         chunk holds about two million values. Buffers of that size (8 MB) are reused by the
-        allocator; 1,024 cells x 9,000 genes (37 MB) are mapped afresh for every chunk, and
-        their page faults took as long as the decoder's matrix product (2 cores)."""
+        allocator; 1,024 cells x 9,000 genes (37 MB) would be mapped afresh for every chunk,
+        and their page faults cost about as much as the decoder's matrix product."""
         return max(16, min(1024, 2**21 // max(1, values_per_cell)))
 
     def _obs_names(self, adata, indices) -> pd.Index:

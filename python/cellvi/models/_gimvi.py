@@ -51,7 +51,8 @@ class GIMVI(BaseModel):
     Measured on spacexr's MERFISH pair (1,304 reference cells, 750 MERFISH cells, 134 genes;
     13 spatial genes held out per seed, 200 epochs, seeds 0-2; ``benchmarks/bench_gimvi.py``):
     median Spearman correlation of imputed and measured held-out genes 0.18-0.27 (scvi-tools'
-    GIMVI 0.17-0.28, per seed within 0.04 of it), training 1.1-1.2x as fast as scvi-tools.
+    GIMVI 0.17-0.28, per seed within 0.04 of it); training speed against scvi-tools is in
+    ``benchmarks/RESULTS.md``.
 
     Parameters
     ----------
