@@ -172,13 +172,35 @@ def test_fdr_calls_control_the_expected_fdr():
     assert not fdr_calls(np.array([0.5, 0.4]), 0.05).any()
 
 
-def test_batch_corrected_markers_on_kang():
+def test_markers_on_kang_normalized_expression_and_batch_corrected_de():
     adata = shared_data("kang_se_12261.h5ad")
     cellvi.settings.seed = 0
     cellvi.SCVI.setup_anndata(adata, batch_key="sample_id")
-    model = cellvi.SCVI(adata)
+    model = cellvi.SCVI(adata)  # zinb, the default
     model.train(max_epochs=8)
     symbols = adata.var["feature"].astype(str)
+
+    # Textbook markers: the model's normalized expression orders the main cell types as the
+    # log-normalised data do, wherever those differ clearly (a ZINB model can instead explain
+    # a marker's absence by zero inflation and keep its mean high where it is absent).
+    types = ["CD14+ Monocytes", "B cells", "NK cells", "CD4 T cells"]
+    cell_type = adata.obs["cluster_id"].astype(str).to_numpy()
+    markers = {"CD79A": "B cells", "LYZ": "CD14+ Monocytes", "CD14": "CD14+ Monocytes",
+               "NKG7": "NK cells", "GNLY": "NK cells", "IL7R": "CD4 T cells"}
+    ids = [symbols.index[symbols == g][0] for g in markers]
+    counts = adata[:, ids].X.toarray()
+    per_10k = counts / np.asarray(adata.X.sum(1)).ravel()[:, None] * 1e4
+    log_normalised = pd.DataFrame(np.log1p(per_10k), columns=list(markers))
+    expression = model.get_normalized_expression(gene_list=ids, library_size=1e4)
+    expression.columns = list(markers)
+    for gene, home in markers.items():
+        observed = {t: log_normalised.loc[cell_type == t, gene].mean() for t in types}
+        modelled = {t: expression.loc[cell_type == t, gene].mean() for t in types}
+        assert max(modelled, key=modelled.get) == home, (gene, modelled)
+        for a in types:
+            for b in types:
+                if observed[a] - observed[b] > 0.5:
+                    assert modelled[a] > 2 * modelled[b], (gene, a, b, modelled)
     de = model.differential_expression(groupby="cluster_id", batch_correction=True, n_samples=2000,
                                        mode="change")
     de["symbol"] = symbols.reindex(de.index).to_numpy()
