@@ -64,7 +64,12 @@
 #' @param categorical_covariate_keys,continuous_covariate_keys Metadata columns of further
 #'   covariates.
 #' @param n_latent,n_hidden,n_layers,dropout_rate Network size.
-#' @param gene_likelihood `"zinb"`, `"nb"` or `"poisson"`.
+#' @param gene_likelihood `"zinb"` (default, as scvi-tools), `"nb"` or `"poisson"`. For UMI
+#'   counts (10x and other droplet data) `"nb"` is usually the better choice when normalized
+#'   expression or markers matter: a ZINB model can explain a gene's absence from a cell type
+#'   by zero inflation and keep its mean high there, and normalized expression (which leaves
+#'   the zero inflation out) then shows the gene where it is absent. ZINB suits read counts
+#'   of full-length protocols (e.g. Smart-seq2).
 #' @param dispersion `"gene"`, `"gene-batch"`, `"gene-label"` or `"gene-cell"`.
 #' @param max_epochs Training epochs (`NULL`: `min(round(20000 / cells * 400), 400)`).
 #' @param batch_size Cells per minibatch.
