@@ -37,8 +37,11 @@
   dimnames(proteins) <- list(.or_default(a$proteins, unlist(.py_value(model$protein_names))),
                              cells)
   assays <- list()
-  if (nrow(rna)) assays$rna <- list(data = rna, whole = is.null(a$features))
-  if (nrow(proteins)) assays$protein <- list(data = proteins, whole = is.null(a$proteins))
+  logged <- .as_flag(.or_default(a$log, FALSE), "log")  # Seurat only: NormalizeTOTALVI(log =)
+  if (nrow(rna)) assays$rna <- list(data = rna, whole = is.null(a$features), log1p = logged)
+  if (nrow(proteins)) {
+    assays$protein <- list(data = proteins, whole = is.null(a$proteins), log1p = logged)
+  }
   list(assays = assays)
 }
 
@@ -106,7 +109,9 @@ RunTOTALVI <- function(object, protein_assay = "ADT", assay = NULL, features = N
 #'
 #' Decodes each cell's latent state into RNA expression with library size and technical noise
 #' removed, and into protein expression with the protein background removed, and stores them
-#' as two new assays (values in their `data` slot).
+#' as two new assays: `log1p()` of the values in their `data` slot (as Seurat's own
+#' normalization, so that plots and tests read log-scale values, like [NormalizeSCVI()]), or
+#' the linear values with `log = FALSE`.
 #'
 #' @param object A Seurat object on which [RunTOTALVI()] has run.
 #' @param features Genes to return (default: all genes of the model; `character(0)`: none).
@@ -119,6 +124,8 @@ RunTOTALVI <- function(object, protein_assay = "ADT", assay = NULL, features = N
 #'   each cell's own.
 #' @param include_protein_background Add the protein background back (the expected counts
 #'   of both components).
+#' @param log `TRUE`: `log1p()` of the denoised values in the `data` slots; `FALSE`: the
+#'   linear values.
 #' @param verbose Show messages.
 #' @inheritParams cellvi-params
 #' @return The Seurat object with the new assays.
@@ -134,7 +141,7 @@ RunTOTALVI <- function(object, protein_assay = "ADT", assay = NULL, features = N
 NormalizeTOTALVI <- function(object, reduction = "totalvi", features = NULL, proteins = NULL,
                              assay.name = "TOTALVI", protein.assay.name = "TOTALVI_ADT",
                              library_size = 1e4, n_samples = 1, transform_batch = NULL,
-                             include_protein_background = FALSE, verbose = TRUE) {
+                             include_protein_background = FALSE, log = TRUE, verbose = TRUE) {
   .run_verb(.seurat, object, .normalize_totalvi_verb, environment())
 }
 

@@ -37,7 +37,12 @@ test_that("RunTOTALVI, NormalizeTOTALVI and FindMarkersTOTALVI on a Seurat objec
   expect_equal(rownames(prot), rownames(cite[["ADT"]]))
   expect_equal(colnames(prot), colnames(cite))
   expect_true(all(as.matrix(rna) >= 0) && all(as.matrix(prot) >= 0))
-  expect_equal(unname(colSums(as.matrix(rna))), rep(1e4, 400), tolerance = 1e-3)
+  # log1p of the denoised values in `data` (as Seurat's normalization); log = FALSE: linear
+  expect_equal(unname(colSums(expm1(as.matrix(rna)))), rep(1e4, 400), tolerance = 1e-3)
+  linear <- NormalizeTOTALVI(out, log = FALSE, verbose = FALSE)
+  expect_equal(unname(colSums(as.matrix(SeuratObject::GetAssayData(linear, assay = "TOTALVI",
+                                                                    slot = "data")))),
+               rep(1e4, 400), tolerance = 1e-3)
   expect_equal(SeuratObject::Key(normed[["TOTALVI_ADT"]]), "totalviadt_")
   some <- NormalizeTOTALVI(out, features = c("CD14", "MS4A1"), proteins = "CD3-TotalSeqB",
                            assay.name = "tv", protein.assay.name = "tv_adt", verbose = FALSE)
