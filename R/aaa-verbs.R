@@ -191,9 +191,13 @@
       plan$fit(adata, args, a$seed, a$model_dir, verbose)
     }
     model <- fit$model
-    record <- c(list(model = plan$model, model_dir = fit$dir, setup = plan$setup,
-                     model_args = args$model_args, train_args = args$train_args,
-                     cellvi_version = .py_value(.core()$`__version__`)), plan$record, fit$record)
+    record <- list(model = plan$model, model_dir = fit$dir, setup = plan$setup,
+                   model_args = args$model_args, train_args = args$train_args,
+                   cellvi_version = .py_value(.core()$`__version__`))
+    # The plan's and the fit's entries add to these, or replace them (a tune verb's fit
+    # records the settings it chose).
+    extra <- c(plan$record, fit$record)
+    record[names(extra)] <- extra
     # Without a `model_dir` of the user's, the saved model travels inside the object.
     if (is.null(a$model_dir) && !is.null(fit$dir)) {
       record <- .store_model(record, fit$dir)

@@ -1,7 +1,10 @@
-# Hyperparameter search verbs (TuneSCVI / tuneSCVI) on the Python core's cellvi.autotune
-# (Optuna). A tune verb is an ordinary verb of the shared path (.run_verb, aaa-verbs.R) whose
-# fit step runs the search: .tune_verb() turns any model's verb declaration into its tune
-# verb, so another model's TuneX() is one declaration plus its R function.
+# Hyperparameter search on the Python core's cellvi.autotune (Optuna): the search-space
+# specifications, .tune_verb() and TuneSCVI / tuneSCVI. A tune verb is an ordinary verb of the
+# shared path (.run_verb, aaa-verbs.R) whose fit step runs the search: .tune_verb() turns any
+# model's verb declaration into its tune verb, so another model's TuneX() is one declaration
+# next to its RunX() (`.tune_x_verb <- .tune_verb(.x_verb)`, in the model's file, which R
+# collates after this one) plus its R function. TuneLinearSCVI (scvi.R), TuneSCANVI
+# (scanvi.R), TuneTOTALVI (totalvi.R) and TunePEAKVI (peakvi.R) are made so.
 
 # ---- search-space specifications ---------------------------------------------------------------
 
@@ -112,6 +115,49 @@ tune_randint <- function(low, high) {
   storage = function(x, name) .as_string(x, name, "one database URL"),
   save_dir = function(x, name) if (is.null(x)) NULL else path.expand(as.character(x)))
 
+# Optuna is an optional dependency of the core: say how to add it to cellvi's environment.
+.optuna_available <- function() reticulate::py_module_available("optuna")
+
+.check_optuna <- function(available = .optuna_available()) {
+  if (!isTRUE(available)) {
+    stop("hyperparameter search needs Optuna in cellvi's Python environment; install it with ",
+         "cellvi::install_cellvi(extra_packages = \"optuna\") (or pip install ",
+         "'cellvi[autotune]')", call. = FALSE)
+  }
+  invisible(TRUE)
+}
+
+# Names of the parameters the search varies: those of `space`, or (NULL) of the model's
+# default space (cellvi.autotune.default_search_space).
+.searched_names <- function(space, tune, cls) {
+  if (!is.null(space)) return(unlist(lapply(space, names), use.names = FALSE))
+  default <- tune$default_search_space(cls)
+  builtins <- reticulate::import_builtins(convert = TRUE)
+  unlist(lapply(c("model_params", "train_params"),
+                function(section) builtins$list(reticulate::py_get_item(default, section))))
+}
+
+# A model or train argument the user set (a value other than the verb's default) that the
+# search varies: its value would be silently replaced in every trial, so say so.
+.warn_overridden <- function(a, names) {
+  caller <- .cellvi_env$caller$name
+  f <- if (!is.null(caller)) get0(caller, envir = asNamespace("cellvi"), mode = "function")
+  if (is.null(f) || !length(names)) return(invisible())
+  defaults <- formals(f)
+  given <- Filter(function(n) {
+    n %in% names(defaults) && exists(n, envir = a, inherits = FALSE) &&
+      !isTRUE(all.equal(a[[n]], eval(defaults[[n]], baseenv())))
+  }, names)
+  if (length(given)) {
+    many <- length(given) > 1L
+    shown <- paste0(given, " = ", vapply(given, function(n) .show(a[[n]]), ""), collapse = ", ")
+    warning("the search varies ", paste(given, collapse = ", "), ", so ", shown,
+            if (many) " are" else " is", " not used; to keep ", if (many) "them" else "it",
+            " fixed, give a `search_space` without ", if (many) "them" else "it", call. = FALSE)
+  }
+  invisible()
+}
+
 # The tune verb of a model verb: same setup and fixed model / train arguments; the search's
 # own arguments; fit = run the search (then, with fit_best, train the best settings on all
 # cells); outputs = the trials table, or the model's outputs on the object with fit_best.
@@ -128,22 +174,20 @@ tune_randint <- function(low, high) {
     if (!is.null(verb$plan)) plan <- verb$plan(plan, eco, object, a, args)
     .as_flag(a$fit_best, "fit_best")
     space <- .check_space(a$search_space)
+    # Before anything is converted or started.
+    .check_optuna()
+    cv <- .core()
+    cls <- cv[[plan$model]]
+    tune <- reticulate::import("cellvi.autotune", convert = FALSE)
+    searched <- .searched_names(space, tune, cls)
+    .warn_overridden(a, intersect(searched, c(names(verb$model_args), names(verb$train_args))))
     state <- new.env()
     plan$state <- state
     plan$fit <- function(adata, args, seed, model_dir, verbose) {
-      cv <- .core()
-      if (!reticulate::py_module_available("optuna")) {
-        stop("hyperparameter search needs Optuna in cellvi's Python environment; install it with ",
-             "cellvi::install_cellvi(extra_packages = \"optuna\") (or pip install ",
-             "'cellvi[autotune]')", call. = FALSE)
-      }
-      cls <- cv[[plan$model]]
-      tune <- reticulate::import("cellvi.autotune", convert = FALSE)
       if (!is.null(seed)) cv$settings$seed <- .as_count(seed, "seed", minimum = 0L)
       .py_call(do.call(cls$setup_anndata, c(list(adata), args$setup)))
       opts <- args$options
       # Arguments given to the verb are fixed for every trial, unless searched.
-      searched <- unlist(lapply(space, names))
       fixed_model <- args$model_args[setdiff(names(args$model_args), searched)]
       fixed_train <- args$train_args[setdiff(names(args$train_args),
                                              c(searched, "max_epochs", "progress_bar"))]
@@ -178,7 +222,9 @@ tune_randint <- function(low, high) {
       best_args$setup <- args$setup
       if (verbose) message("Fitting the best settings on all cells")
       fit <- .fit_model(adata, plan$model, best_args, seed, model_dir, verbose)
-      fit$record <- record
+      # The record names the settings the model was trained with: the best ones.
+      fit$record <- c(record, list(model_args = best_args$model_args,
+                                   train_args = best_args$train_args))
       fit
     }
     plan
@@ -186,54 +232,64 @@ tune_randint <- function(low, high) {
   tuned
 }
 
-.tune_scvi_verb <- .tune_verb(.verb("SCVI", setup = .covariate_setup, model_args = .vae_args,
-                                    train_args = .train_spec, outputs = list(.out_latent)))
+# TuneSCVI's declaration, .tune_scvi_verb, is next to RunSCVI's (scvi.R).
 
 #' Hyperparameter search for scVI on a Seurat object
 #'
 #' Searches scVI's settings (by default learning rate, depth, width, latent size, dropout
 #' and the count likelihood) with Optuna: each trial trains on the same 75% of the cells and
 #' is scored on the same held-out 25% (`test_size`), by default by the held-out marginal
-#' log-likelihood. The first trial is always scVI's defaults, so the table shows what tuning
-#' gained. Unpromising trials are stopped early (`scheduler`).
+#' log-likelihood. The first trial is always the model's defaults, so the table shows what
+#' tuning gained. Unpromising trials are stopped early (`scheduler`).
 #'
 #' The search is kept in a database: by default a SQLite file in `save_dir/study_name`, so
 #' calling again with the same `study_name` adds trials to it. With a PostgreSQL `storage`,
 #' workers on other machines join the same search (`python -m cellvi.autotune worker
 #' --storage URL --study-name NAME --adata data.h5ad`; see the README).
 #'
+#' Every model with a default search space has its tune verb, with the setup and model
+#' arguments of its Run verb: [TuneLinearSCVI()], [TuneSCANVI()], [TuneTOTALVI()],
+#' [TunePEAKVI()] (and `tuneX()` for a SingleCellExperiment). Model arguments (`n_latent`,
+#' ...) are fixed for every trial unless the search varies them (a value given for a searched
+#' argument is not used, with a warning).
+#'
 #' @inheritParams cellvi-params
-#' @param search_space `NULL` (scVI's default space) or a list with `model_params` and/or
-#'   `train_params`, each a named list of [tune_choice()], [tune_uniform()],
-#'   [tune_loguniform()] or [tune_randint()].
+#' @param search_space `NULL` (the model's default space; for scVI: `lr`, `n_layers`,
+#'   `n_hidden`, `n_latent`, `dropout_rate`, `gene_likelihood`) or a list with
+#'   `model_params` and/or `train_params`, each a named list of [tune_choice()],
+#'   [tune_uniform()], [tune_loguniform()] or [tune_randint()]. Names are those of the
+#'   Python model and its `train()`; an unknown name is an error before anything runs.
 #' @param metric `"marginal_ll"` (held-out log-likelihood, higher is better),
 #'   `"elbo_validation"` (held-out ELBO) or `"reconstruction_validation"` (held-out
 #'   reconstruction loss, lower is better).
 #' @param num_samples Number of trials to run (added to those the study already holds).
-#' @param max_epochs Epochs per trial (`NULL`: scVI's default for the training cells; lower
-#'   it for a faster search).
+#' @param max_epochs Epochs per trial (`NULL`: the model's default for the training cells;
+#'   lower it for a faster search).
 #' @param test_size Fraction of cells held out for scoring.
 #' @param scheduler Early stopping of unpromising trials from the held-out value after each
 #'   epoch: `"asha"` (asynchronous successive halving), `"median"` or `"none"`.
 #' @param n_jobs Local worker processes; each gets `cores / n_jobs` threads.
 #' @param storage `NULL` (a SQLite file in the run directory) or a database URL such as
 #'   `"postgresql://user:password@host:5432/dbname"`.
-#' @param study_name Name of the study (default `"SCVI_<metric>"`); the same name resumes it.
+#' @param study_name Name of the study (default `"<model>_<metric>"`, e.g.
+#'   `"SCVI_marginal_ll"`); the same name resumes it.
 #' @param save_dir Where run directories go (default `"cellvi_autotune"` in the working
 #'   directory); a run directory holds the study, the best model, a plot of the search
 #'   (`search.png`) and worker logs.
-#' @param fit_best `FALSE`: return the trials table. `TRUE`: train scVI with the best
-#'   settings on all cells and return the object with its reduction (as [RunSCVI()]), the
-#'   search recorded in the reduction's `misc$autotune`.
+#' @param fit_best `FALSE`: return the trials table. `TRUE`: train the model with the best
+#'   settings on all cells and return the object with what its Run verb adds (for scVI the
+#'   reduction of [RunSCVI()]; see Value), the search recorded with the model (the
+#'   reduction's `misc$autotune`; SCE: `metadata(x)$cellvi[[name]]$autotune`).
 #' @param batch_size Cells per minibatch (the same for every trial).
 #' @param seed Seed of the split, of every trial and of the search (default 0).
 #' @param verbose Print a line per finished trial and messages.
-#' @return With `fit_best = FALSE`, a data.frame with one row per trial: `trial` (0: scVI's
-#'   defaults), `state` (`"complete"`, `"pruned"`, `"fail"`), `metric`, `epochs`, `seconds`,
-#'   `defaults`, the searched parameters and `error`; attributes `best_params` (a list of
-#'   `model_params` and `train_params`), `run_dir` and `study_name`. With `fit_best = TRUE`,
-#'   the Seurat object with the reduction added.
-#' @seealso [tune_choice()] for search spaces, [RunSCVI()] to fit chosen settings.
+#' @return With `fit_best = FALSE`, a data.frame with one row per trial: `trial` (0: the
+#'   model's defaults), `state` (`"complete"`, `"pruned"`, `"fail"`), `metric`, `epochs`,
+#'   `seconds`, `defaults`, the searched parameters and `error`; attributes `best_params` (a
+#'   list of `model_params` and `train_params`), `run_dir` and `study_name`. With
+#'   `fit_best = TRUE`, the Seurat object with the reduction added.
+#' @seealso [tune_choice()] for search spaces, [RunSCVI()] to fit chosen settings;
+#'   [TuneLinearSCVI()], [TuneSCANVI()], [TuneTOTALVI()], [TunePEAKVI()] for other models.
 #' @examples
 #' \donttest{
 #' if (cellvi_available()) {
@@ -253,7 +309,9 @@ tune_randint <- function(low, high) {
 #' @export
 TuneSCVI <- function(object, assay = NULL, features = NULL, batch_key = NULL,
                      labels_key = NULL, categorical_covariate_keys = NULL,
-                     continuous_covariate_keys = NULL, search_space = NULL,
+                     continuous_covariate_keys = NULL, n_latent = 10, n_hidden = 128,
+                     n_layers = 1, dropout_rate = 0.1, gene_likelihood = "zinb",
+                     dispersion = "gene", search_space = NULL,
                      metric = "marginal_ll", num_samples = 20, max_epochs = NULL,
                      test_size = 0.25, scheduler = "asha", n_jobs = 1, storage = NULL,
                      study_name = NULL, save_dir = NULL, fit_best = FALSE, batch_size = 128,
@@ -285,7 +343,9 @@ TuneSCVI <- function(object, assay = NULL, features = NULL, batch_key = NULL,
 #' @export
 tuneSCVI <- function(x, assay.type = "counts", features = NULL, batch_key = NULL,
                      labels_key = NULL, categorical_covariate_keys = NULL,
-                     continuous_covariate_keys = NULL, search_space = NULL,
+                     continuous_covariate_keys = NULL, n_latent = 10, n_hidden = 128,
+                     n_layers = 1, dropout_rate = 0.1, gene_likelihood = "zinb",
+                     dispersion = "gene", search_space = NULL,
                      metric = "marginal_ll", num_samples = 20, max_epochs = NULL,
                      test_size = 0.25, scheduler = "asha", n_jobs = 1, storage = NULL,
                      study_name = NULL, save_dir = NULL, fit_best = FALSE, batch_size = 128,

@@ -1,5 +1,5 @@
 # PeakVI verbs (scATAC-seq: cells x regions, peaks or bins): RunPEAKVI / runPEAKVI (latent
-# space), AccessibilityPEAKVI / accessibilityPEAKVI (accessibility estimates as an assay) and
+# space), TunePEAKVI / tunePEAKVI (its hyperparameter search, autotune.R), AccessibilityPEAKVI / accessibilityPEAKVI (accessibility estimates as an assay) and
 # FindMarkersPEAKVI / findMarkersPEAKVI (differentially accessible regions), declared on the
 # one path of aaa-verbs.R. The regions come from any assay (Seurat: a plain Assay or Signac's
 # ChromatinAssay, default "peaks"; SCE: any assay, default "counts"); Signac is not needed.
@@ -16,6 +16,8 @@
                     n_layers_encoder = .arg_count(), n_layers_decoder = .arg_count(),
                     dropout_rate = .arg_number(0, 1)),
   train_args = .train_spec, outputs = list(.out_latent), fit_by = .peakvi_fit_by)
+
+.tune_peakvi_verb <- .tune_verb(.peakvi_verb)
 
 # Cells x regions is the size of a dense estimate; above this many entries (800 MB in R) the
 # verb asks for fewer regions or a threshold (a sparse result) instead of exhausting memory.
@@ -125,6 +127,43 @@ RunPEAKVI <- function(object, assay = "peaks", features = NULL, batch_key = NULL
   .run_verb(.seurat, object, .peakvi_verb, environment())
 }
 
+#' Hyperparameter search for PeakVI on a Seurat object
+#'
+#' As [TuneSCVI()], for PeakVI ([RunPEAKVI()]): searches its default space (`lr`, `n_hidden`,
+#' `n_latent`, `n_layers_encoder`, `n_layers_decoder`, `dropout_rate`) or `search_space`,
+#' every trial scored on the same held-out cells, and returns the trials, or with
+#' `fit_best = TRUE` the object with the best settings' reduction, as [RunPEAKVI()] adds it.
+#'
+#' @inheritParams TuneSCVI
+#' @inheritParams RunPEAKVI
+#' @param model_kwargs Named list of further model settings passed to Python as they are,
+#'   the same in every trial.
+#' @return A data.frame of trials (see [TuneSCVI()]), or with `fit_best = TRUE` the Seurat
+#'   object with the reduction added, the search in its `misc$autotune`.
+#' @examples
+#' \donttest{
+#' if (cellvi_available()) {
+#'   atac <- cellvi_dataset("bmmc_atac_small")          # assay "peaks"
+#'   space <- list(model_params = list(n_latent = tune_choice(c(5, 10))))
+#'   trials <- TunePEAKVI(atac, search_space = space, num_samples = 3, max_epochs = 5,
+#'                        save_dir = tempfile("tune"), verbose = FALSE)
+#'   trials[, c("trial", "state", "metric", "n_latent")]
+#' }
+#' }
+#' @export
+TunePEAKVI <- function(object, assay = "peaks", features = NULL, batch_key = NULL,
+                       categorical_covariate_keys = NULL, continuous_covariate_keys = NULL,
+                       n_latent = NULL, n_hidden = NULL, n_layers_encoder = 2,
+                       n_layers_decoder = 2, dropout_rate = 0.1, search_space = NULL,
+                       metric = "marginal_ll", num_samples = 20, max_epochs = NULL,
+                       test_size = 0.25, scheduler = "asha", n_jobs = 1, storage = NULL,
+                       study_name = NULL, save_dir = NULL, fit_best = FALSE,
+                       batch_size = 128, device = "auto", seed = 0, model_dir = NULL,
+                       model_kwargs = list(), reduction.name = "peakvi",
+                       reduction.key = "PeakVI_", verbose = TRUE) {
+  .run_verb(.seurat, object, .tune_peakvi_verb, environment())
+}
+
 #' PeakVI accessibility estimates into a Seurat assay
 #'
 #' Decodes each cell's latent state into the probability that each region is accessible,
@@ -224,6 +263,39 @@ runPEAKVI <- function(x, assay.type = "counts", features = NULL, batch_key = NUL
                       device = "auto", seed = NULL, model_dir = NULL, model_kwargs = list(),
                       name = "PeakVI", verbose = TRUE) {
   .run_verb(.sce, x, .peakvi_verb, environment())
+}
+
+#' Hyperparameter search for PeakVI on a SingleCellExperiment
+#'
+#' As [TunePEAKVI()], for a SingleCellExperiment of region counts: returns the trials table,
+#' or with `fit_best = TRUE` the object with the best settings' latent space as a reducedDim
+#' (as [runPEAKVI()]), the search recorded in `metadata(x)$cellvi[[name]]$autotune`.
+#'
+#' @inheritParams TunePEAKVI
+#' @inheritParams runPEAKVI
+#' @return A data.frame of trials, or `x` with the reducedDim added (`fit_best = TRUE`).
+#' @examples
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("bmmc_atac_small", as = "SingleCellExperiment")
+#'   trials <- tunePEAKVI(sce, search_space = list(train_params = list(
+#'     lr = tune_loguniform(1e-5, 1e-3))), num_samples = 3, max_epochs = 5,
+#'     save_dir = tempfile("tune"), verbose = FALSE)
+#'   attr(trials, "best_params")
+#' }
+#' }
+#' @rdname tunePEAKVI-sce
+#' @export
+tunePEAKVI <- function(x, assay.type = "counts", features = NULL, batch_key = NULL,
+                       categorical_covariate_keys = NULL, continuous_covariate_keys = NULL,
+                       n_latent = NULL, n_hidden = NULL, n_layers_encoder = 2,
+                       n_layers_decoder = 2, dropout_rate = 0.1, search_space = NULL,
+                       metric = "marginal_ll", num_samples = 20, max_epochs = NULL,
+                       test_size = 0.25, scheduler = "asha", n_jobs = 1, storage = NULL,
+                       study_name = NULL, save_dir = NULL, fit_best = FALSE,
+                       batch_size = 128, device = "auto", seed = 0, model_dir = NULL,
+                       model_kwargs = list(), name = "PeakVI", verbose = TRUE) {
+  .run_verb(.sce, x, .tune_peakvi_verb, environment())
 }
 
 #' PeakVI accessibility estimates into a SingleCellExperiment

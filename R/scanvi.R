@@ -1,5 +1,6 @@
-# scANVI (RunSCANVI for Seurat, runSCANVI for SingleCellExperiment) and reference mapping
-# (MapQuerySCVI, for both), declared as verbs on the one path of aaa-verbs.R. What is added
+# scANVI (RunSCANVI / TuneSCANVI for Seurat, runSCANVI / tuneSCANVI for SingleCellExperiment)
+# and reference mapping (MapQuerySCVI, for both), declared as verbs on the one path of
+# aaa-verbs.R. What is added
 # here is the label output (shared by annotation and mapping) and the mapping plan.
 
 # ---- shared: predictions -----------------------------------------------------------------
@@ -85,6 +86,9 @@
   train_args = .train_spec, options = list(probabilities = .arg_flag),
   plan = .scanvi_from_scvi, outputs = list(.out_latent, .out_predictions))
 
+# Hyperparameter search (autotune.R); it trains scANVI from scratch (no `scvi_reduction`).
+.tune_scanvi_verb <- .tune_verb(.scanvi_verb)
+
 # ---- scANVI ------------------------------------------------------------------------------
 
 #' Annotate cells with scANVI on a Seurat object
@@ -167,6 +171,84 @@ runSCANVI <- function(x, labels_key, unlabeled_category = "Unknown", batch_key =
                       model_dir = NULL, model_kwargs = list(), probabilities = FALSE,
                       name = "scANVI", verbose = TRUE) {
   .run_verb(.sce, x, .scanvi_verb, environment())
+}
+
+#' Hyperparameter search for scANVI on a Seurat object
+#'
+#' As [TuneSCVI()], for scANVI ([RunSCANVI()]) trained from scratch: searches its default
+#' space (`lr`, `n_layers`, `n_hidden`, `n_latent`, `dropout_rate`, `gene_likelihood`) or
+#' `search_space`, every trial scored on the same held-out cells, and returns the trials, or
+#' with `fit_best = TRUE` the object with the best settings' reduction and label predictions,
+#' as [RunSCANVI()] adds them.
+#'
+#' @inheritParams TuneSCVI
+#' @inheritParams RunSCANVI
+#' @return A data.frame of trials (see [TuneSCVI()]), or with `fit_best = TRUE` the Seurat
+#'   object with the reduction (search in its `misc$autotune`) and the prediction columns.
+#' @examples
+#' \donttest{
+#' if (cellvi_available()) {
+#'   pbmc <- SeuratObject::pbmc_small
+#'   set.seed(1)
+#'   pbmc$labels <- ifelse(runif(ncol(pbmc)) < 0.5, as.character(pbmc$RNA_snn_res.1), "Unknown")
+#'   space <- list(model_params = list(n_latent = tune_choice(c(5, 10))))
+#'   trials <- TuneSCANVI(pbmc, labels_key = "labels", search_space = space, num_samples = 3,
+#'                        max_epochs = 5, save_dir = tempfile("tune"), verbose = FALSE)
+#'   trials[, c("trial", "state", "metric", "n_latent")]
+#' }
+#' }
+#' @export
+TuneSCANVI <- function(object, labels_key, unlabeled_category = "Unknown", batch_key = NULL,
+                       assay = NULL, features = NULL, categorical_covariate_keys = NULL,
+                       continuous_covariate_keys = NULL, n_latent = 10, n_hidden = 128,
+                       n_layers = 1, dropout_rate = 0.1, gene_likelihood = "zinb",
+                       dispersion = "gene", classification_ratio = 50, search_space = NULL,
+                       metric = "marginal_ll", num_samples = 20, max_epochs = NULL,
+                       test_size = 0.25, scheduler = "asha", n_jobs = 1, storage = NULL,
+                       study_name = NULL, save_dir = NULL, fit_best = FALSE,
+                       batch_size = 128, device = "auto", seed = 0, model_dir = NULL,
+                       model_kwargs = list(), probabilities = FALSE,
+                       reduction.name = "scanvi", reduction.key = "scANVI_", verbose = TRUE) {
+  .run_verb(.seurat, object, .tune_scanvi_verb, environment())
+}
+
+#' Hyperparameter search for scANVI on a SingleCellExperiment
+#'
+#' As [TuneSCANVI()], for a SingleCellExperiment: returns the trials table, or with
+#' `fit_best = TRUE` the object with the best settings' latent space as a reducedDim and the
+#' predictions in `colData(x)` (as [runSCANVI()]), the search recorded in
+#' `metadata(x)$cellvi[[name]]$autotune`.
+#'
+#' @inheritParams TuneSCANVI
+#' @inheritParams runSCANVI
+#' @return A data.frame of trials, or `x` with the reducedDim and prediction columns added
+#'   (`fit_best = TRUE`).
+#' @examples
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("pbmc_small", as = "SingleCellExperiment")
+#'   set.seed(1)
+#'   sce$labels <- ifelse(runif(ncol(sce)) < 0.5, as.character(sce$RNA_snn_res.1), "Unknown")
+#'   trials <- tuneSCANVI(sce, labels_key = "labels", search_space = list(train_params = list(
+#'     lr = tune_loguniform(1e-3, 1e-2))), num_samples = 3, max_epochs = 5,
+#'     save_dir = tempfile("tune"), verbose = FALSE)
+#'   attr(trials, "best_params")
+#' }
+#' }
+#' @rdname tuneSCANVI-sce
+#' @export
+tuneSCANVI <- function(x, labels_key, unlabeled_category = "Unknown", batch_key = NULL,
+                       assay.type = "counts", features = NULL, categorical_covariate_keys = NULL,
+                       continuous_covariate_keys = NULL, n_latent = 10, n_hidden = 128,
+                       n_layers = 1, dropout_rate = 0.1, gene_likelihood = "zinb",
+                       dispersion = "gene", classification_ratio = 50, search_space = NULL,
+                       metric = "marginal_ll", num_samples = 20, max_epochs = NULL,
+                       test_size = 0.25, scheduler = "asha", n_jobs = 1, storage = NULL,
+                       study_name = NULL, save_dir = NULL, fit_best = FALSE,
+                       batch_size = 128, device = "auto", seed = 0, model_dir = NULL,
+                       model_kwargs = list(), probabilities = FALSE, name = "scANVI",
+                       verbose = TRUE) {
+  .run_verb(.sce, x, .tune_scanvi_verb, environment())
 }
 
 # ---- reference mapping -------------------------------------------------------------------

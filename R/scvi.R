@@ -1,6 +1,7 @@
-# scVI and LDVAE verbs for Seurat (RunSCVI, RunLinearSCVI, NormalizeSCVI) and
-# SingleCellExperiment (runSCVI, runLinearSCVI, normalizeSCVI): one declaration per verb,
-# shared by both ecosystems and run by .run_verb() (aaa-verbs.R).
+# scVI and LDVAE verbs for Seurat (RunSCVI, RunLinearSCVI, NormalizeSCVI, TuneLinearSCVI) and
+# SingleCellExperiment (runSCVI, runLinearSCVI, normalizeSCVI, tuneLinearSCVI): one
+# declaration per verb, shared by both ecosystems and run by .run_verb() (aaa-verbs.R).
+# TuneSCVI / tuneSCVI are documented in autotune.R; their declaration is here.
 
 # ---- declarations ----------------------------------------------------------------------------
 # Each verb is a declaration run by .run_verb() (aaa-verbs.R), for Seurat and SCE alike.
@@ -10,6 +11,10 @@
 
 .ldvae_verb <- .verb("LinearSCVI", setup = .covariate_setup, model_args = .vae_args,
                      train_args = .train_spec, outputs = list(.out_latent, .out_loadings))
+
+# Hyperparameter search (autotune.R): the model verbs, searching.
+.tune_scvi_verb <- .tune_verb(.scvi_verb)
+.tune_ldvae_verb <- .tune_verb(.ldvae_verb)
 
 .normalize_scvi_verb <- .verb(
   options = list(library_size = .arg_number(0), n_samples = .arg_count()),
@@ -100,6 +105,42 @@ RunLinearSCVI <- function(object, assay = NULL, features = NULL, batch_key = NUL
                           seed = NULL, model_dir = NULL, model_kwargs = list(),
                           reduction.name = "ldvae", reduction.key = "LDVAE_", verbose = TRUE) {
   .run_verb(.seurat, object, .ldvae_verb, environment())
+}
+
+#' Hyperparameter search for LDVAE on a Seurat object
+#'
+#' As [TuneSCVI()], for LDVAE (scVI with a linear decoder, [RunLinearSCVI()]): searches its
+#' default space (`lr`, `n_layers`, `n_hidden`, `n_latent`, `dropout_rate`,
+#' `gene_likelihood`; trial 0 is LDVAE's defaults, with the NB likelihood) or `search_space`,
+#' and returns the trials, or with `fit_best = TRUE` the object with the best settings'
+#' reduction and gene loadings, as [RunLinearSCVI()] adds them.
+#'
+#' @inheritParams TuneSCVI
+#' @inheritParams RunLinearSCVI
+#' @return A data.frame of trials (see [TuneSCVI()]), or with `fit_best = TRUE` the Seurat
+#'   object with the reduction (and its loadings) added, the search in its
+#'   `misc$autotune`.
+#' @examples
+#' \donttest{
+#' if (cellvi_available()) {
+#'   space <- list(model_params = list(n_latent = tune_choice(c(5, 10))))
+#'   trials <- TuneLinearSCVI(SeuratObject::pbmc_small, search_space = space, num_samples = 3,
+#'                            max_epochs = 5, save_dir = tempfile("tune"), verbose = FALSE)
+#'   trials[, c("trial", "state", "metric", "n_latent")]
+#' }
+#' }
+#' @export
+TuneLinearSCVI <- function(object, assay = NULL, features = NULL, batch_key = NULL,
+                           labels_key = NULL, categorical_covariate_keys = NULL,
+                           continuous_covariate_keys = NULL, n_latent = 10, n_hidden = 128,
+                           n_layers = 1, dropout_rate = 0.1, gene_likelihood = "nb",
+                           dispersion = "gene", search_space = NULL, metric = "marginal_ll",
+                           num_samples = 20, max_epochs = NULL, test_size = 0.25,
+                           scheduler = "asha", n_jobs = 1, storage = NULL, study_name = NULL,
+                           save_dir = NULL, fit_best = FALSE, batch_size = 128,
+                           device = "auto", seed = 0, model_dir = NULL, model_kwargs = list(),
+                           reduction.name = "ldvae", reduction.key = "LDVAE_", verbose = TRUE) {
+  .run_verb(.seurat, object, .tune_ldvae_verb, environment())
 }
 
 #' scVI-normalized expression into a Seurat assay
@@ -198,6 +239,41 @@ runLinearSCVI <- function(x, assay.type = "counts", features = NULL, batch_key =
                           seed = NULL, model_dir = NULL, model_kwargs = list(), name = "LDVAE",
                           verbose = TRUE) {
   .run_verb(.sce, x, .ldvae_verb, environment())
+}
+
+#' Hyperparameter search for LDVAE on a SingleCellExperiment
+#'
+#' As [TuneLinearSCVI()], for a SingleCellExperiment: returns the trials table, or with
+#' `fit_best = TRUE` the object with the best settings' latent space as a reducedDim (its
+#' gene loadings as the `"rotation"` attribute, as [runLinearSCVI()]), the search recorded in
+#' `metadata(x)$cellvi[[name]]$autotune`.
+#'
+#' @inheritParams TuneLinearSCVI
+#' @inheritParams runLinearSCVI
+#' @return A data.frame of trials, or `x` with the reducedDim added (`fit_best = TRUE`).
+#' @examples
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("pbmc_small", as = "SingleCellExperiment")
+#'   trials <- tuneLinearSCVI(sce, search_space = list(model_params = list(
+#'     n_latent = tune_choice(c(5, 10)))), num_samples = 3, max_epochs = 5,
+#'     save_dir = tempfile("tune"), verbose = FALSE)
+#'   attr(trials, "best_params")
+#' }
+#' }
+#' @rdname tuneLinearSCVI-sce
+#' @export
+tuneLinearSCVI <- function(x, assay.type = "counts", features = NULL, batch_key = NULL,
+                           labels_key = NULL, categorical_covariate_keys = NULL,
+                           continuous_covariate_keys = NULL, n_latent = 10, n_hidden = 128,
+                           n_layers = 1, dropout_rate = 0.1, gene_likelihood = "nb",
+                           dispersion = "gene", search_space = NULL, metric = "marginal_ll",
+                           num_samples = 20, max_epochs = NULL, test_size = 0.25,
+                           scheduler = "asha", n_jobs = 1, storage = NULL, study_name = NULL,
+                           save_dir = NULL, fit_best = FALSE, batch_size = 128,
+                           device = "auto", seed = 0, model_dir = NULL, model_kwargs = list(),
+                           name = "LDVAE", verbose = TRUE) {
+  .run_verb(.sce, x, .tune_ldvae_verb, environment())
 }
 
 #' scVI-normalized expression into a SingleCellExperiment assay

@@ -1,5 +1,5 @@
 # totalVI verbs (RNA and proteins of CITE-seq cells): RunTOTALVI / runTOTALVI (joint latent
-# space), NormalizeTOTALVI / normalizeTOTALVI (denoised RNA and proteins) and
+# space), TuneTOTALVI / tuneTOTALVI (its hyperparameter search, autotune.R), NormalizeTOTALVI / normalizeTOTALVI (denoised RNA and proteins) and
 # FindMarkersTOTALVI / findMarkersTOTALVI (genes and proteins), declared on the one path of
 # aaa-verbs.R. The proteins come from a Seurat assay (`protein_assay`) or an SCE altExp
 # (`protein_altexp`) and travel as obsm["protein_expression"] (convert.R).
@@ -16,6 +16,8 @@
                     protein_dispersion = .arg_choice("protein", "protein-batch", "protein-label"),
                     gene_likelihood = .arg_choice("nb", "zinb")),
   train_args = .train_spec, proteins = TRUE, outputs = list(.out_latent))
+
+.tune_totalvi_verb <- .tune_verb(.totalvi_verb)
 
 .totalvi_fit_by <- c(seurat = "RunTOTALVI()", sce = "runTOTALVI()")
 
@@ -103,6 +105,47 @@ RunTOTALVI <- function(object, protein_assay = "ADT", assay = NULL, features = N
                        seed = NULL, model_dir = NULL, model_kwargs = list(),
                        reduction.name = "totalvi", reduction.key = "totalVI_", verbose = TRUE) {
   .run_verb(.seurat, object, .totalvi_verb, environment())
+}
+
+#' Hyperparameter search for totalVI on a Seurat object
+#'
+#' As [TuneSCVI()], for totalVI ([RunTOTALVI()]): searches its default space (`lr`,
+#' `n_latent`, `n_hidden`, `n_layers_encoder`, `dropout_rate_encoder`, `gene_likelihood`) or
+#' `search_space`, every trial trained on the same cells' RNA and proteins and scored on the
+#' same held-out cells, and returns the trials, or with `fit_best = TRUE` the object with the
+#' best settings' joint reduction, as [RunTOTALVI()] adds it.
+#'
+#' @inheritParams TuneSCVI
+#' @inheritParams RunTOTALVI
+#' @param batch_size Cells per minibatch (the same for every trial; totalVI's default 256).
+#' @param model_kwargs Named list of further model settings passed to Python as they are,
+#'   the same in every trial.
+#' @return A data.frame of trials (see [TuneSCVI()]), or with `fit_best = TRUE` the Seurat
+#'   object with the reduction added, the search in its `misc$autotune`.
+#' @examples
+#' \donttest{
+#' if (cellvi_available()) {
+#'   cite <- cellvi_dataset("pbmc_cite_small")        # assays RNA and ADT
+#'   space <- list(model_params = list(n_latent = tune_choice(c(10, 20))))
+#'   trials <- TuneTOTALVI(cite, protein_assay = "ADT", search_space = space, num_samples = 3,
+#'                         max_epochs = 5, metric = "elbo_validation",
+#'                         save_dir = tempfile("tune"), verbose = FALSE)
+#'   trials[, c("trial", "state", "metric", "n_latent")]
+#' }
+#' }
+#' @export
+TuneTOTALVI <- function(object, protein_assay = "ADT", assay = NULL, features = NULL,
+                        batch_key = NULL, categorical_covariate_keys = NULL,
+                        continuous_covariate_keys = NULL, n_latent = 20,
+                        gene_dispersion = "gene", protein_dispersion = "protein",
+                        gene_likelihood = "nb", search_space = NULL, metric = "marginal_ll",
+                        num_samples = 20, max_epochs = NULL, test_size = 0.25,
+                        scheduler = "asha", n_jobs = 1, storage = NULL, study_name = NULL,
+                        save_dir = NULL, fit_best = FALSE, batch_size = 256, device = "auto",
+                        seed = 0, model_dir = NULL, model_kwargs = list(),
+                        reduction.name = "totalvi", reduction.key = "totalVI_",
+                        verbose = TRUE) {
+  .run_verb(.seurat, object, .tune_totalvi_verb, environment())
 }
 
 #' totalVI-denoised RNA and proteins into Seurat assays
@@ -209,6 +252,41 @@ runTOTALVI <- function(x, protein_altexp = "ADT", assay.type = "counts", feature
                        seed = NULL, model_dir = NULL, model_kwargs = list(), name = "totalVI",
                        verbose = TRUE) {
   .run_verb(.sce, x, .totalvi_verb, environment())
+}
+
+#' Hyperparameter search for totalVI on a SingleCellExperiment
+#'
+#' As [TuneTOTALVI()], for a SingleCellExperiment with an altExp of protein counts: returns
+#' the trials table, or with `fit_best = TRUE` the object with the best settings' joint
+#' latent space as a reducedDim (as [runTOTALVI()]), the search recorded in
+#' `metadata(x)$cellvi[[name]]$autotune`.
+#'
+#' @inheritParams TuneTOTALVI
+#' @inheritParams runTOTALVI
+#' @return A data.frame of trials, or `x` with the reducedDim added (`fit_best = TRUE`).
+#' @examples
+#' \donttest{
+#' if (cellvi_available()) {
+#'   sce <- cellvi_dataset("pbmc_cite_small", as = "SingleCellExperiment")
+#'   trials <- tuneTOTALVI(sce, protein_altexp = "ADT", search_space = list(train_params =
+#'     list(lr = tune_loguniform(1e-3, 1e-2))), num_samples = 3, max_epochs = 5,
+#'     metric = "elbo_validation", save_dir = tempfile("tune"), verbose = FALSE)
+#'   attr(trials, "best_params")
+#' }
+#' }
+#' @rdname tuneTOTALVI-sce
+#' @export
+tuneTOTALVI <- function(x, protein_altexp = "ADT", assay.type = "counts", features = NULL,
+                        batch_key = NULL, categorical_covariate_keys = NULL,
+                        continuous_covariate_keys = NULL, n_latent = 20,
+                        gene_dispersion = "gene", protein_dispersion = "protein",
+                        gene_likelihood = "nb", search_space = NULL, metric = "marginal_ll",
+                        num_samples = 20, max_epochs = NULL, test_size = 0.25,
+                        scheduler = "asha", n_jobs = 1, storage = NULL, study_name = NULL,
+                        save_dir = NULL, fit_best = FALSE, batch_size = 256, device = "auto",
+                        seed = 0, model_dir = NULL, model_kwargs = list(), name = "totalVI",
+                        verbose = TRUE) {
+  .run_verb(.sce, x, .tune_totalvi_verb, environment())
 }
 
 #' totalVI-denoised RNA and proteins into a SingleCellExperiment
