@@ -123,6 +123,10 @@ class MappingMixin:
 
     # Parameters that keep their initial values for the query's new categories (not trained).
     _query_frozen_parameters: tuple[str, ...] = ()
+    # Top-level submodules whose normalisation layers adapt to the query during query
+    # training: their BatchNorm running statistics follow the query and their scale and shift
+    # train (the other weights stay frozen). scANVI's classifier: see SCANVI.
+    _query_adapted_norms: tuple[str, ...] = ()
 
     # -- reference mapping (scArches-style architecture surgery) -------------------------------
     @classmethod
@@ -201,7 +205,10 @@ class MappingMixin:
         categorical covariates); the reference's weights are copied and frozen, BatchNorm
         running statistics included, and :meth:`train` then trains only the new rows, with
         no weight decay. The reference cells' latent representation is therefore exactly the
-        reference model's.
+        reference model's. One exception: scANVI's classifier adapts its normalisation to
+        the query (BatchNorm statistics and scale/shift; its other weights stay frozen), as
+        scvi-tools' query training also trains that scale and shift; across a technology
+        effect this is what query training changes in the predictions.
 
         Parameters
         ----------
@@ -253,18 +260,31 @@ class MappingMixin:
     def _apply_query_freeze(self) -> None:
         """Mark what query training may change (see :meth:`load_query_data`)."""
         query = self._query
-        for module in self.module.modules():
-            frozen_norm = not query["unfrozen"] and isinstance(module, (torch.nn.BatchNorm1d, torch.nn.LayerNorm))
+        adapted = tuple(self._query_adapted_norms)
+        for name, module in self.module.named_modules():
+            frozen_norm = (not query["unfrozen"] and isinstance(module, (torch.nn.BatchNorm1d, torch.nn.LayerNorm))
+                           and name.split(".")[0] not in adapted)
             frozen_dropout = query["freeze_dropout"] and isinstance(module, torch.nn.Dropout)
             module.frozen_in_eval = frozen_norm or frozen_dropout
         if query["unfrozen"]:
             return
+        adapted_parameters = self._adapted_norm_parameters()
         for name, param in self.module.named_parameters():
             old_shape = query["grown"].get(name)
-            param.requires_grad_(old_shape is not None)
+            param.requires_grad_(old_shape is not None or name in adapted_parameters)
             if old_shape is not None:
                 reference_part = tuple(slice(0, n) for n in old_shape)
                 param.register_hook(lambda grad, part=reference_part: _zero_part(grad, part))
+
+    def _adapted_norm_parameters(self) -> set[str]:
+        """Names of the scale and shift parameters of the normalisation layers in
+        ``_query_adapted_norms`` (trained on the query)."""
+        adapted = tuple(self._query_adapted_norms)
+        names = set()
+        for name, module in self.module.named_modules():
+            if name.split(".")[0] in adapted and isinstance(module, (torch.nn.BatchNorm1d, torch.nn.LayerNorm)):
+                names.update(f"{name}.{p}" for p, _ in module.named_parameters())
+        return names
 
     def _optimizer_params(self):
         """Parameter groups for query training (None: train everything as usual)."""
@@ -277,6 +297,8 @@ class MappingMixin:
                 "covariate that the query extends. Its latent needs no training: call "
                 "get_latent_representation() directly, or load_query_data(..., unfrozen=True)"
             )
+        adapted = self._adapted_norm_parameters()
+        params += [p for name, p in self.module.named_parameters() if name in adapted]
         # No weight decay: Adam's decay would move the frozen reference rows as well.
         return [{"params": params, "weight_decay": 0.0}]
 

@@ -49,6 +49,12 @@ class SCANVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
 
     # cellvi.autotune's default search space: scVI's.
     _tune_space = VAE_TUNE_SPACE
+    # Query training adapts the classifier's normalisation to the query: its BatchNorm
+    # statistics follow the query's latent distribution and its scale and shift train on the
+    # query's ELBO (scvi-tools 1.4's query training trains that scale and shift too). Without
+    # it, query training left the predictions exactly as the reference made them; across a
+    # simulated technology effect (benchmarks/bench_scanvi_crosstech.py) it adds ~2 points.
+    _query_adapted_norms = ("classifier",)
 
     def __init__(self, adata=None, n_hidden: int = 128, n_latent: int = 10, n_layers: int = 1,
                  dropout_rate: float = 0.1, dispersion: str = "gene", gene_likelihood: str = "zinb",

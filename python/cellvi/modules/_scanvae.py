@@ -58,8 +58,9 @@ class SCANVAE(VAE):
         self.z2_encoder = GaussianEncoder(n_latent, n_latent, [n_labels], n_layers, n_hidden, dropout_rate,
                                           use_batch_norm=enc_bn, use_layer_norm=enc_ln)
         # p(z1 | z2, y) has the form of an encoder: an FC stack with Gaussian mean and variance.
+        # Its variance is exp(...) with no floor, as in scvi-tools.
         self.z1_decoder = GaussianEncoder(n_latent, n_latent, [n_labels], n_layers, n_hidden, 0.0,
-                                          use_batch_norm=dec_bn, use_layer_norm=dec_ln)
+                                          var_eps=0.0, use_batch_norm=dec_bn, use_layer_norm=dec_ln)
 
     def classify(self, tensors: dict) -> torch.Tensor:
         """Label logits of cells, from the mean of q(z1 | x)."""

@@ -66,7 +66,12 @@ def test_query_training_touches_only_the_new_weights(kang_split, kang_references
             part = tuple(slice(0, n) for n in grown[key])
             assert torch.equal(after[key][part], value[part]), key
             assert not torch.equal(after[key], value), key
-        else:  # everything else, BatchNorm running statistics included, is untouched
+        elif key in model._adapted_norm_parameters() or (
+                key.startswith(cls._query_adapted_norms) and ("running_" in key or "num_batches" in key)):
+            # scANVI's classifier adapts its normalisation (statistics, scale, shift) to the query
+            assert cls is cellvi.SCANVI and key.startswith("classifier.")
+            assert not torch.equal(after[key], value), key
+        else:  # everything else, the other BatchNorm running statistics included, is untouched
             assert torch.equal(after[key], value), key
     # The reference cells' latent is exactly the reference model's.
     np.testing.assert_array_equal(model.get_latent_representation(reference_adata), reference_latent)
@@ -206,3 +211,78 @@ def test_freeze_dropout_keeps_dropout_off(sim_reference):
     plain = cellvi.SCVI.load_query_data(query, model)
     plain.module.train()
     assert all(m.training for m in plain.module.modules() if isinstance(m, torch.nn.Dropout))
+
+
+# -- scANVI across a technology effect (issue 17) ----------------------------------------------
+def _cross_technology(zeisel):
+    """Zeisel's cortex cells as a cell-line-like mixture: a reference of three "plates" of
+    five distinct types (each plate with its own mild gene-specific effect, 10% of labels
+    kept) and a query of three of those types through a simulated second technology (every
+    gene scaled by its own fold change exp(N(0, 1.5)) and a capture of 0.3, Poisson counts)."""
+    import anndata
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(12345)
+    types = zeisel.obs["level1class"].astype(str).to_numpy()
+    ref_types = ["pyramidal CA1", "oligodendrocytes", "interneurons", "endothelial-mural", "astrocytes_ependymal"]
+    counts = np.asarray(zeisel.X.todense() if sp.issparse(zeisel.X) else zeisel.X, dtype=np.float64)
+    pools = {t: rng.permutation(np.flatnonzero(types == t)) for t in ref_types}
+    ref_rows, plates = [], []
+    for plate in range(3):
+        rows = np.concatenate([pools[t][plate * 40:(plate + 1) * 40] for t in ref_types])
+        ref_rows.append(rows)
+        plates += [f"plate{plate}"] * rows.size
+    ref_rows = np.concatenate(ref_rows)
+    ref_x = np.vstack([rng.poisson(counts[r] * np.exp(rng.normal(0, 0.3, counts.shape[1])))
+                       for r in np.split(ref_rows, 3)])
+    query_rows = np.concatenate([pools[t][120:180] for t in ref_types[:3]])
+    fold = np.exp(rng.normal(0.0, 1.5, counts.shape[1])) * 0.3
+    query_x = rng.poisson(counts[query_rows] * fold)
+    keep = query_x.sum(1) > 0
+    query_x, query_rows = query_x[keep], query_rows[keep]
+    truth = types[ref_rows]
+    labels = np.where(rng.random(truth.size) < 0.1, truth, "Unknown")
+    reference = anndata.AnnData(sp.csr_matrix(ref_x.astype(np.float32)), obs=pd.DataFrame(
+        {"batch": plates, "labels": labels}, index=[f"r{i}" for i in range(truth.size)]))
+    query = anndata.AnnData(sp.csr_matrix(query_x.astype(np.float32)), obs=pd.DataFrame(
+        {"batch": "othertech", "labels": "Unknown"}, index=[f"q{i}" for i in range(query_rows.size)]))
+    reference.var_names = query.var_names = zeisel.var_names.astype(str)
+    return reference, query, truth, types[query_rows]
+
+
+@pytest.mark.filterwarnings("ignore:not converged")  # short runs, on purpose
+def test_scanvi_query_training_adapts_the_classifier_to_another_technology(zeisel):
+    """Query training adapts the classifier's BatchNorm (statistics, scale and shift) to
+    the query, as scvi-tools' query training trains that scale and shift; its linear weights
+    and the reference latent stay frozen. Before, every norm stayed frozen, so query training
+    left the predictions exactly as the reference made them and a query from another
+    technology kept the reference's normalisation of the latent space (here ~6 points lower
+    on seeds 0, 1 and 2)."""
+    reference, query, truth, query_truth = _cross_technology(zeisel)
+    cellvi.settings.seed = 0
+    cellvi.SCVI.setup_anndata(reference, batch_key="batch", labels_key="labels")
+    scvi = cellvi.SCVI(reference)
+    scvi.train(max_epochs=40)
+    scanvi = cellvi.SCANVI.from_scvi_model(scvi, "Unknown")
+    scanvi.train(max_epochs=10)
+    hidden = (reference.obs["labels"] == "Unknown").to_numpy()
+    assert (scanvi.predict()[hidden] == truth[hidden]).mean() > 0.75
+    reference_latent = scanvi.get_latent_representation()
+
+    prepared = cellvi.SCANVI.prepare_query_anndata(query, scanvi)
+    model = cellvi.SCANVI.load_query_data(prepared, scanvi)
+    norm = model.module.classifier.hidden.layers[0].post[0]
+    before = model.predict()
+    weights = {k: v.clone() for k, v in model.module.classifier.state_dict().items() if ".post." not in k}
+    stats = norm.running_mean.clone()
+    model.train(max_epochs=40)
+    after = model.predict()
+    # The classifier's normalisation moved towards the query's latent distribution, its
+    # linear weights did not.
+    assert not torch.equal(norm.running_mean, stats)
+    for key, value in model.module.classifier.state_dict().items():
+        if key in weights:
+            assert torch.equal(value, weights[key]), key
+    np.testing.assert_array_equal(model.get_latent_representation(reference), reference_latent)
+    accuracy_before, accuracy_after = (before == query_truth).mean(), (after == query_truth).mean()
+    assert accuracy_after >= accuracy_before + 0.03, (accuracy_before, accuracy_after)
