@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=15, help="operators listed from the profiler")
     p.add_argument("--record", action="store_true", help="append the profile to RESULTS.md")
     args = p.parse_args(argv)
+    started = time.perf_counter()
 
     import numpy as np
     import torch
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
     print("\n".join(ops))
     if args.record:
         record_section(f"Profile of a training step: {label}, {args.gene_likelihood}, batch {args.batch_size}",
-                       0.0, args.threads,
+                       time.perf_counter() - started, args.threads,
                        [f"{args.steps} steps after {args.warmup} warm-up steps; phases timed with perf_counter "
                         "(median per step); operators from torch.profiler over another "
                         f"{args.steps} steps (self CPU time, so the profiler's own overhead is included)"],
