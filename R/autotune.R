@@ -122,7 +122,8 @@ tune_randint <- function(low, high) {
   if (!isTRUE(available)) {
     stop("hyperparameter search needs Optuna in cellvi's Python environment; install it with ",
          "cellvi::install_cellvi(extra_packages = \"optuna\") (or pip install ",
-         "'cellvi[autotune]')", call. = FALSE)
+         "'cellvi[autotune]'); a PostgreSQL `storage` also needs ",
+         "extra_packages = c(\"optuna\", \"psycopg[binary]\")", call. = FALSE)
   }
   invisible(TRUE)
 }

@@ -82,6 +82,8 @@ unknown_error <- "takes no model parameter|does not take model parameter"
 test_that("a missing Optuna is an error that names the install command, before anything runs", {
   expect_error(cellvi:::.check_optuna(FALSE),
                'cellvi::install_cellvi(extra_packages = "optuna")', fixed = TRUE)
+  expect_error(cellvi:::.check_optuna(FALSE), 'extra_packages = c("optuna", "psycopg[binary]")',
+               fixed = TRUE)  # what a PostgreSQL storage needs too
   expect_true(cellvi:::.check_optuna(TRUE))
   skip_if_no_core()
   real <- cellvi:::.optuna_available
