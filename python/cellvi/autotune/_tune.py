@@ -364,6 +364,12 @@ class _Context:
 
 # -- trials ------------------------------------------------------------------------------------
 _FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+OVER_BUDGET_ATTR = "over_budget"  # a trial a worker started after the target was reached
+
+
+def _counted(trial) -> bool:
+    """Whether a trial is one of the search's (not one started past its target)."""
+    return not trial.user_attrs.get(OVER_BUDGET_ATTR, False)
 
 
 def _counts(study) -> dict[str, int]:
@@ -456,6 +462,11 @@ def _objective(ctx: _Context, models_dir: str | None):
     from ..train import TrainingError
 
     def objective(trial):
+        # Two workers can both see one slot left and both start a trial: the one numbered
+        # past the study's target stops at once and is left out of the results.
+        if trial.number >= int(trial.study.user_attrs.get(TARGET_ATTR, trial.number + 1)):
+            trial.set_user_attr(OVER_BUDGET_ATTR, True)
+            raise optuna.TrialPruned("over the study's number of trials")
         params = {}
         with warnings.catch_warnings():
             # the defaults trial may hold a value outside a numeric range: on purpose
@@ -517,7 +528,7 @@ def _run_trials(study, ctx: _Context, worker_seed: int, verbose: bool, models_di
     ran = 0
 
     def progress(study_, trial):
-        if verbose:
+        if verbose and _counted(trial):
             print(_progress_line(study_, trial, study_.user_attrs.get(TARGET_ATTR)), flush=True)
 
     while True:
@@ -670,6 +681,8 @@ def trials_dataframe(study, space: dict | None = None) -> pd.DataFrame:
     rows = []
     names = [n for section in SECTIONS for n in (space or {}).get(section, {})]
     for t in study.get_trials(deepcopy=False):
+        if not _counted(t):
+            continue
         row = {"trial": t.number, "state": t.state.name.lower(),
                "metric": t.value if t.value is not None else float("nan"),
                "epochs": t.user_attrs.get("epochs", np.nan), "seconds": t.user_attrs.get("seconds", np.nan),
@@ -814,7 +827,7 @@ def _wait(study, procs, verbose: bool, seen: set, poll: float = 2.0) -> None:
         for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
             if t.state.name in _FINISHED and t.number not in seen:
                 seen.add(t.number)
-                if verbose:
+                if verbose and _counted(t):
                     print(_progress_line(study, t, target), flush=True)
 
     try:
