@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, busy_seconds, emit_result, record_section, run_worker  # noqa: E402
+from _common import ROOT, emit_result, record_section, run_per_seed  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "spacexr_merfish_reference_1308.h5ad"
 N_SPOTS = 500
@@ -176,23 +176,15 @@ def main(argv=None) -> int:
         return 0
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     methods = [m for m in args.methods.split(",") if m]
-    runs = {}
     t_start = time.perf_counter()
-    for seed in seeds:
-        for method in methods:
-            busy0, t0 = busy_seconds(), time.perf_counter()
-            r = run_worker(__file__, ["--worker", method, "--seed", str(seed), "--threads", str(args.threads),
-                                      "--data", args.data, "--labels-key", args.labels_key],
-                           args.threads, label=method)
-            if r is None:
-                continue
-            busy1 = busy_seconds()
-            if busy0 is not None and busy1 is not None:
-                r["busy_cores"] = (busy1 - busy0) / (time.perf_counter() - t0)
-            runs[(seed, method)] = r
-            print(f"[seed {seed}] [{method}] spot r {r['pearson_spot']:.3f}, type r {r['pearson_type']:.3f}, "
-                  f"RMSE {r['rmse']:.4f}, JSD {r['jsd']:.4f}; reference {r['reference_s']:.1f} s, spatial "
-                  f"{r['spatial_s']:.1f} s (epochs {r['epochs']})", flush=True)
+
+    def report(seed, method, r):
+        print(f"[seed {seed}] [{method}] spot r {r['pearson_spot']:.3f}, type r {r['pearson_type']:.3f}, "
+              f"RMSE {r['rmse']:.4f}, JSD {r['jsd']:.4f}; reference {r['reference_s']:.1f} s, spatial "
+              f"{r['spatial_s']:.1f} s (epochs {r['epochs']})", flush=True)
+
+    runs = run_per_seed(__file__, methods, seeds, args.threads,
+                        ["--data", args.data, "--labels-key", args.labels_key], report=report)
 
     def agg(method, key):
         values = [r[key] for (s, m), r in runs.items() if m == method]

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, busy_seconds, emit_result, record_section, run_worker  # noqa: E402
+from _common import ROOT, emit_result, record_section, run_per_seed  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SEQ = DATA / "spacexr_merfish_reference_1308.h5ad"
@@ -128,25 +128,18 @@ def main(argv=None) -> int:
         worker(args.worker, args.seed, args.threads, args.epochs, args.held_out)
         return 0
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    runs = {}
     t_start = time.perf_counter()
-    for seed in seeds:
-        for tool in ("cellvi", "scvi"):
-            busy0, t0 = busy_seconds(), time.perf_counter()
-            r = run_worker(__file__, ["--worker", tool, "--seed", str(seed), "--threads", str(args.threads),
-                                      "--epochs", str(args.epochs), "--held-out", str(args.held_out)],
-                           args.threads, label=tool)
-            if r is None:
-                continue
-            busy1 = busy_seconds()
-            if busy0 is not None and busy1 is not None:
-                r["busy_cores"] = (busy1 - busy0) / (time.perf_counter() - t0)
-            r["median_spearman"] = statistics.median(r["spearman"])
-            r["median_pearson"] = statistics.median(r["pearson"])
-            runs[(seed, tool)] = r
-            print(f"[seed {seed}] [{tool}] median Spearman {r['median_spearman']:.3f}, Pearson "
-                  f"{r['median_pearson']:.3f} over {len(r['spearman'])} held-out genes; train {r['train_s']:.1f} s",
-                  flush=True)
+
+    def report(seed, tool, r):
+        # the per-gene correlations summarised once, here, for the table and the summary
+        r["median_spearman"] = statistics.median(r["spearman"])
+        r["median_pearson"] = statistics.median(r["pearson"])
+        print(f"[seed {seed}] [{tool}] median Spearman {r['median_spearman']:.3f}, Pearson "
+              f"{r['median_pearson']:.3f} over {len(r['spearman'])} held-out genes; train {r['train_s']:.1f} s",
+              flush=True)
+
+    runs = run_per_seed(__file__, ["cellvi", "scvi"], seeds, args.threads,
+                        ["--epochs", str(args.epochs), "--held-out", str(args.held_out)], report=report)
     name = {"cellvi": "cellvi", "scvi": "scvi-tools"}
     head = ["method", "seed", "median Spearman", "median Pearson", "genes with Spearman > 0", "train (s)",
             "busy cores"]
