@@ -109,8 +109,8 @@ class VAEMixin:
     def _marginal_ll_batch_size(self, n_mc_samples: int) -> int:
         """Cells per minibatch of :meth:`get_marginal_ll`. The modules draw up to 100 samples at a
         time, so a minibatch makes (samples x cells x features) tensors; on the CPU those are
-        kept to ~2M entries, which stay in cache (kang, 100 samples: 128 cells took 5.9 s per
-        1,000 cells, 16 cells ~2-3 s); other devices take 128 cells."""
+        kept to ~2M entries, so that they stay in cache (timings in benchmarks/RESULTS.md);
+        other devices take 128 cells."""
         if next(self.module.parameters()).device.type != "cpu":
             return 128
         per_cell = min(n_mc_samples, 100) * max(len(self.var_names), 1)
