@@ -90,11 +90,11 @@ class AUTOZI(VAEMixin, ExpressionMixin, BaseModel):
     >>> adata.var = adata.var.join(calls)
     """
 
-    # scvi-tools' KL warm-up (400 epochs, not capped: a short run ends below full weight). The
-    # calls depend on it: on kang (lr 1e-2, 50 epochs, seeds 0-1) the capped warm-up called
-    # 0.62-0.63 of genes zero-inflated, 23-24% of them confidently (P < 0.1 or > 0.9), against
-    # scvi-tools' 0.67 and 29%; uncapped, 0.67-0.69 and 27-28%.
-    _plan_defaults = {"kl_warmup_cap": None}
+    # Trained with the trainer's default, scvi-tools' KL warm-up (400 epochs, not capped: a
+    # short run ends below full weight). The calls depend on it: on kang (lr 1e-2, 50 epochs,
+    # seeds 0-1) a warm-up capped at 3/4 of the run called 0.62-0.63 of genes zero-inflated,
+    # 23-24% of them confidently (P < 0.1 or > 0.9), against scvi-tools' 0.67 and 29%;
+    # uncapped, 0.67-0.69 and 27-28%.
 
     def __init__(self, adata=None, n_hidden: int = 128, n_latent: int = 10, n_layers: int = 1,
                  dropout_rate: float = 0.1, dispersion: str = "gene", latent_distribution: str = "normal",

@@ -132,8 +132,8 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
     # measured, cannot inform it.
     _query_frozen_parameters = ("log_per_batch_efficiency",)
     # The KL warm-up (which also weighs the protein likelihood and, through 1 - weight, the
-    # adversarial classifier) runs 0.75 * n_cells steps, as in scvi-tools, however short the run.
-    _plan_defaults = {"kl_warmup_cap": None}
+    # adversarial classifier) runs 0.75 * n_cells steps, as in scvi-tools, however short the
+    # run (the trainer's default: no kl_warmup_cap).
     # cellvi.autotune's default search space, around totalVI's defaults (n_latent 20, 256
     # hidden units, 2 encoder layers, encoder dropout 0.2, NB genes, lr 4e-3).
     _tune_space = {
