@@ -73,7 +73,10 @@ class RNAStereoscopeModule(BaseModule):
 
     def generative(self, x, y) -> dict:
         library = x.sum(-1, keepdim=True)
-        rate = library * torch.index_select(self.w, 1, y).T
+        # Rows of w.T, gathered into a contiguous cells x genes tensor: the fused NB
+        # likelihood adds its non-zero gradient terms through flat views of that layout (a
+        # transposed, column-major rate loses them and training climbs the loss).
+        rate = library * torch.index_select(self.w.t(), 0, y.long().reshape(-1))
         return {"dist": _nb_total_count(rate, self.px_o)}
 
     def loss(self, tensors, inference_out, generative_out, kl_weight: float = 1.0) -> LossOutput:
