@@ -74,3 +74,60 @@ def test_samples_have_the_right_moments():
         torch.testing.assert_close(draws.mean(0), dist.mean[0], rtol=0.05, atol=0.05)
         if hasattr(dist, "variance"):
             torch.testing.assert_close(draws.var(0), dist.variance[0], rtol=0.1, atol=0.1)
+
+
+def test_fast_digamma_and_log_factorial_match_torch():
+    from cellvi.distributions._fused import _digamma, _log_factorial
+
+    z = torch.cat([torch.logspace(-4, 9, 400, dtype=torch.float64), torch.tensor([0.5, 1.0, 1.4616, 3.999, 4.0])])
+    torch.testing.assert_close(_digamma(z), torch.digamma(z), rtol=1e-8, atol=1e-8)
+    z32 = z.float()
+    torch.testing.assert_close(_digamma(z32), torch.digamma(z32), rtol=1e-5, atol=2e-6)
+    counts = torch.tensor([1.0, 2.0, 7.0, 1023.0, 1024.0, 5000.0])  # table and beyond it
+    torch.testing.assert_close(_log_factorial(counts), torch.lgamma(counts.double() + 1).float())
+    fractional = torch.tensor([0.5, 2.25])  # not counts: computed, not looked up
+    torch.testing.assert_close(_log_factorial(fractional), torch.lgamma(fractional + 1))
+    assert torch.isnan(_digamma(torch.tensor([1.0, float("nan")]))).any()
+
+
+def test_zinb_zero_probability_underflow_stays_exact():
+    """A zero count whose extra-zero and NB probabilities are both below float32's range
+    (very negative zi logit, large mean): the per-cell value and gradients stay finite and
+    equal to the float64 dense reference."""
+    x = torch.zeros(3, 4)
+    x[0, 1] = 2.0
+    flat = torch.nonzero(x.reshape(-1)).squeeze(1)
+    values = x.reshape(-1)[flat]
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        mu = torch.tensor([[200.0, 3.0, 0.5, 1.0]] * 3, dtype=dtype).requires_grad_()
+        theta = torch.tensor([1e4, 2.0, 1.0, 0.5], dtype=dtype).requires_grad_()
+        zi = torch.tensor([[-120.0, -1.0, 0.0, 2.0]] * 3, dtype=dtype).requires_grad_()
+        dist = ZeroInflatedNegativeBinomial(mu, theta, zi)
+        ll = dist.log_prob_per_cell(x.to(dtype), flat, values.to(dtype)) if dtype == torch.float32 \
+            else dist.log_prob(x.to(dtype)).sum(-1)
+        ll.sum().backward()
+        results.append([t.double() for t in (ll.detach(), mu.grad, theta.grad, zi.grad)])
+    for got, expected in zip(*results):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["nb", "zinb"])
+def test_sparse_per_cell_accepts_transposed_parameters(kind):
+    """mu and zi_logits given as transposes (column-major) give the same value and
+    gradients as their row-major copies."""
+    x, flat, values = counts_and_nonzeros()
+    x, values = x.double(), values.double()
+    grads = []
+    for transposed in (False, True):
+        mu, theta, zi = params()
+        mu_in = mu.detach().t().contiguous().t().requires_grad_() if transposed else mu
+        zi_in = zi.detach().t().contiguous().t().requires_grad_() if transposed else zi
+        dist = NegativeBinomial(mu_in, theta) if kind == "nb" else ZeroInflatedNegativeBinomial(mu_in, theta, zi_in)
+        ll = dist.log_prob_per_cell(x, flat, values)
+        (ll * torch.linspace(-1, 2, ll.shape[0], dtype=ll.dtype)).sum().backward()
+        grads.append((ll.detach(), mu_in.grad, theta.grad, zi_in.grad if kind == "zinb" else None))
+    for plain, transposed in zip(*grads):
+        if plain is not None:
+            torch.testing.assert_close(transposed, plain)
