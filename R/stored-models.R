@@ -146,6 +146,17 @@ cellvi_remove_models <- function(x, names = NULL, delete_files = FALSE) {
          .show_some(names(records), 20), call. = FALSE)
   }
   record <- .materialize_record(records[[name]])
+  if (any(grepl("_dirs$", names(record))) || is.null(record$model_dir)) {
+    # A record of several models (RunSolo: one Solo per batch, on an scVI model); its
+    # model_dir, if any, is the folder that holds them, not a model.
+    dirs <- record[grepl("_dirs?$", names(record)) & names(record) != "model_dir"]
+    dirs <- Filter(function(v) length(v) > 0L, lapply(dirs, function(v) as.character(unlist(v))))
+    if (!length(dirs)) stop("the record '", name, "' on `x` holds no model directory", call. = FALSE)
+    listing <- vapply(names(dirs), function(k) paste0("  ", k, ": ", paste(dirs[[k]], collapse = ", ")),
+                      character(1))
+    stop("the record '", name, "' holds several models, not one:\n", paste(listing, collapse = "\n"),
+         "\nload one with load_cellvi_model(<one of these directories>)", call. = FALSE)
+  }
   if (!dir.exists(record$model_dir)) {
     stop("the model '", name, "' was saved in the directory\n  ", record$model_dir,
          "\nwhich no longer exists", call. = FALSE)

@@ -45,6 +45,8 @@ test_that("RunSolo trains scVI first, scores planted doublets high and records i
   expect_true(dir.exists(record$scvi_model_dir))
   expect_length(record$solo_dirs, 1)
   solo <- load_cellvi_model(record$solo_dirs[[1]])
+  # by name on the object: the record holds several models, and the error lists them
+  expect_error(load_cellvi_model(out, "solo"), "holds several models, not one:.*solo_dirs: .*scvi_model_dir: ")
   again <- as.numeric(reticulate::py_to_r(solo$predict()$`__getitem__`("doublet")$to_numpy()))
   expect_equal(unname(again), unname(score), tolerance = 1e-6)
   # nothing else changed
