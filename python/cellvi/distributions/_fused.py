@@ -138,11 +138,13 @@ class _CountLogLikelihood(torch.autograd.Function):
                 if mu.device.type == "cpu":
                     q = torch.sigmoid(zi_logits)
                     one_minus_q = torch.rsub(q, 1.0)
-                    nb_part = torch.exp(a).mul_(one_minus_q)  # (1 - q) NB(0)
+                    nb_part = a.exp_().mul_(one_minus_q)  # (1 - q) NB(0), in a's memory
                     d_zero = q.add_(nb_part)  # D
                     if float(d_zero.min()) < _SMALLEST_SAFE_D:
                         d_zero = None
                 if d_zero is None:
+                    if mu.device.type == "cpu":  # a went into nb_part
+                        a = minus_d * theta.neg()
                     ll0, w, dpi = _zero_terms_exact(a, zi_logits)
                 else:
                     ll0 = torch.log(d_zero)
@@ -195,7 +197,11 @@ class _CountLogLikelihood(torch.autograd.Function):
         grad_mu = neg_dmu * g.neg() if ctx.needs_input_grad[0] else None
         grad_theta = None
         if ctx.needs_input_grad[1]:
-            grad_theta = (dtheta * g).sum_to_size(ctx.theta_shape)
+            if dtheta.dim() == 2 and (len(ctx.theta_shape) == 1 or ctx.theta_shape[0] == 1):
+                # per gene: g^T dtheta, one pass
+                grad_theta = (grad_out @ dtheta).reshape(ctx.theta_shape)
+            else:
+                grad_theta = (dtheta * g).sum_to_size(ctx.theta_shape)
         grad_pi = dpi * g if ctx.has_pi and ctx.needs_input_grad[2] else None
         return grad_mu, grad_theta, grad_pi, None, None, None
 
