@@ -169,10 +169,13 @@ test_that("TunePEAKVI / tunePEAKVI search PeakVI on region counts", {
                                            max_epochs = 1, verbose = FALSE)), unknown_error)
 
   sce <- cellvi_dataset("bmmc_atac_small", as = "SingleCellExperiment")
-  # (not n_latent: PeakVI's default is NULL, the square-root rule, shown as NA in trial 0)
   suppressWarnings(trials <- tune_quick(tunePEAKVI, sce,
                                         search_space = tiny_search(c(1, 2), "n_layers_encoder")))
   expect_tiny_trials(trials, "n_layers_encoder", default = 2)
+  # PeakVI's n_latent default is NULL (the square-root rule): trial 0 shows what it resolved
+  # to for these 2,000 regions (sqrt of n_hidden 44), not NA
+  suppressWarnings(trials <- tune_quick(tunePEAKVI, sce, search_space = tiny_search(c(5, 10))))
+  expect_tiny_trials(trials, "n_latent", default = 6L)
   expect_error(suppressWarnings(tunePEAKVI(sce, search_space = unknown_space, num_samples = 1,
                                            max_epochs = 1, verbose = FALSE)), unknown_error)
 })

@@ -717,6 +717,12 @@ def _model_defaults(model_cls, probe, space: dict) -> dict:
             out[name] = init[name].default
         elif name in module_params and module_params[name].default is not inspect.Parameter.empty:
             out[name] = module_params[name].default
+        if name in out and out[name] is None:
+            # A size the model derives from the data (PEAKVI's n_hidden and n_latent): the
+            # value it resolved to, so the defaults trial shows it and runs the same model.
+            resolved = getattr(probe.module, name, None)
+            if isinstance(resolved, (bool, int, float, str)):
+                out[name] = resolved
     train = _train_parameters(model_cls)
     plan = {**_plan_fields(), **getattr(model_cls, "_plan_defaults", {})}
     for name in space["train_params"]:

@@ -130,6 +130,10 @@ def test_other_models_use_their_declared_spaces(tmp_path):
     res = run_autotune(cellvi.PEAKVI, atac, metric="marginal_ll", num_samples=2, max_epochs=1, scheduler=None,
                        save_dir=str(tmp_path), plot=False, verbose=False, metric_kwargs={"n_mc_samples": 5})
     assert res.results.iloc[0]["defaults"] and res.results["state"].eq("complete").all()
+    # The defaults trial shows the sizes PEAKVI derives from the data (None in its signature).
+    defaults = res.results.iloc[0]
+    model = cellvi.PEAKVI(atac)
+    assert defaults["n_hidden"] == model.module.n_hidden and defaults["n_latent"] == model.module.n_latent
 
 
 def test_bad_input_is_refused_before_anything_starts(adata, tmp_path):
