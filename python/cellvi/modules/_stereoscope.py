@@ -73,9 +73,8 @@ class RNAStereoscopeModule(BaseModule):
 
     def generative(self, x, y) -> dict:
         library = x.sum(-1, keepdim=True)
-        # Rows of w.T, gathered into a contiguous cells x genes tensor: the fused NB
-        # likelihood adds its non-zero gradient terms through flat views of that layout (a
-        # transposed, column-major rate loses them and training climbs the loss).
+        # Rows of w.T, gathered straight into a contiguous cells x genes tensor, the layout
+        # the fused NB likelihood works in (a column-major rate would cost it a copy).
         rate = library * torch.index_select(self.w.t(), 0, y.long().reshape(-1))
         return {"dist": _nb_total_count(rate, self.px_o)}
 
