@@ -34,6 +34,7 @@ EPS = 1e-8
 _SMALLEST_SAFE_D = 1e-30
 # lgamma(k + 1) for the small integer counts that make up nearly all non-zeros.
 _LOG_FACTORIAL_TABLE_SIZE = 1024
+_LOG2_E = 1.0 / math.log(2.0)
 _log_factorials: dict = {}
 
 
@@ -108,8 +109,6 @@ class _CountLogLikelihood(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu, theta, zi_logits, nz_index, nz_value, n_genes):
         shape = mu.shape
-        rows = torch.div(nz_index, n_genes, rounding_mode="floor")
-        cols = nz_index - rows * n_genes
         per_gene_theta = theta.dim() == 1 or theta.shape[0] == 1
         # The non-zero terms are gathered from and added into flat views of the dense tensors,
         # which must therefore be row-major (a transposed mu would make reshape(-1) a copy
@@ -138,7 +137,10 @@ class _CountLogLikelihood(torch.autograd.Function):
                 if mu.device.type == "cpu":
                     q = torch.sigmoid(zi_logits)
                     one_minus_q = torch.rsub(q, 1.0)
-                    nb_part = a.exp_().mul_(one_minus_q)  # (1 - q) NB(0), in a's memory
+                    # (1 - q) NB(0), in a's memory; exp(a) as 2^(a log2 e): torch's exp2 is
+                    # several times faster than its exp on the CPU, within 1e-6 relative
+                    # for the a > -20 that matter here (7e-6 near underflow)
+                    nb_part = a.mul_(_LOG2_E).exp2_().mul_(one_minus_q)
                     d_zero = q.add_(nb_part)  # D
                     if float(d_zero.min()) < _SMALLEST_SAFE_D:
                         d_zero = None
@@ -152,11 +154,12 @@ class _CountLogLikelihood(torch.autograd.Function):
                     dpi = one_minus_q.sub_(w)
                 neg_dmu = theta_r * w
                 dtheta = dmr * w
-            per_cell = ll0.sum(-1)
-
-            # Corrections at the non-zero entries: the x > 0 value and gradients minus the
-            # dense x = 0 ones added above.
+            # At the non-zero entries: the x > 0 value, which replaces the dense x = 0 one in
+            # ll0 before the row sums, and the gradients' differences from the dense x = 0
+            # ones, added to them. The flat indices are unique, so scatter_add_ (several
+            # times faster on the CPU than index_add_) adds each once.
             x = nz_value
+            cols = torch.remainder(nz_index, n_genes) if per_gene_theta else None
             mu_nz = _at(mu, nz_index)
             r_nz = _at(r, nz_index)
             theta_nz = _gather(theta, shape, nz_index, cols)
@@ -170,21 +173,23 @@ class _CountLogLikelihood(torch.autograd.Function):
                 lg_theta, dg_theta = torch.lgamma(theta_nz), _digamma(theta_nz)
             x_r = x * r_nz
             x_over_mu = x / (mu_nz + EPS)
-            extra = x * torch.log((mu_nz + EPS).mul_(r_nz)) + torch.lgamma(x_theta) - lg_theta - _log_factorial(x)
+            dmr_nz = _at(dmr, nz_index)
+            a_nz = (dmr_nz - mu_nz * r_nz).mul_(theta_nz)  # log NB(0) at the non-zeros, not gathered
+            ll_nz = x * torch.log((mu_nz + EPS).mul_(r_nz)) + torch.lgamma(x_theta) - lg_theta - _log_factorial(x)
+            ll_nz += a_nz
             dtheta_nz = _digamma(x_theta).sub_(dg_theta).sub_(x_r)
             if zi_logits is None:
                 neg_dmu_nz = theta_r_nz.mul_(x_over_mu).neg_()
             else:
                 one_minus_w = torch.rsub(_at(w, nz_index), 1.0)
-                dmr_nz = _at(dmr, nz_index)
-                a_nz = (dmr_nz - mu_nz * r_nz).mul_(theta_nz)
-                extra += a_nz - F.softplus(_at(zi_logits, nz_index)) - _at(ll0, nz_index)
+                ll_nz -= F.softplus(_at(zi_logits, nz_index))
                 neg_dmu_nz = theta_r_nz.mul_(one_minus_w - x_over_mu)
                 dtheta_nz += one_minus_w * dmr_nz
-                dpi.reshape(-1).index_add_(0, nz_index, one_minus_w.neg_())
-            per_cell.index_add_(0, rows, extra)
-            neg_dmu.reshape(-1).index_add_(0, nz_index, neg_dmu_nz)
-            dtheta.reshape(-1).index_add_(0, nz_index, dtheta_nz)
+                dpi.reshape(-1).scatter_add_(0, nz_index, one_minus_w.neg_())
+            # ll0 is a fresh tensor here (a in the NB case, not needed after this)
+            per_cell = ll0.reshape(-1).scatter_(0, nz_index, ll_nz).reshape(shape).sum(-1)
+            neg_dmu.reshape(-1).scatter_add_(0, nz_index, neg_dmu_nz)
+            dtheta.reshape(-1).scatter_add_(0, nz_index, dtheta_nz)
         ctx.theta_shape = theta.shape
         ctx.save_for_backward(neg_dmu, dtheta, dpi if dpi is not None else torch.empty(0))
         ctx.has_pi = dpi is not None
