@@ -9,29 +9,16 @@
 # Memory is this process's peak resident set (VmHWM, reset through /proc/self/clear_refs before
 # each step), i.e. R and Python together, minus the resident set just before the step.
 
-args <- commandArgs(trailingOnly = TRUE)
-opt <- function(name, default) {
-  i <- match(paste0("--", name), args)
-  if (is.na(i)) default else as.numeric(args[i + 1])
-}
-record <- "--record" %in% args
-n_cells <- as.integer(opt("cells", 1e5))
-n_genes <- as.integer(opt("genes", 2000))
-nnz_target <- opt("nnz", 1e7)
+file_arg <- sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE))
+source(file.path(dirname(file_arg), "_common.R"))
+record <- "--record" %in% bench_args
+n_cells <- as.integer(bench_option("cells", 1e5))
+n_genes <- as.integer(bench_option("genes", 2000))
+nnz_target <- bench_option("nnz", 1e7)
 repeats <- 3L
 
-file_arg <- sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE))
-root <- normalizePath(file.path(dirname(file_arg), ".."))
-if (!nzchar(Sys.getenv("RETICULATE_PYTHON")) && file.exists(file.path(root, ".venv/bin/python"))) {
-  Sys.setenv(RETICULATE_PYTHON = file.path(root, ".venv/bin/python"))
-}
-
-lib <- tempfile("cellvi-lib")
-dir.create(lib)
-log <- system2(file.path(R.home("bin"), "R"),
-               c("CMD", "INSTALL", "--no-multiarch", "--no-test-load", paste0("--library=", lib),
-                 shQuote(root)), stdout = TRUE, stderr = TRUE)
-if (!is.null(attr(log, "status"))) stop("R CMD INSTALL failed:\n", paste(log, collapse = "\n"))
+use_tree_python()
+lib <- install_tree(tempfile("cellvi-lib"))
 suppressPackageStartupMessages(library(cellvi, lib.loc = lib))
 if (!cellvi_available()) stop("the cellvi Python core is not available; set RETICULATE_PYTHON")
 
@@ -62,17 +49,9 @@ measure <- function(expr_fun) {
   list(value = value, secs = secs, peak = peak, retained = retained)
 }
 
-# ---- data: a genes x cells dgCMatrix of counts, built directly in CSC form ----------------------
-set.seed(0)
+# ---- data -------------------------------------------------------------------------------------
 t0 <- proc.time()[["elapsed"]]
-density <- nnz_target / (as.numeric(n_cells) * n_genes)
-per_cell <- rbinom(n_cells, n_genes, density)
-p <- c(0L, cumsum(per_cell))
-i <- unlist(lapply(per_cell, function(k) sort.int(sample.int(n_genes, k)) - 1L), use.names = FALSE)
-x <- as.numeric(rnbinom(length(i), mu = 2, size = 1) + 1)
-m <- new("dgCMatrix", i = i, p = as.integer(p), x = x, Dim = c(n_genes, n_cells),
-         Dimnames = list(paste0("gene", seq_len(n_genes)), paste0("cell", seq_len(n_cells))))
-rm(i, p, x, per_cell)
+m <- simulate_dgc(n_cells, n_genes, nnz_target)
 gen_secs <- proc.time()[["elapsed"]] - t0
 nnz <- length(m@x)
 dgc_mib <- as.numeric(object.size(m)) / 2^20
@@ -133,32 +112,19 @@ cat(table, sep = "\n")
 
 # ---- record ----------------------------------------------------------------------------------------
 if (record) {
-  git <- function(...) tryCatch(system2("git", c("-C", shQuote(root), ...), stdout = TRUE,
-                                        stderr = FALSE), error = function(e) "")
-  commit <- git("rev-parse", "--short", "HEAD")
-  dirty <- length(git("status", "--porcelain", "--untracked-files=no")) > 0
-  cpu <- sub(".*:\\s*", "", grep("^model name", readLines("/proc/cpuinfo"), value = TRUE)[1])
-  py <- cellvi:::.cellvi_py()
   pyver <- function(mod) reticulate::import("importlib.metadata")$version(mod)
-  section <- c(
-    "",
-    sprintf("## %s: R -> AnnData conversion, %s cells x %s genes dgCMatrix, %s non-zeros (simulated)",
-            format(Sys.time(), "%Y-%m-%d %H:%M UTC", tz = "UTC"),
-            format(n_cells, big.mark = ","), format(n_genes, big.mark = ","),
-            format(nnz, big.mark = ",")),
-    "",
-    sprintf("- command: `Rscript benchmarks/bench_convert.R %s`", paste(args, collapse = " ")),
-    sprintf("- commit: %s%s", commit, if (dirty) " (with uncommitted changes)" else ""),
-    sprintf("- machine: %s (%d cores); %s, reticulate %s, Matrix %s; Python %s, numpy %s, scipy %s, pandas %s, anndata %s",
-            cpu, parallel::detectCores(), R.version.string, utils::packageVersion("reticulate"),
-            utils::packageVersion("Matrix"), reticulate::py_config()$version,
-            pyver("numpy"), pyver("scipy"), pyver("pandas"), pyver("anndata")),
+  append_results(c(
+    section_head(sprintf("R -> AnnData conversion, %s cells x %s genes dgCMatrix, %s non-zeros (simulated)",
+                         format(n_cells, big.mark = ","), format(n_genes, big.mark = ","),
+                         format(nnz, big.mark = ",")), "bench_convert.R",
+                 sprintf("%s, reticulate %s, Matrix %s; Python %s, numpy %s, scipy %s, pandas %s, anndata %s",
+                         R.version.string, utils::packageVersion("reticulate"), utils::packageVersion("Matrix"),
+                         reticulate::py_config()$version, pyver("numpy"), pyver("scipy"), pyver("pandas"),
+                         pyver("anndata"))),
     sprintf("- sizes: dgCMatrix %.0f MiB, CSR float32/int32 %.0f MiB, a dense float32 copy would be %.0f MiB; Python start + imports %.2f s (once per session, not in the rows)",
             dgc_mib, csr_mib, dense_mib, imp$secs),
     "- memory: VmHWM of the R process (R and Python together) minus VmRSS before the step (reset before each step); retained = VmRSS after the step and a gc, result still alive",
     "",
-    table)
-  cat(section, file = file.path(root, "benchmarks", "RESULTS.md"), sep = "\n", append = TRUE)
-  cat("appended to benchmarks/RESULTS.md\n")
+    table))
 }
 unlink(lib, recursive = TRUE)

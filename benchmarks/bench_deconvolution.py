@@ -37,13 +37,14 @@ SUMMARY_KEYS = ("Deconvolution accuracy", "DestVI time", "Stereoscope speed")
 
 
 def make_data(path: str, labels_key: str, seed: int, n_spots: int = N_SPOTS):
-    """(reference AnnData, pseudo-spot AnnData, truth DataFrame) for ``seed``."""
+    """(reference AnnData, pseudo-spot AnnData, truth DataFrame) for ``seed``: half of each
+    type's cells as the reference, spots of 2-10 cells of the other half."""
     import warnings
 
     import anndata
     import numpy as np
-    import pandas as pd
-    import scipy.sparse as sp
+
+    from cellvi.datasets import pseudo_spots, split_by_label
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -51,28 +52,9 @@ def make_data(path: str, labels_key: str, seed: int, n_spots: int = N_SPOTS):
     adata = adata[np.asarray(adata.X.sum(axis=1)).ravel() > 0].copy()  # cells without counts say nothing
     adata.obs[labels_key] = adata.obs[labels_key].astype(str).astype("category")
     rng = np.random.default_rng(seed)
-    ref, rest = [], []
-    for _, idx in adata.obs.groupby(labels_key, observed=True).indices.items():
-        idx = rng.permutation(idx)
-        ref += list(idx[: len(idx) // 2])
-        rest += list(idx[len(idx) // 2:])
-    reference = adata[np.sort(ref)].copy()
-    pool = adata[np.sort(rest)]
-    X = sp.csr_matrix(pool.X)
-    types = pd.Categorical(pool.obs[labels_key].astype(str), categories=list(adata.obs[labels_key].cat.categories))
-    sizes = rng.integers(2, 11, size=n_spots)
-    rows, cols = [], []
-    truth = np.zeros((n_spots, len(types.categories)))
-    for s, k in enumerate(sizes):
-        cells = rng.choice(pool.n_obs, size=k, replace=False)
-        rows += [s] * k
-        cols += list(cells)
-        np.add.at(truth[s], types.codes[cells], 1.0 / k)
-    pick = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_spots, pool.n_obs))
-    spots = anndata.AnnData((pick @ X).astype(np.float32).tocsr(),
-                            obs=pd.DataFrame(index=[f"spot{i}" for i in range(n_spots)]),
-                            var=pd.DataFrame(index=adata.var_names.copy()))
-    return reference, spots, pd.DataFrame(truth, index=spots.obs_names, columns=list(types.categories))
+    reference, pool = split_by_label(adata, labels_key, rng)
+    spots, truth = pseudo_spots(pool, labels_key, n_spots, rng, categories=adata.obs[labels_key].cat.categories)
+    return reference, spots, truth
 
 
 def metrics(props, truth) -> dict:

@@ -9,16 +9,13 @@
 # directly in Python on the same AnnData right after). Python's start-up (first call) is
 # measured separately, before anything else.
 
-args <- commandArgs(trailingOnly = TRUE)
-record <- "--record" %in% args
-epochs <- if ("--epochs" %in% args) as.integer(args[match("--epochs", args) + 1]) else 2L
 file_arg <- sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE))
-root <- normalizePath(file.path(dirname(file_arg), ".."))
-if (!nzchar(Sys.getenv("RETICULATE_PYTHON"))) Sys.setenv(RETICULATE_PYTHON = file.path(root, ".venv/bin/python"))
-lib <- tempfile("cellvi-lib"); dir.create(lib)
-log <- system2(file.path(R.home("bin"), "R"), c("CMD", "INSTALL", "--no-multiarch", paste0("--library=", lib),
-                                                 shQuote(root)), stdout = TRUE, stderr = TRUE)
-if (!is.null(attr(log, "status"))) stop("R CMD INSTALL failed:\n", paste(log, collapse = "\n"))
+source(file.path(dirname(file_arg), "_common.R"))
+record <- "--record" %in% bench_args
+epochs <- as.integer(bench_option("epochs", 2))
+root <- bench_root
+use_tree_python()
+lib <- install_tree(tempfile("cellvi-lib"))
 suppressPackageStartupMessages({library(cellvi, lib.loc = lib); library(Seurat)})
 
 t0 <- Sys.time()
@@ -51,13 +48,8 @@ lines <- c(
 table <- c("| step | time |", "| --- | --- |", lines)
 cat(table, sep = "\n")
 if (record) {
-  commit <- system2("git", c("-C", shQuote(root), "rev-parse", "--short", "HEAD"), stdout = TRUE)
-  cpu <- sub(".*: ", "", grep("^model name", readLines("/proc/cpuinfo"), value = TRUE)[1])
-  cat(c("", sprintf("## %s UTC: RunSCVI overhead on kang_se_12261 (Seurat, 12,261 x 1,287)",
-                    format(Sys.time(), tz = "UTC", "%Y-%m-%d %H:%M")), "",
-        "- command: `Rscript benchmarks/bench_runscvi.R --record`",
-        sprintf("- commit: %s", commit),
-        sprintf("- machine: %s (%d cores), 2 torch threads; R %s, reticulate %s", cpu, parallel::detectCores(),
-                getRversion(), packageVersion("reticulate")), "", table),
-      file = file.path(root, "benchmarks", "RESULTS.md"), sep = "\n", append = TRUE)
+  append_results(c(
+    section_head("RunSCVI overhead on kang_se_12261 (Seurat, 12,261 x 1,287)", "bench_runscvi.R",
+                 sprintf("2 torch threads; R %s, reticulate %s", getRversion(), packageVersion("reticulate"))),
+    "", table))
 }

@@ -107,8 +107,8 @@ def _raw_statistics(X: sp.csr_matrix, idx: np.ndarray, genes: np.ndarray | None)
     }
 
 
-def _sample_scales(model, adata, cells: np.ndarray, batches, n_samples: int, features, rng
-                   ) -> tuple[torch.Tensor, np.ndarray]:
+def _sample_scales(model, adata, cells: np.ndarray, batches, n_samples: int, features, rng,
+                   chunk_kwargs: dict) -> tuple[torch.Tensor, np.ndarray]:
     """Posterior normalized expression of cells drawn with replacement, features x samples
     (the statistics reduce each feature over samples, several times faster along contiguous
     memory than down the columns of a samples x features array), and the batch each sample
@@ -127,7 +127,8 @@ def _sample_scales(model, adata, cells: np.ndarray, batches, n_samples: int, fea
     for position, batch in enumerate(choices):
         drawn = np.sort(rng.choice(cells, size=per_batch, replace=True))
         offset = position * per_batch
-        for rows, values in model._de_chunks(adata, drawn, None if batch is None else [batch], features):
+        for rows, values in model._de_chunks(adata, drawn, None if batch is None else [batch], features,
+                                             **chunk_kwargs):
             rows = (slice(rows.start + offset, rows.stop + offset) if isinstance(rows, slice)
                     else rows + offset)
             by_feature[:, rows] = values.cpu()
@@ -307,6 +308,7 @@ def differential_expression(
     test_mode: str = "three",
     gene_list: Sequence[str] | None = None,
     change: str = "lfc",
+    chunk_kwargs: dict | None = None,
 ) -> pd.DataFrame:
     """Bayesian differential expression between groups of cells.
 
@@ -362,6 +364,10 @@ def differential_expression(
         summaries ``lfc_*``); ``"difference"``, the plain difference group 1 - group 2, for
         quantities on a fixed scale such as probabilities (``delta`` a difference, summaries
         ``diff_*``; no pseudocounts).
+    chunk_kwargs
+        Model-specific arguments of how the model computes the compared quantity (passed to
+        its ``_de_chunks``), e.g. totalVI's ``protein_prior_count``; a model's own
+        ``differential_expression`` sets them from its documented arguments.
 
     Returns
     -------
@@ -434,8 +440,8 @@ def differential_expression(
         # The estimated offset is one number over all genes, so that a gene's result does
         # not depend on which other genes were asked for: all genes are sampled for it.
         sampled = None if offset is None else genes
-        s1, batch1 = _sample_scales(model, adata, i1, batches1, n_samples, sampled, rng)
-        s2, batch2 = _sample_scales(model, adata, i2, batches2, n_samples, sampled, rng)
+        s1, batch1 = _sample_scales(model, adata, i1, batches1, n_samples, sampled, rng, chunk_kwargs or {})
+        s2, batch2 = _sample_scales(model, adata, i2, batches2, n_samples, sampled, rng, chunk_kwargs or {})
         raw = {suffix: _raw_statistics_of_blocks(blocks, idx, sampled) for suffix, idx in (("1", i1), ("2", i2))}
         if offset is None:
             offset = estimate_pseudocounts(s1, s2, raw["1"]["raw_mean"], raw["2"]["raw_mean"])

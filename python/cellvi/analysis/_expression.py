@@ -84,6 +84,25 @@ class PosteriorMixin:
         cell, averaged over the batches ``transform_batch`` (None: each cell's own)."""
         raise NotImplementedError
 
+    def _cells_by_features(self, adata, indices, n_samples: int, return_mean: bool, return_numpy: bool | None,
+                           feature_names: Sequence[Sequence[str]], chunks) -> list:
+        """Per-cell outputs filled chunk by chunk (no concatenation): one per entry of
+        ``feature_names`` (its columns), from ``chunks`` yielding ``(rows, value per output)``.
+        Each is cells x features, or samples x cells x features when samples are kept; arrays,
+        or DataFrames (cells and features named) unless ``return_numpy`` or samples are kept."""
+        n_cells = len(cell_indices(self._anndata(adata).n_obs, indices))
+        lead = (n_cells,) if n_samples == 1 or return_mean else (n_samples, n_cells)
+        outs = [np.empty((*lead, len(names)), dtype=np.float32) for names in feature_names]
+        for rows, *values in chunks:
+            for out, value in zip(outs, values):
+                out[..., rows, :] = value.cpu().numpy()
+        if return_numpy or (return_numpy is None and len(lead) == 2):
+            return outs
+        if len(lead) == 2:
+            raise ValueError("a DataFrame holds one sample per cell: pass return_mean=True or return_numpy=True")
+        cells = self._obs_names(adata, indices)
+        return [pd.DataFrame(out, index=cells, columns=names) for out, names in zip(outs, feature_names)]
+
     def _transform_batches(self, transform_batch) -> list[int | None]:
         if transform_batch is None:
             return [None]
@@ -216,19 +235,10 @@ class ExpressionMixin(PosteriorMixin):
         """
         n_samples = as_count(n_samples, "n_samples")
         genes = self._gene_mask(gene_list)
-        n_cells = len(cell_indices(self._anndata(adata).n_obs, indices))
-        n_genes = self.registry.n_vars if genes is None else len(genes)
-        shape = (n_cells, n_genes) if n_samples == 1 or return_mean else (n_samples, n_cells, n_genes)
-        out = np.empty(shape, dtype=np.float32)  # filled chunk by chunk: no concatenation
-        for rows, values in self._expression_chunks(adata, indices, transform_batch, genes, library_size,
-                                                    n_samples, return_mean, batch_size):
-            out[..., rows, :] = values.cpu().numpy()
-        if return_numpy or (return_numpy is None and out.ndim == 3):
-            return out
-        if out.ndim == 3:
-            raise ValueError("a DataFrame holds one sample per cell: pass return_mean=True or return_numpy=True")
-        columns = self.registry.var_names if genes is None else [self.registry.var_names[i] for i in genes]
-        return pd.DataFrame(out, index=self._obs_names(adata, indices), columns=columns)
+        names = self.registry.var_names if genes is None else [self.registry.var_names[i] for i in genes]
+        chunks = self._expression_chunks(adata, indices, transform_batch, genes, library_size, n_samples,
+                                         return_mean, batch_size)
+        return self._cells_by_features(adata, indices, n_samples, return_mean, return_numpy, [names], chunks)[0]
 
     # Written once in ._differential (its first argument is the model).
     differential_expression = differential_expression

@@ -1,4 +1,5 @@
-"""Small real data sets shipped with cellvi, for examples and smoke tests."""
+"""Small real data sets shipped with cellvi, for examples and smoke tests, and pseudo-spots
+built from single cells with known proportions (to check a deconvolution)."""
 from __future__ import annotations
 
 import os
@@ -160,3 +161,83 @@ def lymphnode_visium_small():
     import anndata
 
     return anndata.read_h5ad(os.path.join(os.path.dirname(__file__), "lymphnode_visium_small.h5ad"))
+
+
+# -- pseudo-spots: spatial spots simulated from single cells, with known proportions -------------
+
+def split_by_label(adata, labels_key: str, rng=None, fraction: float = 0.5):
+    """Two AnnData copies: a random ``fraction`` of each label's cells (rounded down), and the
+    rest, each in the original cell order; e.g. a reference to train on and the cells that
+    :func:`pseudo_spots` mixes, so that no spot holds a reference cell.
+
+    ``rng``: a NumPy Generator or a seed.
+
+    Examples
+    --------
+    >>> import cellvi.datasets as ds
+    >>> adata = ds.merfish_reference_small()
+    >>> reference, pool = ds.split_by_label(adata, "cell_type", rng=0)
+    """
+    import numpy as np
+
+    if labels_key not in adata.obs:
+        raise KeyError(f"{labels_key!r} is not a column of adata.obs")
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+    rng = np.random.default_rng(rng)
+    first, second = [], []
+    for _, idx in adata.obs.groupby(labels_key, observed=True).indices.items():
+        idx = rng.permutation(idx)
+        n_first = int(len(idx) * fraction)
+        first += list(idx[:n_first])
+        second += list(idx[n_first:])
+    return adata[np.sort(first)].copy(), adata[np.sort(second)].copy()
+
+
+def pseudo_spots(adata, labels_key: str, n_spots: int, rng=None, cells_per_spot: tuple[int, int] = (2, 10),
+                 categories=None):
+    """Spots whose counts are the sums of ``cells_per_spot`` (low, high: drawn uniformly) random
+    cells of ``adata`` (counts in ``X``), and the truth: each spot's fraction of cells per label.
+
+    Returns ``(spots, truth)``: an AnnData of ``n_spots`` x the same genes (CSR float32 counts,
+    spots named ``spot0``, ``spot1``, ...) and a DataFrame of spots x labels (rows sum to 1;
+    columns ``categories``, default the labels present, sorted). ``rng``: a NumPy Generator or
+    a seed.
+
+    Examples
+    --------
+    >>> import cellvi.datasets as ds
+    >>> reference, pool = ds.split_by_label(ds.merfish_reference_small(), "cell_type", rng=0)
+    >>> spots, truth = ds.pseudo_spots(pool, "cell_type", n_spots=200, rng=0)
+    >>> truth.sum(axis=1).round(6).eq(1).all()
+    True
+    """
+    import anndata
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    low, high = (int(v) for v in cells_per_spot)
+    if not 1 <= low <= high <= adata.n_obs:
+        raise ValueError(f"cells_per_spot must be (low, high) with 1 <= low <= high <= {adata.n_obs} cells, "
+                         f"got {cells_per_spot}")
+    if labels_key not in adata.obs:
+        raise KeyError(f"{labels_key!r} is not a column of adata.obs")
+    rng = np.random.default_rng(rng)
+    labels = adata.obs[labels_key].astype(str)
+    types = pd.Categorical(labels) if categories is None else pd.Categorical(labels, categories=list(categories))
+    if (types.codes < 0).any():
+        raise ValueError(f"labels {sorted(set(labels[types.codes < 0]))} are not among the categories")
+    sizes = rng.integers(low, high + 1, size=int(n_spots))
+    rows, cols = [], []
+    truth = np.zeros((len(sizes), len(types.categories)))
+    for spot, k in enumerate(sizes):
+        cells = rng.choice(adata.n_obs, size=k, replace=False)
+        rows += [spot] * k
+        cols += list(cells)
+        np.add.at(truth[spot], types.codes[cells], 1.0 / k)
+    pick = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(sizes), adata.n_obs))
+    spots = anndata.AnnData((pick @ sp.csr_matrix(adata.X)).astype(np.float32).tocsr(),
+                            obs=pd.DataFrame(index=[f"spot{i}" for i in range(len(sizes))]),
+                            var=pd.DataFrame(index=adata.var_names.copy()))
+    return spots, pd.DataFrame(truth, index=spots.obs_names, columns=list(types.categories))

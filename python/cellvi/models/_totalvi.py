@@ -466,32 +466,17 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
     def _rna_and_proteins(self, adata, indices, transform_batch, gene_list, protein_list, library_size, n_samples,
                           sample_protein_mixing, scale_protein, include_protein_background, batch_size,
                           return_mean, return_numpy, measured_batches_only):
-        from ..data import cell_indices
-
         n_samples = as_count(n_samples, "n_samples")
         genes = self._gene_mask(gene_list)
         proteins = self._protein_mask_of(protein_list)
-        n_cells = len(cell_indices(self._anndata(adata).n_obs, indices))
-        n_genes = self.registry.n_vars if genes is None else len(genes)
-        n_proteins = len(self.protein_names) if proteins is None else len(proteins)
-        lead = (n_cells,) if n_samples == 1 or return_mean else (n_samples, n_cells)
-        rna_out = np.empty((*lead, n_genes), dtype=np.float32)
-        protein_out = np.empty((*lead, n_proteins), dtype=np.float32)
-        for rows, rna, protein in self._joint_chunks(
-                adata, indices, transform_batch, genes, proteins, library_size, n_samples, return_mean,
-                batch_size, include_protein_background, sample_protein_mixing, scale_protein,
-                measured_batches_only):
-            rna_out[..., rows, :] = rna.cpu().numpy()
-            protein_out[..., rows, :] = protein.cpu().numpy()
-        if return_numpy or (return_numpy is None and rna_out.ndim == 3):
-            return rna_out, protein_out
-        if rna_out.ndim == 3:
-            raise ValueError("a DataFrame holds one sample per cell: pass return_mean=True or return_numpy=True")
-        cells = self._obs_names(adata, indices)
         gene_names = self.registry.var_names if genes is None else [self.registry.var_names[i] for i in genes]
         protein_names = self.protein_names if proteins is None else [self.protein_names[i] for i in proteins]
-        return (pd.DataFrame(rna_out, index=cells, columns=gene_names),
-                pd.DataFrame(protein_out, index=cells, columns=protein_names))
+        chunks = self._joint_chunks(adata, indices, transform_batch, genes, proteins, library_size, n_samples,
+                                    return_mean, batch_size, include_protein_background, sample_protein_mixing,
+                                    scale_protein, measured_batches_only)
+        rna, protein = self._cells_by_features(adata, indices, n_samples, return_mean, return_numpy,
+                                               [gene_names, protein_names], chunks)
+        return rna, protein
 
     @torch.no_grad()
     def get_protein_foreground_probability(self, adata=None, indices=None, transform_batch=None,
@@ -509,25 +494,20 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         n_samples = as_count(n_samples, "n_samples")
         proteins = self._protein_mask_of(protein_list)
         batches = self._transform_batches(transform_batch)
-        from ..data import cell_indices
-
-        n_cells = len(cell_indices(self._anndata(adata).n_obs, indices))
-        n_proteins = len(self.protein_names) if proteins is None else len(proteins)
-        lead = (n_cells,) if n_samples == 1 or return_mean else (n_samples, n_cells)
-        out = np.empty((*lead, n_proteins), dtype=np.float32)
-        for rows, tensors, inf in self._posterior(adata, indices, n_samples, batch_size):
-            total = 0.0
-            for b in batches:
-                total = total + (1 - torch.sigmoid(self._generate(tensors, inf, b)["mixing"])) / len(batches)
-            if proteins is not None:
-                total = total[..., proteins]
-            if n_samples > 1 and return_mean:
-                total = total.mean(0)
-            out[..., rows, :] = total.cpu().numpy()
-        if return_numpy or (return_numpy is None and out.ndim == 3):
-            return out
         names = self.protein_names if proteins is None else [self.protein_names[i] for i in proteins]
-        return pd.DataFrame(out, index=self._obs_names(adata, indices), columns=names)
+
+        def chunks():
+            for rows, tensors, inf in self._posterior(adata, indices, n_samples, batch_size):
+                total = 0.0
+                for b in batches:
+                    total = total + (1 - torch.sigmoid(self._generate(tensors, inf, b)["mixing"])) / len(batches)
+                if proteins is not None:
+                    total = total[..., proteins]
+                if n_samples > 1 and return_mean:
+                    total = total.mean(0)
+                yield rows, total
+
+        return self._cells_by_features(adata, indices, n_samples, return_mean, return_numpy, [names], chunks())[0]
 
     @torch.no_grad()
     def posterior_predictive_sample(self, adata=None, indices=None, n_samples: int = 1,
@@ -557,8 +537,6 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         return torch.cat(chunks, dim=0).numpy()
 
     # -- differential expression over genes and proteins together ------------------------------
-    _protein_prior_count = 0.1  # added to protein expression in DE (scvi-tools' default)
-
     def _de_feature_names(self) -> list[str]:
         return list(self.registry.var_names) + self.protein_names
 
@@ -573,11 +551,11 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         fields = self.registry.fields
         return [self.registry.counts(adata), sp.csr_matrix(fields[C.PROTEIN_KEY].array(adata, fields))]
 
-    def _de_chunks(self, adata, cells, transform_batch, features):
+    def _de_chunks(self, adata, cells, transform_batch, features, protein_prior_count: float = 0.1):
         for rows, rna, protein in self._joint_chunks(
                 adata, cells, transform_batch, None, None, 1, 1, True, None, False, False, False,
                 genes_major=True):
-            joint = torch.cat([rna, protein + self._protein_prior_count], dim=0)
+            joint = torch.cat([rna, protein + protein_prior_count], dim=0)
             yield rows, (joint if features is None else joint[torch.as_tensor(features)])
 
     def differential_expression(self, adata=None, groupby: str | None = None, group1=None, group2=None,
@@ -597,11 +575,6 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         >>> de = model.differential_expression(groupby="cell_type", group1="B", group2="T")
         >>> de.loc[model.protein_names]   # the proteins' rows
         """
-        previous, self._protein_prior_count = self._protein_prior_count, float(protein_prior_count)
-        try:
-            de = ExpressionMixin.differential_expression(self, adata, groupby, group1, group2, idx1, idx2,
-                                                         mode=mode, delta=delta, pseudocounts=pseudocounts,
-                                                         **kwargs)
-        finally:
-            self._protein_prior_count = previous
-        return de
+        return ExpressionMixin.differential_expression(
+            self, adata, groupby, group1, group2, idx1, idx2, mode=mode, delta=delta, pseudocounts=pseudocounts,
+            chunk_kwargs={"protein_prior_count": float(protein_prior_count)}, **kwargs)

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import torch
 
 import cellvi
+import cellvi.datasets
 from cellvi.models._destvi import destvi_batch_size
 from conftest import shared_data
 
@@ -25,36 +26,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def pseudo_spots(adata, labels_key: str, n_spots: int, rng, low: int = 2, high: int = 10):
-    """Spots summed from ``low``-``high`` random cells of ``adata``; truth = cell fractions."""
-    X = sp.csr_matrix(adata.X)
-    types = pd.Categorical(adata.obs[labels_key].astype(str))
-    sizes = rng.integers(low, high + 1, size=n_spots)
-    rows, cols = [], []
-    truth = np.zeros((n_spots, len(types.categories)))
-    for s, k in enumerate(sizes):
-        cells = rng.choice(adata.n_obs, size=k, replace=False)
-        rows += [s] * k
-        cols += list(cells)
-        np.add.at(truth[s], types.codes[cells], 1.0 / k)
-    pick = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_spots, adata.n_obs))
-    spots = anndata.AnnData((pick @ X).astype(np.float32).tocsr(),
-                            obs=pd.DataFrame(index=[f"spot{i}" for i in range(n_spots)]),
-                            var=pd.DataFrame(index=adata.var_names.copy()))
-    spots.obsm["spatial"] = rng.uniform(0, 100, size=(n_spots, 2))
-    return spots, pd.DataFrame(truth, index=spots.obs_names, columns=list(types.categories))
-
-
-def split_reference(adata, labels_key, rng):
-    """Half of each type's cells as the reference, the other half for the spots."""
-    ref, rest = [], []
-    for _, idx in adata.obs.groupby(labels_key, observed=True).indices.items():
-        idx = rng.permutation(idx)
-        ref += list(idx[: len(idx) // 2])
-        rest += list(idx[len(idx) // 2:])
-    return adata[np.sort(ref)].copy(), adata[np.sort(rest)].copy()
 
 
 def agreement(props: pd.DataFrame, truth: pd.DataFrame) -> float:
@@ -78,8 +49,9 @@ def merfish():
     adata = shared_data("spacexr_merfish_reference_1308.h5ad")
     adata = adata[np.asarray(adata.X.sum(axis=1)).ravel() > 0].copy()  # one cell has no counts
     rng = np.random.default_rng(0)
-    ref, rest = split_reference(adata, "cell_type", rng)
-    spots, truth = pseudo_spots(rest, "cell_type", 200, rng)
+    ref, rest = cellvi.datasets.split_by_label(adata, "cell_type", rng)
+    spots, truth = cellvi.datasets.pseudo_spots(rest, "cell_type", 200, rng)
+    spots.obsm["spatial"] = rng.uniform(0, 100, size=(spots.n_obs, 2))
     return ref, spots, truth
 
 

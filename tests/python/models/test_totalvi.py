@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import torch
 
 import cellvi
 from cellvi import _constants as C
@@ -132,6 +133,16 @@ def test_train_queries_and_save_load_round_trip(tmp_path):
     assert set(model.protein_names) <= set(de.index) and len(de) == 40 + N_PROTEINS
     assert (de.loc[model.protein_names, "feature_type"] == "protein").all()
     assert (de["feature_type"] == "gene").sum() == 40
+    # protein_prior_count shifts every protein draw and nothing else (same draws: same seeds)
+    shifted = {}
+    for count in (0.1, 2.1):
+        torch.manual_seed(0)
+        shifted[count] = model.differential_expression(groupby="cell_type", group1="type0", group2="type1",
+                                                       n_samples=200, protein_prior_count=count)
+    proteins, genes = model.protein_names, [f"gene{j}" for j in range(40)]
+    np.testing.assert_allclose(shifted[2.1].loc[proteins, "scale1"] - shifted[0.1].loc[proteins, "scale1"], 2.0,
+                               rtol=1e-4)
+    np.testing.assert_array_equal(shifted[2.1].loc[genes, "scale1"], shifted[0.1].loc[genes, "scale1"])
     model.save(tmp_path / "tv")
     loaded = cellvi.load_model(tmp_path / "tv", adata, device="cpu")
     assert isinstance(loaded, cellvi.TOTALVI) and loaded.protein_names == model.protein_names
