@@ -1,5 +1,7 @@
-"""cellvi.datasets: the shipped data sets load with what their docstrings promise."""
+"""cellvi.datasets: the shipped data sets load with what their docstrings promise; pseudo-spots
+simulated from them hold what they say."""
 import numpy as np
+import pytest
 import pandas as pd
 import scipy.sparse as sp
 
@@ -50,3 +52,30 @@ def test_merfish_pair_has_counts_coordinates_and_shared_genes():
     assert seq.obs["cell_type"].cat.categories.size == 14
     assert spatial.obsm["spatial"].shape == (750, 2)
     np.testing.assert_allclose(spatial.obsm["spatial"], spatial.obs[["x", "y"]].to_numpy())
+
+
+def test_pseudo_spots_sum_cells_with_known_proportions():
+    from cellvi.datasets import pseudo_spots, split_by_label
+
+    adata = cellvi.datasets.merfish_reference_small()
+    reference, pool = split_by_label(adata, "cell_type", rng=0)
+    assert reference.n_obs + pool.n_obs == adata.n_obs
+    assert not set(reference.obs_names) & set(pool.obs_names)
+    for label, n in adata.obs["cell_type"].value_counts().items():  # half of each label, rounded down
+        assert (reference.obs["cell_type"] == label).sum() == n // 2
+    spots, truth = pseudo_spots(pool, "cell_type", n_spots=50, rng=1, cells_per_spot=(3, 5))
+    assert spots.shape == (50, adata.n_vars) and list(truth.index) == list(spots.obs_names)
+    np.testing.assert_allclose(truth.sum(axis=1), 1.0)
+    # each spot is 3-5 whole cells: fractions are multiples of 1/k for one k in 3..5
+    k = np.round(1 / truth.where(truth > 0).min(axis=1)).to_numpy()
+    assert set(k) <= {3.0, 4.0, 5.0}
+    # the spots' counts are sums of the pool's cells: totals lie within the k smallest/largest cells
+    cell_totals = np.sort(np.asarray(pool.X.sum(axis=1)).ravel())
+    spot_totals = np.asarray(spots.X.sum(axis=1)).ravel()
+    assert (spot_totals >= cell_totals[:3].sum() - 1e-3).all() and (spot_totals <= cell_totals[-5:].sum() + 1e-3).all()
+    again, truth_again = pseudo_spots(pool, "cell_type", n_spots=50, rng=1, cells_per_spot=(3, 5))
+    assert (again.X != spots.X).nnz == 0 and truth_again.equals(truth)  # seeded
+    with pytest.raises(ValueError, match="cells_per_spot"):
+        pseudo_spots(pool, "cell_type", 5, cells_per_spot=(4, 2))
+    with pytest.raises(KeyError, match="not a column"):
+        split_by_label(adata, "no_such_column")
