@@ -29,6 +29,13 @@ install_tree <- function(lib) {
   invisible(lib)
 }
 
+# The simulated matrix's size from --cells, --genes and --nnz (default 100,000 x 2,000, 1e7
+# non-zeros), for the conversion benchmarks.
+matrix_size_options <- function() {
+  list(n_cells = as.integer(bench_option("cells", 1e5)), n_genes = as.integer(bench_option("genes", 2000)),
+       nnz_target = bench_option("nnz", 1e7))
+}
+
 # A genes x cells dgCMatrix of counts (about nnz_target non-zeros, NB(2, 1) + 1 each), built
 # directly in CSC form (seeded): a sparse() call would sort ten million triplets.
 simulate_dgc <- function(n_cells, n_genes, nnz_target, seed = 0) {

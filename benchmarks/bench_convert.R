@@ -12,9 +12,10 @@
 file_arg <- sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE))
 source(file.path(dirname(file_arg), "_common.R"))
 record <- "--record" %in% bench_args
-n_cells <- as.integer(bench_option("cells", 1e5))
-n_genes <- as.integer(bench_option("genes", 2000))
-nnz_target <- bench_option("nnz", 1e7)
+size <- matrix_size_options()
+n_cells <- size$n_cells
+n_genes <- size$n_genes
+nnz_target <- size$nnz_target
 repeats <- 3L
 
 use_tree_python()

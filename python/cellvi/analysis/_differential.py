@@ -397,6 +397,7 @@ def differential_expression(
     if not 0 < fdr_target < 1:
         raise ValueError(f"fdr_target must be in (0, 1), got {fdr_target}")
     n_samples = as_count(n_samples, "n_samples")
+    chunk_kwargs = dict(chunk_kwargs or {})
     if m_permutation is not None:
         m_permutation = as_count(m_permutation, "m_permutation")
     data_adata = model._anndata(adata)
@@ -440,8 +441,8 @@ def differential_expression(
         # The estimated offset is one number over all genes, so that a gene's result does
         # not depend on which other genes were asked for: all genes are sampled for it.
         sampled = None if offset is None else genes
-        s1, batch1 = _sample_scales(model, adata, i1, batches1, n_samples, sampled, rng, chunk_kwargs or {})
-        s2, batch2 = _sample_scales(model, adata, i2, batches2, n_samples, sampled, rng, chunk_kwargs or {})
+        s1, batch1 = _sample_scales(model, adata, i1, batches1, n_samples, sampled, rng, chunk_kwargs)
+        s2, batch2 = _sample_scales(model, adata, i2, batches2, n_samples, sampled, rng, chunk_kwargs)
         raw = {suffix: _raw_statistics_of_blocks(blocks, idx, sampled) for suffix, idx in (("1", i1), ("2", i2))}
         if offset is None:
             offset = estimate_pseudocounts(s1, s2, raw["1"]["raw_mean"], raw["2"]["raw_mean"])

@@ -474,9 +474,8 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         chunks = self._joint_chunks(adata, indices, transform_batch, genes, proteins, library_size, n_samples,
                                     return_mean, batch_size, include_protein_background, sample_protein_mixing,
                                     scale_protein, measured_batches_only)
-        rna, protein = self._cells_by_features(adata, indices, n_samples, return_mean, return_numpy,
-                                               [gene_names, protein_names], chunks)
-        return rna, protein
+        return tuple(self._cells_by_features(adata, indices, n_samples, return_mean, return_numpy,
+                                             [gene_names, protein_names], chunks))
 
     @torch.no_grad()
     def get_protein_foreground_probability(self, adata=None, indices=None, transform_batch=None,
