@@ -163,3 +163,22 @@ def test_bad_input_is_refused_before_anything_starts(adata, tmp_path):
     with pytest.raises(ValueError, match="importable"):
         run_autotune(cellvi.SCVI, adata, metric=lambda m, a: 0.0, n_jobs=2, **kw)
     assert not os.path.exists(save)  # nothing was started
+
+
+def test_a_trial_started_past_the_target_is_stopped_and_left_out(adata, tmp_path):
+    # Two workers can both see one slot left; the one whose trial is numbered past the target
+    # must stop at once and not count. Here a worker starts a trial on a study already full.
+    from cellvi.autotune import trials_dataframe
+    from cellvi.autotune._tune import CONFIG_ATTR, OVER_BUDGET_ATTR, _Context, _objective
+
+    res = run_autotune(cellvi.SCVI, adata, metric="marginal_ll", search_space=SPACE, num_samples=2,
+                       max_epochs=1, scheduler=None, save_dir=str(tmp_path), metric_kwargs={"n_mc_samples": 5},
+                       plot=False, verbose=False)
+    study = res.study
+    ctx = _Context(study.user_attrs[CONFIG_ATTR], adata)
+    study.optimize(_objective(ctx, None), n_trials=1)
+    extra = study.trials[-1]
+    assert extra.number == 2 and extra.state.name == "PRUNED"
+    assert extra.user_attrs[OVER_BUDGET_ATTR] is True and "epochs" not in extra.user_attrs
+    df = trials_dataframe(study)
+    assert list(df["trial"]) == [0, 1] and (df["state"] == "complete").all()
