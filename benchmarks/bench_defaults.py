@@ -58,6 +58,11 @@ CASES = {
 SETTINGS = {
     "defaults": ({}, {}),
     "defaults-40ep": ({}, {"max_epochs": 40}),
+    # the search's two best (kang, 20 trials, one seed each)
+    "dropout0.2-40ep": ({"dropout_rate": 0.2}, {"max_epochs": 40}),
+    "latent30-dropout0.2-kl20-20ep": ({"n_latent": 30, "dropout_rate": 0.2},
+                                      {"max_epochs": 20, "plan_kwargs": {"n_epochs_kl_warmup": 20}}),
+    "dropout0.2": ({"dropout_rate": 0.2}, {}),
 }
 N_HVG = 2000
 
@@ -178,8 +183,9 @@ def worker(args) -> None:
 
         cellvi.settings.progress_bar = False
         cellvi.settings.seed = args.seed
-        cellvi.SCVI.setup_anndata(adata, batch_key="batch")
-        model = cellvi.SCVI(adata[train_idx].copy(), **model_kwargs)
+        train = adata[train_idx].copy()
+        cellvi.SCVI.setup_anndata(train, batch_key="batch")
+        model = cellvi.SCVI(train, **model_kwargs)
         model.train(train_size=1.0, **train_kwargs)
         latent = model.get_latent_representation(adata)
         test = adata[test_idx].copy()
@@ -332,7 +338,7 @@ def parse_args(argv=None):
                    help="search: local worker processes (1: the metric is defined in this script)")
     p.add_argument("--search-default-epochs", type=int, default=40)
     p.add_argument("--out", help="search: write the trials to this CSV")
-    p.add_argument("--settings", default="defaults-40ep", help=f"confirm: cellvi settings ({', '.join(SETTINGS)})")
+    p.add_argument("--settings", default="defaults-40ep,dropout0.2-40ep,latent30-dropout0.2-kl20-20ep", help=f"confirm: cellvi settings ({', '.join(SETTINGS)})")
     p.add_argument("--scvi-settings", default="defaults-40ep", help="confirm: scvi-tools settings ('' for none)")
     p.add_argument("--cases", default="kang,harmony")
     p.add_argument("--seeds", type=int, default=3)
