@@ -29,7 +29,7 @@ from scipy.spatial import cKDTree
 
 BIO_METRICS = ("label_silhouette", "nmi", "ari")
 BATCH_METRICS = ("batch_silhouette", "ilisi", "graph_connectivity")
-_ROWS_PER_BLOCK = 2048  # distance rows computed at a time (memory: block x cells floats)
+_DISTANCES_PER_BLOCK = 2 ** 24  # distances computed at a time (~130 MB of float64 each for d2, dist)
 
 
 def _codes(values, name: str) -> tuple[np.ndarray, int]:
@@ -53,8 +53,9 @@ def silhouette_samples(X: np.ndarray, codes: np.ndarray) -> np.ndarray:
     onehot = sparse.csr_matrix((np.ones(len(codes)), (np.arange(len(codes)), codes)), shape=(len(codes), k))
     squared = np.einsum("ij,ij->i", X, X)
     out = np.empty(len(codes))
-    for start in range(0, len(codes), _ROWS_PER_BLOCK):
-        block = slice(start, start + _ROWS_PER_BLOCK)
+    rows_per_block = max(16, _DISTANCES_PER_BLOCK // len(codes))
+    for start in range(0, len(codes), rows_per_block):
+        block = slice(start, start + rows_per_block)
         d2 = squared[block, None] + squared[None, :] - 2.0 * (X[block] @ X.T)
         dist = np.sqrt(np.maximum(d2, 0.0))
         sums = np.asarray((onehot.T @ dist.T).T)  # block x k: summed distance to each cluster
