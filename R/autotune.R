@@ -286,7 +286,9 @@ tune_randint <- function(low, high) {
 #' @param verbose Print a line per finished trial and messages.
 #' @return With `fit_best = FALSE`, a data.frame with one row per trial: `trial` (0: the
 #'   model's defaults), `state` (`"complete"`, `"pruned"`, `"fail"`), `metric`, `epochs`,
-#'   `seconds`, `defaults`, the searched parameters and `error`; attributes `best_params` (a
+#'   `seconds`, `defaults`, the searched parameters, `error` and `duplicate_of` (the trial
+#'   whose parameters this one repeats, its result reused without training; -1 for none);
+#'   attributes `best_params` (a
 #'   list of `model_params` and `train_params`), `run_dir` and `study_name`. With
 #'   `fit_best = TRUE`, the Seurat object with the reduction added.
 #' @seealso [tune_choice()] for search spaces, [RunSCVI()] to fit chosen settings;

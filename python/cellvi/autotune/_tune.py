@@ -365,6 +365,7 @@ class _Context:
 # -- trials ------------------------------------------------------------------------------------
 _FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 OVER_BUDGET_ATTR = "over_budget"  # a trial a worker started after the target was reached
+DUPLICATE_ATTR = "duplicate_of"  # a trial whose parameters a finished trial already had
 
 
 def _counted(trial) -> bool:
@@ -444,6 +445,8 @@ def _progress_line(study, trial, target: int | None) -> str:
         parts.append(f"pruned at epoch {step}")
     if trial.user_attrs.get("error"):
         parts.append(f"error: {trial.user_attrs['error']}")
+    if DUPLICATE_ATTR in trial.user_attrs:
+        parts.append(f"same parameters as trial {trial.user_attrs[DUPLICATE_ATTR]}: its result reused")
     try:
         best = study.best_trial
         parts.append(f"best={best.value:.6g} (trial {best.number})")
@@ -475,6 +478,15 @@ def _objective(ctx: _Context, models_dir: str | None):
                 for name, spec in ctx.space[section].items():
                     params[name] = spec.suggest(trial, name)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        # TPE proposes a finished trial's parameters again now and then (often, in small
+        # categorical spaces). Trials are deterministic on the fixed split, so the earlier
+        # result is this one's: reuse it rather than train the same model twice.
+        for done in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if done.params == trial.params and done.number != trial.number:
+                trial.set_user_attr(DUPLICATE_ATTR, done.number)
+                trial.set_user_attr("epochs", done.user_attrs.get("epochs"))
+                trial.set_user_attr("seconds", 0.0)
+                return done.value
         start = time.time()
         epochs = {"n": 0}
 
@@ -636,7 +648,9 @@ class AutotuneResult:
     ----------
     results
         One row per trial: ``trial`` (0 is the model's defaults), ``state`` (complete, pruned,
-        fail), ``metric``, ``epochs`` trained, ``seconds``, ``defaults``, then the parameters.
+        fail), ``metric``, ``epochs`` trained, ``seconds``, ``defaults``, then the parameters,
+        ``error`` and ``duplicate_of`` (the finished trial whose parameters this one repeats and
+        whose result it reuses without training; -1 for none).
     best_params
         ``{"model_params": {...}, "train_params": {...}}`` of the best trial.
     best_metric, default_metric
@@ -691,6 +705,7 @@ def trials_dataframe(study, space: dict | None = None) -> pd.DataFrame:
             row[n] = t.params.get(n, np.nan)
         if t.user_attrs.get("error"):
             row["error"] = t.user_attrs["error"]
+        row["duplicate_of"] = t.user_attrs.get(DUPLICATE_ATTR, -1)
         rows.append(row)
     df = pd.DataFrame(rows)
     if len(df):
@@ -1098,6 +1113,8 @@ def run_autotune(
                            (f"; errors: {'; '.join(errors[:3])}" if errors else "") +
                            f". See the worker logs in {run_dir}")
     best = study.best_trial
+    if DUPLICATE_ATTR in best.user_attrs:  # its model is the original trial's (saved with it)
+        best = next(t for t in complete if t.number == best.user_attrs[DUPLICATE_ATTR])
     default_trials = [t for t in complete if t.user_attrs.get("defaults")]
     best_params = _split_params(best.params, space)
     model, model_dir = _best_model(ctx, best, run_dir, models_dir, adata, verbose)

@@ -182,3 +182,25 @@ def test_a_trial_started_past_the_target_is_stopped_and_left_out(adata, tmp_path
     assert extra.user_attrs[OVER_BUDGET_ATTR] is True and "epochs" not in extra.user_attrs
     df = trials_dataframe(study)
     assert list(df["trial"]) == [0, 1] and (df["state"] == "complete").all()
+
+
+def test_a_repeated_parameter_set_reuses_the_finished_trials_result(adata, tmp_path, capsys):
+    # One parameter with two values and four trials: TPE must repeat a set at least twice.
+    space = {"model_params": {"n_latent": choice([3, 10])}}
+    res = run_autotune(cellvi.SCVI, adata, metric="marginal_ll", search_space=space, num_samples=4,
+                       max_epochs=1, scheduler=None, save_dir=str(tmp_path), metric_kwargs={"n_mc_samples": 5},
+                       plot=False)
+    df = res.results
+    assert len(df) == 4 and (df["state"] == "complete").all()
+    repeats = df[df["duplicate_of"] >= 0]
+    assert len(repeats) >= 2
+    for _, row in repeats.iterrows():
+        original = df.set_index("trial").loc[row["duplicate_of"]]
+        assert original["duplicate_of"] == -1 and original["n_latent"] == row["n_latent"]
+        assert row["metric"] == original["metric"] and row["seconds"] == 0.0
+        assert row["epochs"] == original["epochs"]
+    out = capsys.readouterr().out
+    assert "its result reused" in out
+    # the best model is the original trial's saved one, even when a repeat ties with it
+    assert "training the best trial" not in out
+    assert res.model.init_kwargs["n_latent"] == res.best_params["model_params"]["n_latent"]
