@@ -28,7 +28,10 @@ Stages
               10%. Each run is a fresh process (``--worker``). Reports median [range] per
               setting; ``--record`` writes RESULTS.md.
 
-    benchmarks/.venv-scvi/bin/python benchmarks/bench_defaults.py search --trials 20
+The search needs Optuna (the project's .venv has it); the confirm stage needs scvi-tools and
+harmonypy (``bash benchmarks/setup_reference_env.sh`` installs both into benchmarks/.venv-scvi).
+
+    .venv/bin/python benchmarks/bench_defaults.py search --trials 20
     benchmarks/.venv-scvi/bin/python benchmarks/bench_defaults.py confirm --seeds 3 --record
 """
 from __future__ import annotations

@@ -58,6 +58,13 @@ fi
 echo ">> installing cellvi (editable) from $ROOT"
 "$PY" -m pip install -c "$CONSTRAINTS" -e "$ROOT"
 
+# 4. harmonypy: the Harmony baseline of bench_defaults.py (integration scores).
+HARMONYPY_VERSION="${HARMONYPY_VERSION:-2.1.0}"
+if [ "$(installed_version harmonypy)" != "$HARMONYPY_VERSION" ]; then
+    echo ">> installing harmonypy==$HARMONYPY_VERSION"
+    "$PY" -m pip install -c "$CONSTRAINTS" "harmonypy==$HARMONYPY_VERSION"
+fi
+
 # Check: both import, and torch is still the pinned build.
 "$PY" - "$TORCH_VERSION" <<'EOF'
 import sys
