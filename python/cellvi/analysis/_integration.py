@@ -29,6 +29,7 @@ from scipy.spatial import cKDTree
 
 BIO_METRICS = ("label_silhouette", "nmi", "ari")
 BATCH_METRICS = ("batch_silhouette", "ilisi", "graph_connectivity")
+LISI_NEIGHBORS, GRAPH_NEIGHBORS = 90, 15
 _DISTANCES_PER_BLOCK = 2 ** 24  # distances computed at a time (~130 MB of float64 each for d2, dist)
 
 
@@ -147,23 +148,24 @@ def _simpson_index(distances: np.ndarray, neighbour_codes: np.ndarray, n_batches
     return np.sum(per_batch ** 2, axis=1)
 
 
-def ilisi(X: np.ndarray, batch_codes: np.ndarray, n_neighbors: int = 90, scale: bool = True) -> float:
-    """Median inverse Simpson index of batches among each cell's neighbours (iLISI)."""
-    n_batches = int(batch_codes.max()) + 1
+def _neighbours(X: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices of each row's ``n_neighbors`` nearest other rows (at most all
+    others), nearest first."""
     k = min(n_neighbors, len(X) - 1)
     distances, index = cKDTree(X).query(X, k=k + 1)
-    lisi = 1.0 / _simpson_index(distances[:, 1:], batch_codes[index[:, 1:]], n_batches, perplexity=k / 3.0)
+    return distances[:, 1:], index[:, 1:]
+
+
+def _ilisi(distances: np.ndarray, index: np.ndarray, batch_codes: np.ndarray, scale: bool) -> float:
+    n_batches = int(batch_codes.max()) + 1
+    lisi = 1.0 / _simpson_index(distances, batch_codes[index], n_batches, perplexity=index.shape[1] / 3.0)
     value = float(np.median(lisi))
     return (value - 1.0) / (n_batches - 1.0) if scale and n_batches > 1 else value
 
 
-def graph_connectivity(X: np.ndarray, label_codes: np.ndarray, n_neighbors: int = 15) -> float:
-    """Mean over labels of the share of the label's cells in the largest connected piece of
-    the (symmetrised) kNN graph restricted to that label."""
-    n = len(X)
-    k = min(n_neighbors, n - 1)
-    _, index = cKDTree(X).query(X, k=k + 1)
-    graph = sparse.csr_matrix((np.ones(n * k), (np.repeat(np.arange(n), k), index[:, 1:].ravel())), shape=(n, n))
+def _graph_connectivity(index: np.ndarray, label_codes: np.ndarray) -> float:
+    n, k = index.shape
+    graph = sparse.csr_matrix((np.ones(n * k), (np.repeat(np.arange(n), k), index.ravel())), shape=(n, n))
     graph = graph + graph.T
     shares = []
     for label in np.unique(label_codes):
@@ -171,6 +173,17 @@ def graph_connectivity(X: np.ndarray, label_codes: np.ndarray, n_neighbors: int 
         _, pieces = connected_components(graph[members][:, members], directed=False)
         shares.append(np.bincount(pieces).max() / len(members))
     return float(np.mean(shares))
+
+
+def ilisi(X: np.ndarray, batch_codes: np.ndarray, n_neighbors: int = LISI_NEIGHBORS, scale: bool = True) -> float:
+    """Median inverse Simpson index of batches among each cell's neighbours (iLISI)."""
+    return _ilisi(*_neighbours(X, n_neighbors), batch_codes, scale)
+
+
+def graph_connectivity(X: np.ndarray, label_codes: np.ndarray, n_neighbors: int = GRAPH_NEIGHBORS) -> float:
+    """Mean over labels of the share of the label's cells in the largest connected piece of
+    the (symmetrised) kNN graph restricted to that label."""
+    return _graph_connectivity(_neighbours(X, n_neighbors)[1], label_codes)
 
 
 def batch_silhouette(X: np.ndarray, batch_codes: np.ndarray, label_codes: np.ndarray) -> float:
@@ -226,7 +239,10 @@ def integration_scores(embedding, batch, labels=None, seed: int = 0) -> pd.Serie
     if (batch_codes < 0).any():
         raise ValueError("batch has missing values; every cell needs a batch")
     scores = dict.fromkeys(BIO_METRICS + BATCH_METRICS, float("nan"))
-    scores["ilisi"] = ilisi(X, batch_codes) if n_batches > 1 else float("nan")
+    # One neighbour search serves iLISI and, when every cell is labelled, graph connectivity
+    # (its 15 nearest are the first 15 of the 90).
+    neighbours = _neighbours(X, LISI_NEIGHBORS)
+    scores["ilisi"] = _ilisi(*neighbours, batch_codes, scale=True) if n_batches > 1 else float("nan")
     if labels is not None:
         label_codes, n_labels = _codes(labels, "labels")
         if len(label_codes) != len(X):
@@ -239,7 +255,9 @@ def integration_scores(embedding, batch, labels=None, seed: int = 0) -> pd.Serie
             scores["nmi"] = normalized_mutual_info(ll, clusters)
             scores["ari"] = adjusted_rand_index(ll, clusters)
         scores["batch_silhouette"] = batch_silhouette(Xl, bl, ll)
-        scores["graph_connectivity"] = graph_connectivity(Xl, ll)
+        graph_index = (neighbours[1][:, :GRAPH_NEIGHBORS] if known.all()
+                       else _neighbours(Xl, GRAPH_NEIGHBORS)[1])
+        scores["graph_connectivity"] = _graph_connectivity(graph_index, ll)
     scores["bio"] = float(np.mean([scores[m] for m in BIO_METRICS]))
     scores["batch"] = float(np.mean([scores[m] for m in BATCH_METRICS]))
     scores["total"] = 0.6 * scores["bio"] + 0.4 * scores["batch"]
