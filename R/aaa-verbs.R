@@ -524,6 +524,9 @@ load_cellvi_model <- function(model_dir, name = NULL) {
                                      proteins = misc$protein_assay))
   },
   columns = function(object) .seurat5_columns(object),
+  metadata = function(object) object[[]],
+  reductions = function(object) SeuratObject::Reductions(object),
+  embedding = function(object, name) SeuratObject::Embeddings(object, name),
   prepare = function(object, plan, args, verb, a) .seurat5_split_batch(object, plan, args, verb, a),
   write = function(object, results, record, plan, a, verbose) {
     if (!is.null(results$latent)) {
@@ -616,6 +619,9 @@ load_cellvi_model <- function(model_dir, name = NULL) {
                                        proteins = record$protein_altexp))
   },
   columns = function(x) colnames(SummarizedExperiment::colData(x)),
+  metadata = function(x) as.data.frame(SummarizedExperiment::colData(x)),
+  reductions = function(x) .sce_reduced_dim_names(x),
+  embedding = function(x, name) SingleCellExperiment::reducedDim(x, name),
   write = function(x, results, record, plan, a, verbose) {
     if (!is.null(results$latent)) {
       name <- .or_default(plan$latent_name, a$name)

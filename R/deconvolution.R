@@ -392,14 +392,11 @@ runStereoscope <- function(x, reference, labels_key, assay.type = "counts",
 plot_proportions <- function(object, cell_types = NULL, coords = NULL, prefix = "prop.",
                              ncol = NULL, point_size = 1) {
   .require_pkg("ggplot2", "plot proportions")
-  if (inherits(object, "Seurat")) {
-    meta <- object[[]]
-  } else if (methods::is(object, "SingleCellExperiment")) {
-    meta <- as.data.frame(SummarizedExperiment::colData(object))
-  } else {
+  if (!inherits(object, "Seurat") && !methods::is(object, "SingleCellExperiment")) {
     stop("`object` must be a Seurat object or a SingleCellExperiment, not ",
          .show(class(object)), call. = FALSE)
   }
+  meta <- .eco_of(object)$metadata(object)
   columns <- grep(paste0("^", gsub(".", "\\.", prefix, fixed = TRUE)), colnames(meta),
                   value = TRUE)
   if (!length(columns)) {

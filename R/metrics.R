@@ -30,35 +30,31 @@
 #' @export
 IntegrationScores <- function(object, reduction = NULL, batch, labels = NULL, seed = 0L) {
   seed <- .as_count(seed, "seed", minimum = 0L)
+  eco <- if (is.matrix(object)) NULL else .eco_of(object, "`object`")
   column <- function(value, what) {
-    if (is.null(value) || is.matrix(object)) return(value)
-    if (is.character(value) && length(value) == 1L) {
-      meta <- if (inherits(object, "Seurat")) object[[]] else
-        as.data.frame(SummarizedExperiment::colData(object))
-      if (!value %in% colnames(meta)) {
-        stop("metadata column '", value, "' (", what, ") not found; available: ",
-             .show_some(colnames(meta), 10), call. = FALSE)
-      }
-      return(meta[[value]])
+    if (is.null(value) || is.null(eco) || !(is.character(value) && length(value) == 1L)) {
+      return(value)
     }
-    value
+    meta <- eco$metadata(object)
+    if (!value %in% colnames(meta)) {
+      stop("metadata column '", value, "' (", what, ") not found; available: ",
+           .show_some(colnames(meta), 10), call. = FALSE)
+    }
+    meta[[value]]
   }
-  if (is.matrix(object)) {
+  if (is.null(eco)) {
     embedding <- object
   } else {
-    .eco_of(object, "`object`")
     if (is.null(reduction) || !is.character(reduction) || length(reduction) != 1L) {
       stop("`reduction` must name the reduction to score (e.g. \"scvi\" or \"harmony\")",
            call. = FALSE)
     }
-    available <- if (inherits(object, "Seurat")) SeuratObject::Reductions(object) else
-      SingleCellExperiment::reducedDimNames(object)
+    available <- eco$reductions(object)
     if (!reduction %in% available) {
       stop("reduction '", reduction, "' not found; available: ",
            if (length(available)) .show_some(available, 10) else "none", call. = FALSE)
     }
-    embedding <- if (inherits(object, "Seurat")) SeuratObject::Embeddings(object, reduction) else
-      SingleCellExperiment::reducedDim(object, reduction)
+    embedding <- eco$embedding(object, reduction)
   }
   batch <- column(batch, "batch")
   labels <- column(labels, "labels")
@@ -69,10 +65,8 @@ IntegrationScores <- function(object, reduction = NULL, batch, labels = NULL, se
     }
   }
   as_py <- function(v) if (is.null(v)) NULL else reticulate::r_to_py(as.character(v))
-  np <- reticulate::import("numpy", convert = FALSE)
-  metrics <- reticulate::import("cellvi.metrics", convert = FALSE)
-  scores <- .py_call(metrics$integration_scores(
-    np$asarray(unname(as.matrix(embedding)), dtype = "float64"), as_py(batch), as_py(labels),
+  scores <- .py_call(.core()$metrics$integration_scores(
+    .cellvi_py()$np$asarray(unname(as.matrix(embedding)), dtype = "float64"), as_py(batch), as_py(labels),
     seed = as.integer(seed)))
   unlist(reticulate::py_to_r(scores$to_dict()))
 }
