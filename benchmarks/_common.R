@@ -5,6 +5,7 @@
 #   source(file.path(dirname(file_arg), "_common.R"))
 
 bench_args <- commandArgs(trailingOnly = TRUE)
+bench_record <- "--record" %in% bench_args  # append the figures to RESULTS.md
 bench_root <- normalizePath(file.path(dirname(file_arg), ".."))
 
 # The numeric value after --name, or default.

@@ -11,7 +11,6 @@
 
 file_arg <- sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE))
 source(file.path(dirname(file_arg), "_common.R"))
-record <- "--record" %in% bench_args
 size <- matrix_size_options()
 n_cells <- size$n_cells
 n_genes <- size$n_genes
@@ -112,7 +111,7 @@ cat(sprintf("Python start + imports: %.2f s\n", imp$secs))
 cat(table, sep = "\n")
 
 # ---- record ----------------------------------------------------------------------------------------
-if (record) {
+if (bench_record) {
   pyver <- function(mod) reticulate::import("importlib.metadata")$version(mod)
   append_results(c(
     section_head(sprintf("R -> AnnData conversion, %s cells x %s genes dgCMatrix, %s non-zeros (simulated)",

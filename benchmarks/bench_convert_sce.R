@@ -13,7 +13,6 @@
 
 file_arg <- sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE))
 source(file.path(dirname(file_arg), "_common.R"))
-record <- "--record" %in% bench_args
 size <- matrix_size_options()
 n_cells <- size$n_cells
 n_genes <- size$n_genes
@@ -78,7 +77,7 @@ cat(sprintf("%s cells x %s genes, %s non-zeros\n", format(n_cells, big.mark = ",
 cat(table, sep = "\n")
 cat(sprintf("SCE / matrix, medians: %.2fx\n", ratio))
 
-if (record) {
+if (bench_record) {
   append_results(c(
     section_head(sprintf("as_anndata() of a SingleCellExperiment vs the bare dgCMatrix, %s cells x %s genes, %s non-zeros (simulated)",
                          format(n_cells, big.mark = ","), format(n_genes, big.mark = ","),

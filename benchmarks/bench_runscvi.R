@@ -11,7 +11,6 @@
 
 file_arg <- sub("^--file=", "", grep("^--file=", commandArgs(FALSE), value = TRUE))
 source(file.path(dirname(file_arg), "_common.R"))
-record <- "--record" %in% bench_args
 epochs <- as.integer(bench_option("epochs", 2))
 root <- bench_root
 use_tree_python()
@@ -47,7 +46,7 @@ lines <- c(
   sprintf("| overhead (conversion, write-back, save), median of 3 | %.2f s |", median(overhead)))
 table <- c("| step | time |", "| --- | --- |", lines)
 cat(table, sep = "\n")
-if (record) {
+if (bench_record) {
   append_results(c(
     section_head("RunSCVI overhead on kang_se_12261 (Seurat, 12,261 x 1,287)", "bench_runscvi.R",
                  sprintf("2 torch threads; R %s, reticulate %s", getRversion(), packageVersion("reticulate"))),
