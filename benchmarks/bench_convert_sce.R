@@ -62,7 +62,8 @@ run_variant <- function(kind) {
 results <- list(matrix = run_variant("matrix"), sce = run_variant("sce"))
 
 label <- c(matrix = "as_anndata(dgCMatrix)",
-           sce = "as_anndata(SingleCellExperiment holding it; 100,000 cell names)")
+           sce = sprintf("as_anndata(SingleCellExperiment holding it; %s cell names)",
+                         format(n_cells, big.mark = ",")))
 rows <- vapply(names(results), function(k) {
   s <- results[[k]]$secs
   sprintf("| %s | %.3f | %.3f | %.3f-%.3f |", label[[k]], results[[k]]$first, stats::median(s),
