@@ -19,8 +19,9 @@ Data sets
 Stages
     search    ``run_autotune`` on kang (25% of cells scored, the rest trains every trial):
               ``--trials`` TPE trials over n_latent, n_layers, n_hidden, dropout,
-              gene likelihood, epochs and KL warm-up; trial 0 is SCVI's defaults at
-              ``--search-default-epochs`` epochs. Prints the trials.
+              gene likelihood, epochs and KL warm-up; trial 0 is SCVI's defaults (its
+              epochs are drawn from the searched ones: ``max_epochs`` has no default value
+              for autotune to fix). Prints the trials.
     confirm   Every setting of ``--settings`` (names in SETTINGS), Harmony on PCA, plain PCA and
               scvi-tools' SCVI with its defaults, on both data sets, ``--seeds`` seeds. Each
               model trains on 90% of the cells (seeded); the score is computed on the latent
@@ -47,17 +48,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, emit_result, fmt, git_commit, interpreter_path, machine_info  # noqa: E402
-from _common import RESULTS  # noqa: E402
-from _common import run_worker  # noqa: E402
+from _common import (RESULTS, ROOT, emit_result, fmt, git_commit, interpreter_path,  # noqa: E402
+                     machine_info, run_worker)
 
 DATA = ROOT.parent / "shared" / "data"
 CASES = {
     "kang": dict(file="kang_se_12261.h5ad", batch="sample_id", labels="cluster_id"),
     "harmony": dict(file="harmony_pbmc_ctrl_stim_2000.h5ad", batch="condition", labels=None),
 }
-# Named SCVI settings for the confirm stage: model arguments, train arguments. "epochs" None:
-# the tool's default for the data size (400 below 20,000 cells).
+# Named SCVI settings for the confirm stage: model arguments, train arguments. Without
+# max_epochs, the tool's default for the data size (400 below 20,000 cells).
 SETTINGS = {
     "defaults": ({}, {}),
     "defaults-40ep": ({}, {"max_epochs": 40}),
@@ -246,7 +246,7 @@ def search(args) -> None:
     }
     t0 = time.perf_counter()
     res = run_autotune(cellvi.SCVI, adata, metric=integration_total, mode="max", search_space=space,
-                       num_samples=args.trials, max_epochs=args.search_default_epochs, scheduler=None,
+                       num_samples=args.trials, scheduler=None,
                        seed=args.seed, n_jobs=args.workers, save_dir=tempfile.mkdtemp(prefix="bench-defaults-"),
                        plot=False)
     df = res.results.sort_values("metric", ascending=False)
@@ -339,7 +339,6 @@ def parse_args(argv=None):
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--workers", type=int, default=1,
                    help="search: local worker processes (1: the metric is defined in this script)")
-    p.add_argument("--search-default-epochs", type=int, default=40)
     p.add_argument("--out", help="search: write the trials to this CSV")
     p.add_argument("--settings", default="defaults-40ep,dropout0.2-40ep,latent30-dropout0.2-kl20-20ep", help=f"confirm: cellvi settings ({', '.join(SETTINGS)})")
     p.add_argument("--scvi-settings", default="defaults-40ep", help="confirm: scvi-tools settings ('' for none)")
