@@ -719,9 +719,11 @@ def _split_params(params: dict, space: dict) -> dict:
 
 
 # -- the driver --------------------------------------------------------------------------------
-def _model_defaults(model_cls, probe, space: dict) -> dict:
+def _model_defaults(model_cls, probe, space: dict, max_epochs: int) -> dict:
     """The model's own value of each searched parameter (the defaults trial): what the model
-    would use if the argument were not given (``probe``: a model built without them)."""
+    would use if the argument were not given (``probe``: a model built without them). A
+    searched ``max_epochs`` takes the run's ``max_epochs`` (what every other trial trains for
+    when it is not searched), not a value the sampler draws."""
     out = {}
     init, _ = _parameters(model_cls.__init__)
     module_params, _ = _parameters(type(probe.module).__init__)
@@ -744,6 +746,8 @@ def _model_defaults(model_cls, probe, space: dict) -> dict:
         default = train[name].default if name in train else inspect.Parameter.empty
         if (default is None or default is inspect.Parameter.empty) and name in plan:
             default = plan[name]
+        if name == "max_epochs" and (default is None or default is inspect.Parameter.empty):
+            default = max_epochs
         if default is not inspect.Parameter.empty and default is not None:
             out[name] = default
     return out
@@ -929,7 +933,8 @@ def run_autotune(
         Fraction of cells held out for scoring.
     max_epochs
         Epochs per trial (default: the model's default for the training cells; set it lower
-        for a faster search). A ``max_epochs`` in ``train_params`` searches it instead.
+        for a faster search). A ``max_epochs`` in ``train_params`` searches it instead; the
+        defaults trial then trains this many epochs (added to the choices if need be).
     scheduler
         Pruning of unpromising trials from the held-out value reported after every epoch:
         ``"asha"`` (asynchronous successive halving), ``"median"`` or None.
@@ -1040,7 +1045,7 @@ def run_autotune(
     probe = ctx.build(model_kwargs)
     _check_names(model_cls, probe, space, model_kwargs, train_kwargs)
     _probe_values(ctx, space)
-    defaults = _model_defaults(model_cls, probe, space)
+    defaults = _model_defaults(model_cls, probe, space, max_epochs)
     for name, value in defaults.items():
         spec = space["model_params"].get(name) or space["train_params"].get(name)
         if spec.kind == "choice" and not spec.contains(value):

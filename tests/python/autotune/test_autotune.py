@@ -204,3 +204,14 @@ def test_a_repeated_parameter_set_reuses_the_finished_trials_result(adata, tmp_p
     # the best model is the original trial's saved one, even when a repeat ties with it
     assert "training the best trial" not in out
     assert res.model.init_kwargs["n_latent"] == res.best_params["model_params"]["n_latent"]
+
+
+def test_a_searched_max_epochs_starts_from_the_runs_max_epochs(adata, tmp_path):
+    # The defaults trial trains what an unsearched run trains (the run's max_epochs), not a
+    # number of epochs drawn from the choices; the choices gain that value.
+    space = {"train_params": {"max_epochs": choice([1, 2])}}
+    res = run_autotune(cellvi.SCVI, adata, metric="elbo_validation", search_space=space, num_samples=2,
+                       max_epochs=3, scheduler=None, save_dir=str(tmp_path), plot=False, verbose=False)
+    first = res.results.iloc[0]
+    assert first["defaults"] and first["max_epochs"] == 3 and first["epochs"] == 3
+    assert set(res.results["max_epochs"]) <= {1, 2, 3}
