@@ -136,14 +136,19 @@ def build(args, seed: int):
 
 
 def knn_accuracy(latent, truth, train_mask, k: int = 15) -> float:
-    """Accuracy of a k-nearest-neighbour vote (labelled cells -> hidden cells) in ``latent``."""
+    """Accuracy of a k-nearest-neighbour vote (labelled cells -> hidden cells) in ``latent``;
+    a tied vote goes to the label met first among the nearest."""
+    from collections import Counter
+
     import numpy as np
 
     a, b = latent[train_mask], latent[~train_mask]
     d = ((b[:, None, :] - a[None, :, :]) ** 2).sum(-1)
-    nn = np.argsort(d, axis=1)[:, :k]
+    nn = np.argsort(d, axis=1, kind="stable")[:, :k]
     lab = truth[train_mask][nn]
-    votes = [max(set(row), key=list(row).count) for row in lab]
+    # most_common keeps first-seen order among equal counts; max() over a set broke ties by
+    # string hashing, which changes with every process
+    votes = [Counter(row).most_common(1)[0][0] for row in lab]
     return float(np.mean(np.asarray(votes) == truth[~train_mask]))
 
 
