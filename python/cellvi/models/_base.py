@@ -265,8 +265,13 @@ class BaseModel:
         """(data on the module's device, training cells, validation cells): one data set's
         cells split at random (seeded). A model of several data sets returns a
         :class:`cellvi.data.JointData` with one split per data set."""
-        train_idx, val_idx = split_indices(self.adata.n_obs, train_size, validation_size)
+        train_idx, val_idx = split_indices(self.adata.n_obs, train_size, validation_size, self._split_groups())
         return self._data(), train_idx, val_idx
+
+    def _split_groups(self):
+        """One code per cell whose groups are split into training and validation cells each on
+        its own (see :func:`cellvi.train.split_indices`), or None: one split of all cells."""
+        return None
 
     def _optimizer_params(self):
         """Parameters (or parameter groups) to train; None: all of the module's."""

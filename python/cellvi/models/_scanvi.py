@@ -177,6 +177,12 @@ class SCANVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
                                      if n_samples_per_label is not None else None)
         return super().train(max_epochs, **kwargs)
 
+    def _split_groups(self):
+        # Labelled and unlabelled cells are split apart, as scvi-tools does: the classifier
+        # then always trains on ceil(train_size * n) of the n labelled cells. One split of all
+        # cells let that number vary from seed to seed (80 instead of 81 of 90 in one case).
+        return np.asarray(self._tensors().labels) < self.registry.n_labels
+
     def _labelled_indices(self, train_indices: np.ndarray):
         labels = self._tensors().labels[train_indices]  # unlabelled cells have code n_labels
         n_labels, cap = self.registry.n_labels, self._n_samples_per_label

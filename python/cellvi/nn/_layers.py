@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ._sparse import SparseInputLinear
+from ._sparse import SparseInputLinear, covariate_init_bound
 
 
 class CovariateLinear(nn.Module):
@@ -20,7 +20,12 @@ class CovariateLinear(nn.Module):
     def __init__(self, n_in: int, n_out: int, n_cats: Sequence[int] = (), bias: bool = True):
         super().__init__()
         self.linear = nn.Linear(n_in, n_out, bias=bias)
-        bound = 1.0 / (n_in + sum(n_cats)) ** 0.5  # PyTorch's default for the full fan-in
+        bound = covariate_init_bound(n_in, n_cats)
+        if bound != 1.0 / n_in ** 0.5:  # nn.Linear drew within the range of x alone
+            with torch.no_grad():
+                self.linear.weight.uniform_(-bound, bound)
+                if bias:
+                    self.linear.bias.uniform_(-bound, bound)
         self.cat_weights = nn.ParameterList(
             nn.Parameter(torch.empty(int(n), n_out).uniform_(-bound, bound)) for n in n_cats
         )

@@ -113,18 +113,38 @@ def seeded_generator(offset: int = 0) -> torch.Generator:
     return gen
 
 
-def split_indices(n_obs: int, train_size: float, validation_size: float | None = None):
-    """Shuffled train and validation cell indices (seeded by ``settings.seed``)."""
+def split_indices(n_obs: int, train_size: float, validation_size: float | None = None, groups=None):
+    """Shuffled train and validation cell indices (seeded by ``settings.seed``).
+
+    ``groups`` (one code per cell, e.g. labelled or not) splits each group on its own in the
+    same proportions, so that every group has ``ceil(train_size * n)`` training cells whatever
+    the draw (scvi-tools splits a semi-supervised model's labelled and unlabelled cells so).
+    """
     if not 0.0 < float(train_size) <= 1.0:
         raise ValueError(f"train_size must be in (0, 1], got {train_size}")
     if validation_size is not None and (validation_size < 0 or train_size + validation_size > 1.0 + 1e-9):
         raise ValueError("train_size + validation_size must not exceed 1")
-    n_train = math.ceil(train_size * n_obs)
-    # The rest by default: floor((1 - 0.9) * 150) would be 14 (1 - 0.9 < 0.1 in floating point).
-    n_val = n_obs - n_train if validation_size is None else min(math.floor(validation_size * n_obs),
-                                                                n_obs - n_train)
+
+    def sizes(n: int) -> tuple[int, int]:
+        n_train = math.ceil(train_size * n)
+        # The rest by default: floor((1 - 0.9) * 150) would be 14 (1 - 0.9 < 0.1 in floating point).
+        return n_train, (n - n_train if validation_size is None else min(math.floor(validation_size * n), n - n_train))
+
     perm = torch.randperm(n_obs, generator=seeded_generator(1)).numpy()
-    return np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_val])
+    if groups is None:
+        n_train, n_val = sizes(n_obs)
+        return np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_val])
+    groups = np.asarray(groups)
+    if groups.shape != (n_obs,):
+        raise ValueError(f"groups must hold one code per cell ({n_obs}), got shape {groups.shape}")
+    shuffled = groups[perm]
+    train, val = [], []
+    for group in np.unique(groups):
+        members = perm[shuffled == group]  # in the shuffled order
+        n_train, n_val = sizes(len(members))
+        train.append(members[:n_train])
+        val.append(members[n_train:n_train + n_val])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
 @contextlib.contextmanager

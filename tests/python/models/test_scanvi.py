@@ -2,6 +2,8 @@
 and label recovery on real data."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,6 +99,32 @@ def test_from_scvi_model_starts_from_its_weights():
     assert (scanvi.predict() == truth).mean() > 0.9
     with pytest.raises(KeyError, match="nope"):
         cellvi.SCANVI.from_scvi_model(scvi, "Unknown", labels_key="nope")
+
+
+def test_labelled_and_unlabelled_cells_are_split_apart(sim_scanvi):
+    # As scvi-tools: ceil(0.9 n) of each group trains, whatever the seed, so the classifier's
+    # share of labelled cells does not vary with the draw.
+    adata, _, model = sim_scanvi
+    labelled = (adata.obs["labels"] != "Unknown").to_numpy()
+    for seed in range(4):
+        cellvi.settings.seed = seed
+        _, train, val = model._training_data(0.9, None)
+        assert labelled[train].sum() == math.ceil(0.9 * labelled.sum())
+        assert (~labelled[train]).sum() == math.ceil(0.9 * (~labelled).sum())
+        assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == adata.n_obs
+    cellvi.settings.seed = 0
+    # split_indices itself: each group split on its own, the validation fraction taken of
+    # each group, and a one-cell group trains
+    from cellvi.train import split_indices
+
+    groups = np.repeat([0, 1, 2], [5, 20, 75])
+    train, val = split_indices(100, 0.5, 0.2, groups=groups)
+    assert [int((groups[train] == g).sum()) for g in range(3)] == [3, 10, 38]
+    assert [int((groups[val] == g).sum()) for g in range(3)] == [1, 4, 15]
+    train, val = split_indices(10, 0.9, groups=np.r_[0, np.ones(9, int)])
+    assert 0 in train and len(train) == 10 and len(val) == 0
+    with pytest.raises(ValueError, match="one code per cell"):
+        split_indices(100, 0.5, groups=groups[:10])
 
 
 def test_n_samples_per_label_caps_the_labelled_cells_and_redraws_them_every_epoch(sim_scanvi):
