@@ -165,6 +165,8 @@ class SCANVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
             drawn anew every epoch (balances rare and common types); default: all.
         **kwargs
             As for :meth:`cellvi.SCVI.train` (``batch_size``, ``lr``, ``device``, ...).
+            ``train_size`` applies to the labelled and the unlabelled cells separately (as in
+            scvi-tools): ``ceil(train_size * n)`` of the ``n`` labelled cells always train.
 
         Examples
         --------
