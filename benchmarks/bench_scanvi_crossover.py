@@ -28,25 +28,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit_result, record_section, run_per_seed, scvi_for_worker  # noqa: E402
-from bench_scanvi_crosstech import UNKNOWN, build, knn_accuracy  # noqa: E402
+from bench_scanvi_crosstech import (UNKNOWN, ZEISEL_CASE, add_case_arguments, build,  # noqa: E402
+                                    case_arguments, knn_accuracy)
 
-ZEISEL = Path(__file__).resolve().parents[2] / "shared" / "data" / "zeisel_cortex_200genes.h5ad"
 TOOLS = {"c": "cellvi", "s": "scvi-tools"}
 VARIANTS = ["".join(p) for p in itertools.product("cs", repeat=2)]  # SCVI tool, scANVI tool
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=ZEISEL)
+    add_case_arguments(p, ZEISEL_CASE)
     p.add_argument("--epochs", default="60,15", help="E1,E2: SCVI, SCANVI epochs")
-    p.add_argument("--ref-cells", type=int, default=300)
-    p.add_argument("--query-cells", type=int, default=250)
-    p.add_argument("--ref-types", default="pyramidal CA1,oligodendrocytes,interneurons,endothelial-mural,"
-                                          "astrocytes_ependymal")
-    p.add_argument("--query-types", default="pyramidal CA1,oligodendrocytes,interneurons")
-    p.add_argument("--label-fraction", type=float, default=0.1)
-    p.add_argument("--tech-sd", type=float, default=1.5)
-    p.add_argument("--capture", type=float, default=0.3)
     p.add_argument("--seeds", default="0,1,2,3")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help="SCVI tool + scANVI tool, c = cellvi, s = scvi-tools (e.g. cs)")
@@ -228,10 +220,7 @@ def main():
         return
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = [v.strip() for v in args.variants.split(",")]
-    extra = ["--data", str(args.data), "--epochs", args.epochs, "--ref-cells", str(args.ref_cells),
-             "--query-cells", str(args.query_cells), "--ref-types", args.ref_types, "--query-types",
-             args.query_types, "--label-fraction", str(args.label_fraction), "--tech-sd", str(args.tech_sd),
-             "--capture", str(args.capture), *(["--same-init"] if args.same_init else [])]
+    extra = ["--epochs", args.epochs, *case_arguments(args), *(["--same-init"] if args.same_init else [])]
 
     def name(v):
         return f"SCVI {TOOLS[v[0]]}, scANVI {TOOLS[v[1]]}"

@@ -51,17 +51,39 @@ QUERY_SAME, QUERY_OTHER = "1244", "1016"
 QUERY_TYPES = "B cells,CD14+ Monocytes,CD4 T cells,FCGR3A+ Monocytes,NK cells"
 
 
+# The data case's settings (build() reads them): kang's donors, or zeisel's random "plates"
+# with five reference types (the case recorded for issue 17).
+KANG_CASE = {"data": DEFAULT_DATA, "ref_cells": 1000, "query_cells": 600, "query_types": QUERY_TYPES,
+             "ref_types": None, "tech_sd": 1.0, "capture": 0.4}
+ZEISEL_CASE = {"data": Path(__file__).resolve().parents[2] / "shared" / "data" / "zeisel_cortex_200genes.h5ad",
+               "ref_cells": 300, "query_cells": 250, "query_types": "pyramidal CA1,oligodendrocytes,interneurons",
+               "ref_types": "pyramidal CA1,oligodendrocytes,interneurons,endothelial-mural,astrocytes_ependymal",
+               "tech_sd": 1.5, "capture": 0.3}
+
+
+def add_case_arguments(p: argparse.ArgumentParser, case: dict) -> None:
+    """The data case's options, with ``case``'s defaults."""
+    p.add_argument("--data", type=Path, default=case["data"])
+    p.add_argument("--ref-cells", type=int, default=case["ref_cells"], help="reference cells per donor")
+    p.add_argument("--query-cells", type=int, default=case["query_cells"], help="query cells per donor")
+    p.add_argument("--query-types", default=case["query_types"])
+    p.add_argument("--ref-types", default=case["ref_types"], help="types of the reference (default: all)")
+    p.add_argument("--label-fraction", type=float, default=0.1)
+    p.add_argument("--tech-sd", type=float, default=case["tech_sd"])
+    p.add_argument("--capture", type=float, default=case["capture"])
+
+
+def case_arguments(args) -> list[str]:
+    """The data case's options as given, for a worker's command line."""
+    return ["--data", str(args.data), "--ref-cells", str(args.ref_cells), "--query-cells", str(args.query_cells),
+            "--query-types", args.query_types, *(["--ref-types", args.ref_types] if args.ref_types else []),
+            "--label-fraction", str(args.label_fraction), "--tech-sd", str(args.tech_sd), "--capture", str(args.capture)]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    add_case_arguments(p, KANG_CASE)
     p.add_argument("--epochs", default="60,15,60", help="E1,E2,E3: SCVI, SCANVI, query epochs")
-    p.add_argument("--ref-cells", type=int, default=1000, help="reference cells per donor")
-    p.add_argument("--query-cells", type=int, default=600, help="query cells per donor")
-    p.add_argument("--query-types", default=QUERY_TYPES)
-    p.add_argument("--ref-types", default=None, help="types of the reference (default: all)")
-    p.add_argument("--label-fraction", type=float, default=0.1)
-    p.add_argument("--tech-sd", type=float, default=1.0)
-    p.add_argument("--capture", type=float, default=0.4)
     p.add_argument("--seeds", default="0,1,2,3")
     p.add_argument("--tools", default="cellvi,scvi")
     p.add_argument("--threads", type=int, default=1)
@@ -217,9 +239,7 @@ def main():
         return
     seeds = [int(s) for s in args.seeds.split(",")]
     tools = [t.strip() for t in args.tools.split(",")]
-    extra = ["--epochs", args.epochs, "--ref-cells", str(args.ref_cells), "--query-cells", str(args.query_cells),
-             "--query-types", args.query_types, *(["--ref-types", args.ref_types] if args.ref_types else []), "--label-fraction", str(args.label_fraction),
-             "--tech-sd", str(args.tech_sd), "--capture", str(args.capture), "--data", str(args.data)]
+    extra = ["--epochs", args.epochs, *case_arguments(args)]
     if args.cellvi_kl_cap:
         extra += ["--cellvi-kl-cap", str(args.cellvi_kl_cap)]
     keys = ("acc_hidden", "acc_query", "acc_query_same", "acc_query_other", "acc_query_before", "knn_scvi_hidden")

@@ -23,23 +23,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import scvi_for_worker  # noqa: E402
-from bench_scanvi_crossover import ZEISEL, copy_scanvi_layers, copy_vae  # noqa: E402
-from bench_scanvi_crosstech import UNKNOWN, build  # noqa: E402
+from bench_scanvi_crossover import copy_scanvi_layers, copy_vae  # noqa: E402
+from bench_scanvi_crosstech import UNKNOWN, ZEISEL_CASE, add_case_arguments, build  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=ZEISEL)
+    add_case_arguments(p, ZEISEL_CASE)
     p.add_argument("--epochs", default="20,3", help="SCVI epochs (scvi-tools), then SCANVI epochs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ref-cells", type=int, default=300)
-    p.add_argument("--query-cells", type=int, default=250)
-    p.add_argument("--ref-types", default="pyramidal CA1,oligodendrocytes,interneurons,endothelial-mural,"
-                                          "astrocytes_ependymal")
-    p.add_argument("--query-types", default="pyramidal CA1,oligodendrocytes,interneurons")
-    p.add_argument("--label-fraction", type=float, default=0.1)
-    p.add_argument("--tech-sd", type=float, default=1.5)
-    p.add_argument("--capture", type=float, default=0.3)
     return p.parse_args(argv)
 
 
