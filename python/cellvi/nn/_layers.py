@@ -21,7 +21,7 @@ class CovariateLinear(nn.Module):
         super().__init__()
         self.linear = nn.Linear(n_in, n_out, bias=bias)
         bound = covariate_init_bound(n_in, n_cats)
-        if bound != 1.0 / n_in ** 0.5:  # nn.Linear drew within the range of x alone
+        if any(int(n) > 1 for n in n_cats):  # nn.Linear drew within the range of x alone
             with torch.no_grad():
                 self.linear.weight.uniform_(-bound, bound)
                 if bias:
