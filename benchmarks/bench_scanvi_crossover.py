@@ -109,8 +109,9 @@ def copy_vae(s_mod, c_mod, to_cellvi: bool) -> None:
     """The VAE part (what ``from_scvi_model`` carries over)."""
     import torch
 
+    src, dst = (s_mod.px_r, c_mod.px_r) if to_cellvi else (c_mod.px_r, s_mod.px_r)
     with torch.no_grad():
-        (c_mod.px_r if to_cellvi else s_mod.px_r).copy_(s_mod.px_r if to_cellvi else c_mod.px_r)
+        dst.copy_(src)
     e = s_mod.z_encoder
     _copy_gaussian(e.encoder, e.mean_encoder, e.var_encoder, c_mod.z_encoder, to_cellvi)
     d = s_mod.decoder

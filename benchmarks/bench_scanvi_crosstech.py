@@ -55,7 +55,7 @@ QUERY_TYPES = "B cells,CD14+ Monocytes,CD4 T cells,FCGR3A+ Monocytes,NK cells"
 # with five reference types (the case recorded for issue 17).
 KANG_CASE = {"data": DEFAULT_DATA, "ref_cells": 1000, "query_cells": 600, "query_types": QUERY_TYPES,
              "ref_types": None, "tech_sd": 1.0, "capture": 0.4}
-ZEISEL_CASE = {"data": Path(__file__).resolve().parents[2] / "shared" / "data" / "zeisel_cortex_200genes.h5ad",
+ZEISEL_CASE = {"data": DEFAULT_DATA.with_name("zeisel_cortex_200genes.h5ad"),
                "ref_cells": 300, "query_cells": 250, "query_types": "pyramidal CA1,oligodendrocytes,interneurons",
                "ref_types": "pyramidal CA1,oligodendrocytes,interneurons,endothelial-mural,astrocytes_ependymal",
                "tech_sd": 1.5, "capture": 0.3}

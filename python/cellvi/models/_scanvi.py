@@ -183,13 +183,17 @@ class SCANVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         # Labelled and unlabelled cells are split apart, as scvi-tools does: the classifier
         # then always trains on ceil(train_size * n) of the n labelled cells. One split of all
         # cells let that number vary from seed to seed (80 instead of 81 of 90 in one case).
+        return self._is_labelled()
+
+    def _is_labelled(self) -> np.ndarray:
+        """Whether each cell has a label (unlabelled cells have code n_labels)."""
         return np.asarray(self._tensors().labels) < self.registry.n_labels
 
     def _labelled_indices(self, train_indices: np.ndarray):
-        labels = self._tensors().labels[train_indices]  # unlabelled cells have code n_labels
+        labels = self._tensors().labels[train_indices]
         n_labels, cap = self.registry.n_labels, self._n_samples_per_label
         if cap is None:
-            return train_indices[labels < n_labels]
+            return train_indices[self._is_labelled()[train_indices]]
         by_label = [train_indices[labels == k] for k in range(n_labels)]
         rng = np.random.default_rng(settings.seed)
 

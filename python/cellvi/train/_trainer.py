@@ -125,23 +125,18 @@ def split_indices(n_obs: int, train_size: float, validation_size: float | None =
     if validation_size is not None and (validation_size < 0 or train_size + validation_size > 1.0 + 1e-9):
         raise ValueError("train_size + validation_size must not exceed 1")
 
-    def sizes(n: int) -> tuple[int, int]:
-        n_train = math.ceil(train_size * n)
-        # The rest by default: floor((1 - 0.9) * 150) would be 14 (1 - 0.9 < 0.1 in floating point).
-        return n_train, (n - n_train if validation_size is None else min(math.floor(validation_size * n), n - n_train))
-
-    perm = torch.randperm(n_obs, generator=seeded_generator(1)).numpy()
-    if groups is None:
-        n_train, n_val = sizes(n_obs)
-        return np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_val])
-    groups = np.asarray(groups)
+    groups = np.zeros(n_obs, dtype=np.int8) if groups is None else np.asarray(groups)  # one group: all cells
     if groups.shape != (n_obs,):
         raise ValueError(f"groups must hold one code per cell ({n_obs}), got shape {groups.shape}")
+    perm = torch.randperm(n_obs, generator=seeded_generator(1)).numpy()
     shuffled = groups[perm]
     train, val = [], []
     for group in np.unique(groups):
         members = perm[shuffled == group]  # in the shuffled order
-        n_train, n_val = sizes(len(members))
+        n = len(members)
+        n_train = math.ceil(train_size * n)
+        # The rest by default: floor((1 - 0.9) * 150) would be 14 (1 - 0.9 < 0.1 in floating point).
+        n_val = n - n_train if validation_size is None else min(math.floor(validation_size * n), n - n_train)
         train.append(members[:n_train])
         val.append(members[n_train:n_train + n_val])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
