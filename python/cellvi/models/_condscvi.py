@@ -152,6 +152,22 @@ class CondSCVI(VAEMixin, BaseModel):
         return super().train(max_epochs=max_epochs, lr=lr, device=device, train_size=train_size,
                              validation_size=validation_size, batch_size=batch_size, **kwargs)
 
+    def _mean_counts_per_type(self, genes) -> np.ndarray | None:
+        """Each cell type's mean count per cell over ``genes`` (positions among this model's
+        genes) in its reference data; None when the model holds no AnnData."""
+        if self.adata is None:
+            return None
+        tensors = self._tensors()
+        counts = np.asarray(tensors[C.X_KEY][:, np.asarray(genes)].sum(axis=1), dtype=np.float64).ravel()
+        labels = np.asarray(tensors[C.LABELS_KEY]).ravel().astype(np.int64)
+        k = self.registry.n_labels
+        cells = np.bincount(labels, minlength=k)
+        mean = np.bincount(labels, weights=counts, minlength=k) / np.maximum(cells, 1)
+        # A type without counts on these genes cannot be seen in the spots; a floor keeps its
+        # (meaningless) loading from being divided by zero.
+        positive = mean[mean > 0]
+        return np.maximum(mean, 0.01 * np.median(positive) if positive.size else 1.0)
+
     @torch.no_grad()
     def get_vamp_prior(self, adata=None, p: int = 15) -> dict[str, np.ndarray]:
         """An empirical prior of each cell type's states (DestVI's prior of gamma).

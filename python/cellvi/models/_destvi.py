@@ -12,6 +12,7 @@ import torch
 from .. import _constants as C
 from ..data import AnnTensors, Registry
 from ..modules import DestVAE
+from ..modules._vae import check_choice
 from ..train import as_count
 from ._base import BaseModel
 from ._condscvi import CondSCVI
@@ -205,8 +206,13 @@ class DestVI(BaseModel):
         state["output.weight"] = state["output.weight"][genes]
         state["output.bias"] = state["output.bias"][genes]
         state["per_ct_bias"] = state["per_ct_bias"][:, genes]
+        type_counts = sc_model._mean_counts_per_type(genes.numpy())
+        if type_counts is None:
+            warnings.warn("the CondSCVI reference holds no AnnData, so its cell types' counts per cell are unknown: "
+                          "get_proportions() gives each type's share of the spot's counts, not of its cells; "
+                          "load the reference with its AnnData for proportions of cells", UserWarning, stacklevel=2)
         model.module.load_reference(state, sc.px_r.detach().cpu()[genes], prior["mean_vprior"],
-                                    prior["var_vprior"], prior["weights_vprior"])
+                                    prior["var_vprior"], prior["weights_vprior"], type_counts)
         model.module.to(sc_model.device)
         return model
 
@@ -263,18 +269,27 @@ class DestVI(BaseModel):
             yield self.module.inference(**self.module.inference_inputs(tensors))
 
     def get_proportions(self, keep_noise: bool = False, indices=None, batch_size: int | None = None,
-                        adata=None) -> pd.DataFrame:
+                        adata=None, share_of: str = "cells") -> pd.DataFrame:
         """Each spot's cell-type proportions.
+
+        The model's loadings are each type's share of the spot's counts. Cells of different
+        types hold different counts (in the MERFISH reference of the tests, 18 to 52 per cell
+        on average), so by default each loading is divided by its type's mean count per cell
+        on the shared genes in the reference, which gives shares of cells (what a spot's
+        composition means, and what Stereoscope estimates).
 
         Parameters
         ----------
         keep_noise
-            Add a ``"noise"`` column (the share of the noise profile); rows then sum to 1
-            over the types and the noise.
+            Add a ``"noise"`` column: the noise profile's share of the spot's counts; the
+            types share the rest, and rows sum to 1 over the types and the noise.
         indices
             Spots to return (integers or a boolean mask); default: all.
         batch_size
             Spots per minibatch.
+        share_of
+            ``"cells"`` (default): shares of the spot's cells; ``"counts"``: shares of its
+            counts (the loadings as they are, what scvi-tools reports).
 
         Returns
         -------
@@ -286,11 +301,17 @@ class DestVI(BaseModel):
         >>> props = st_model.get_proportions()
         >>> st_adata.obs[[f"prop.{c}" for c in props]] = props.to_numpy()
         """
+        check_choice("share_of", share_of, ("cells", "counts"))
         self._check_adata(adata)
         v = torch.cat([out["v"].cpu() for out in self._inference(indices, batch_size)]).double().numpy()
         k = len(self.cell_types)
-        return proportions_frame(v[:, :k], self._obs_names(None, indices), self.cell_types,
-                                 noise=v[:, k] if keep_noise else None)
+        counts = v / v.sum(1, keepdims=True)  # shares of the spot's counts, noise included
+        types = counts[:, :k]
+        if share_of == "cells":
+            cells = types / self.module.type_counts.cpu().double().numpy()
+            types = cells / cells.sum(1, keepdims=True) * types.sum(1, keepdims=True)
+        return proportions_frame(types, self._obs_names(None, indices), self.cell_types,
+                                 noise=counts[:, k] if keep_noise else None)
 
     def get_gamma(self, indices=None, batch_size: int | None = None, return_numpy: bool = False, adata=None):
         """Each cell type's state in each spot (its coordinates in CondSCVI's latent space).

@@ -9,7 +9,10 @@ For spot s with library l_s (observed total count), cell type c of K, gene g:
     v_s = softplus(V_s) >= 0               loadings of the K types and one noise "type"
                                            whose profile is softmax(eta)
     x_sg ~ NB(l_s (sum_c v_sc r_scg + v_s0 softmax(eta)_g), theta_g)
-Proportions are v_sc / sum_c' v_sc' over the K types. With amortization, gamma_s and/or
+v_sc is type c's share of the spot's counts. A type whose cells hold more counts takes a
+larger share of the counts than of the cells, so the proportions of cells divide each
+loading by the type's mean count per cell (on these genes, in the reference), ``type_counts``:
+p_sc = (v_sc / n_c) / sum_c' (v_sc' / n_c'). With amortization, gamma_s and/or
 V_s come from networks of the spot's normalised expression instead of free per-spot
 parameters. beta ~ N(0, 1) and eta ~ N(0, 1) (weights ``beta_reg``, ``eta_reg``) once per
 data set; ``l1_reg`` adds an L1 penalty on the loadings (sparser proportions).
@@ -87,6 +90,9 @@ class DestVAE(BaseModule):
         self.register_buffer("mean_vprior", torch.zeros(n_labels, vamp_prior_p, n_latent))
         self.register_buffer("var_vprior", torch.ones(n_labels, vamp_prior_p, n_latent))
         self.register_buffer("mp_vprior", torch.full((n_labels, vamp_prior_p), 1.0 / vamp_prior_p))
+        # Mean count per cell of each type on this module's genes in the reference (turns the
+        # loadings, shares of counts, into shares of cells); all equal until load_reference.
+        self.register_buffer("type_counts", torch.ones(n_labels))
         n_v = n_labels + 1
         # Start from equal loadings summing to 1 (the library carries the depth).
         v0 = float(inverse_softplus(1.0 / n_v))
@@ -110,14 +116,18 @@ class DestVAE(BaseModule):
 
     # -- the reference ------------------------------------------------------------------------
     @torch.no_grad()
-    def load_reference(self, decoder_state: dict, px_r: torch.Tensor, mean_vprior, var_vprior, mp_vprior) -> None:
-        """Take CondSCVI's decoder (already restricted to this module's genes), dispersion and
-        the VampPrior; per-spot states start at each type's prior mean."""
+    def load_reference(self, decoder_state: dict, px_r: torch.Tensor, mean_vprior, var_vprior, mp_vprior,
+                       type_counts=None) -> None:
+        """Take CondSCVI's decoder (already restricted to this module's genes), dispersion,
+        the VampPrior and each type's mean count per cell (None: all equal); per-spot states
+        start at each type's prior mean."""
         self.decoder.load_state_dict(decoder_state)
         self.px_r.copy_(torch.as_tensor(px_r))
         self.mean_vprior.copy_(torch.as_tensor(np.asarray(mean_vprior), dtype=torch.float32))
         self.var_vprior.copy_(torch.as_tensor(np.asarray(var_vprior), dtype=torch.float32))
         self.mp_vprior.copy_(torch.as_tensor(np.asarray(mp_vprior), dtype=torch.float32))
+        if type_counts is not None:
+            self.type_counts.copy_(torch.as_tensor(np.asarray(type_counts), dtype=torch.float32))
         prior_mean = (self.mp_vprior.unsqueeze(-1) * self.mean_vprior).sum(1)  # K x d
         if self.gamma is not None:
             self.gamma.copy_(prior_mean.expand_as(self.gamma))

@@ -104,8 +104,34 @@ def test_destvi_defaults_recover_pseudo_spot_proportions(destvi, merfish):
     # covariate layers' initial range changed), so the bound leaves room for the seed.
     assert r > 0.55, r
     # Each spot's dominant type is one of its true types far more often than chance (~4.5/14).
+    # Seeds 0-3: 0.81-0.855 as shares of cells, 0.795-0.865 as shares of counts.
     hit = np.mean([truth.loc[s, props.loc[s].idxmax()] > 0 for s in truth.index])
-    assert hit > 0.8, hit
+    assert hit > 0.75, hit
+
+
+def test_destvi_proportions_are_shares_of_cells(destvi, condscvi, merfish):
+    ref, _, truth = merfish
+    # The reference's mean count per cell of each type, on the genes the spots share with it.
+    genes = list(destvi.var_names)
+    per_cell = np.asarray(ref[:, genes].X.sum(axis=1)).ravel()
+    expected = pd.Series(per_cell).groupby(ref.obs["cell_type"].astype(str).to_numpy()).mean()
+    np.testing.assert_allclose(destvi.module.type_counts.numpy(), expected[destvi.cell_types].to_numpy(), rtol=1e-5)
+    assert expected.max() / expected.min() > 2  # the types' sizes differ: the distinction matters here
+    of_counts = destvi.get_proportions(share_of="counts")
+    of_cells = destvi.get_proportions()
+    check_proportions(of_cells, destvi.adata, destvi.cell_types)
+    ratio = of_cells.to_numpy() / (of_counts.to_numpy() / expected[destvi.cell_types].to_numpy())
+    np.testing.assert_allclose(ratio, ratio[:, :1] * np.ones_like(ratio), rtol=1e-6)  # rows: one factor
+    # The truth counts cells; shares of cells are nearer to it than shares of counts (RMSE
+    # lower by 0.002-0.006 in seeds 0-3 of this fixture's settings).
+    rmse = {name: float(np.sqrt(((p.loc[truth.index, truth.columns] - truth) ** 2).to_numpy().mean()))
+            for name, p in (("cells", of_cells), ("counts", of_counts))}
+    assert rmse["cells"] < rmse["counts"], rmse
+    # With the noise kept, its column is its share of the counts either way.
+    with_noise = destvi.get_proportions(keep_noise=True)
+    np.testing.assert_allclose(with_noise["noise"], destvi.get_proportions(keep_noise=True, share_of="counts")["noise"])
+    with pytest.raises(ValueError, match="share_of"):
+        destvi.get_proportions(share_of="spots")
 
 
 def test_destvi_noise_gamma_and_scale(destvi):
@@ -147,7 +173,7 @@ def test_destvi_amortization_modes(merfish, condscvi, amortization):
     assert model.get_gamma(return_numpy=True).shape == (80, 5, len(model.cell_types))
 
 
-def test_condscvi_mog_prior_and_weight_obs(merfish):
+def test_condscvi_mog_prior_and_weight_obs(merfish, tmp_path):
     ref, spots, _ = merfish
     ref = ref.copy()
     cellvi.settings.seed = 0
@@ -163,6 +189,13 @@ def test_condscvi_mog_prior_and_weight_obs(merfish):
     assert st.module.mean_vprior.shape == (14, 4, 5)
     st.train(max_epochs=3)
     check_proportions(st.get_proportions(), st.adata, st.cell_types)
+    # A mixture prior needs no reference data; without it the types' counts per cell are
+    # unknown, which from_rna_model says, and the proportions are shares of counts.
+    sc.save(tmp_path / "condscvi")
+    bare = cellvi.CondSCVI.load(tmp_path / "condscvi")
+    with pytest.warns(UserWarning, match="holds no AnnData"):
+        st_bare = cellvi.DestVI.from_rna_model(spots[:60].copy(), bare)
+    np.testing.assert_array_equal(st_bare.module.type_counts.numpy(), np.ones(14))
     # Rare types weigh more with weight_obs.
     w = sc.module.ct_weight.numpy()
     counts = ref.obs["cell_type"].value_counts().reindex(sc.cell_types).to_numpy()
