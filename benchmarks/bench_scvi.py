@@ -152,11 +152,10 @@ def selected_tools(args) -> list[str]:
 # ------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------
-def simulate_counts(n_cells: int, n_genes: int, seed: int = 0, n_types: int = 6,
-                    n_batches: int = 3, rank: int = 8, chunk: int = 5000):
-    """Negative binomial counts from a low-rank model with cell types and batches (see the
-    module docstring). Returns an AnnData with CSR float32 counts."""
-    import anndata
+def simulate_blocks(n_cells: int, n_genes: int, seed: int = 0, n_types: int = 6, n_batches: int = 3,
+                    rank: int = 8, chunk: int = 5000, library_mean: float = 1500.0):
+    """(obs DataFrame, iterator of CSR float32 blocks of ``chunk`` cells) of the simulation
+    below: a larger-than-memory file can be written block by block."""
     import numpy as np
     import pandas as pd
     import scipy.sparse as sp
@@ -169,23 +168,38 @@ def simulate_counts(n_cells: int, n_genes: int, seed: int = 0, n_types: int = 6,
     theta = np.exp(rng.normal(np.log(3.0), 0.5, n_genes))
     types = rng.choice(n_types, n_cells, p=rng.dirichlet(np.full(n_types, 2.0)))
     batches = rng.integers(n_batches, size=n_cells)
-    library = np.exp(rng.normal(np.log(1500.0), 0.4, n_cells))
-    blocks = []
-    for start in range(0, n_cells, chunk):
-        stop = min(start + chunk, n_cells)
-        z = centres[types[start:stop]] + rng.normal(0.0, 0.3, (stop - start, rank))
-        logits = base + z @ loadings + batch_shift[batches[start:stop]]
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(axis=1, keepdims=True)
-        mu = p * library[start:stop, None]
-        rate = rng.gamma(theta, mu / theta)  # Gamma(shape theta, mean mu) -> NB(mu, theta)
-        blocks.append(sp.csr_matrix(rng.poisson(rate).astype(np.float32)))
-    X = sp.vstack(blocks, format="csr", dtype=np.float32)
+    library = np.exp(rng.normal(np.log(library_mean), 0.4, n_cells))
     obs = pd.DataFrame({
         "batch": pd.Categorical([f"batch{b}" for b in batches]),
         "cell_type": pd.Categorical([f"type{t}" for t in types]),
     }, index=[f"cell{i}" for i in range(n_cells)])
+
+    def blocks():
+        for start in range(0, n_cells, chunk):
+            stop = min(start + chunk, n_cells)
+            z = centres[types[start:stop]] + rng.normal(0.0, 0.3, (stop - start, rank))
+            logits = base + z @ loadings + batch_shift[batches[start:stop]]
+            logits -= logits.max(axis=1, keepdims=True)
+            p = np.exp(logits)
+            p /= p.sum(axis=1, keepdims=True)
+            mu = p * library[start:stop, None]
+            rate = rng.gamma(theta, mu / theta)  # Gamma(shape theta, mean mu) -> NB(mu, theta)
+            yield sp.csr_matrix(rng.poisson(rate).astype(np.float32))
+
+    return obs, blocks()
+
+
+def simulate_counts(n_cells: int, n_genes: int, seed: int = 0, n_types: int = 6,
+                    n_batches: int = 3, rank: int = 8, chunk: int = 5000):
+    """Negative binomial counts from a low-rank model with cell types and batches (see the
+    module docstring). Returns an AnnData with CSR float32 counts."""
+    import anndata
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    obs, blocks = simulate_blocks(n_cells, n_genes, seed, n_types, n_batches, rank, chunk)
+    X = sp.vstack(list(blocks), format="csr", dtype=np.float32)
     var = pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)])
     return anndata.AnnData(X=X, obs=obs, var=var)
 

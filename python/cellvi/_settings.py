@@ -1,4 +1,5 @@
-"""Global settings: ``cellvi.settings.seed``, ``progress_bar``, ``progress_style``, ``num_threads``."""
+"""Global settings: ``cellvi.settings.seed``, ``progress_bar``, ``progress_style``, ``num_threads``,
+``backed_window_cells``."""
 from __future__ import annotations
 
 import random
@@ -25,6 +26,11 @@ class Settings:
         #: plain line every ~10% of the epochs, for logs and knitted documents), ``"bar"`` or
         #: ``"lines"``.
         self.progress_style: str = "auto"
+        #: Cells per window when training on a backed AnnData (``read_h5ad(path,
+        #: backed="r")``): memory holds two windows of counts (the one training and the one
+        #: read ahead), e.g. ~50 MB each at 100 non-zeros per cell; more cells per window
+        #: shuffle better.
+        self.backed_window_cells: int = 65536
 
     @property
     def seed(self) -> int | None:

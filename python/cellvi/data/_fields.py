@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ._backed import is_backed_matrix
+
 _MAX_LISTED = 10
 _CHUNK = 1 << 22  # values per chunk when scanning a matrix
 _FIELD_TYPES: dict[str, type["Field"]] = {}
@@ -141,6 +143,30 @@ def check_counts(X: sp.csr_matrix, source: str, obs_names=None, values: str = "c
 def _matrix_expression(source: str) -> str:
     """How the user reaches ``source`` ("adata.X" or "layer 'name'") in code."""
     return "adata.X" if source == "adata.X" else f"adata.layers[{source[len('layer '):]}]"
+
+
+_BINARY_ON_DISK = ("{source} is on disk (a backed AnnData); binary data (e.g. accessibility) are read in "
+                   "memory only: load it with anndata.read_h5ad(path) without backed='r'")
+
+
+def _checked_backed(dataset, source: str, obs_names, values: str, features: str):
+    """An on-disk count matrix, checked as :func:`check_counts` checks one in memory, one
+    block of rows at a time."""
+    from ._backed import BackedCSR
+
+    if values == "binary":
+        raise ValueError(_BINARY_ON_DISK.format(source=source))
+    if getattr(dataset, "format", "csr") != "csr":
+        raise ValueError(f"{source} is on disk in {dataset.format.upper()} format; training reads rows, which "
+                         "needs CSR: write the file with adata.X = adata.X.tocsr(), or load it in memory")
+    matrix = BackedCSR(dataset)
+    with warnings.catch_warnings(record=True) as caught:  # one warning for the whole matrix
+        warnings.simplefilter("always")
+        for start, block in matrix.row_blocks():
+            check_counts(block, source, np.asarray(obs_names)[start:start + block.shape[0]], values, features)
+    if caught:
+        warnings.warn(caught[0].message, caught[0].category, stacklevel=5)
+    return matrix
 
 
 def _check_binary(X: sp.csr_matrix, source: str, obs_names, features: str) -> None:
@@ -360,6 +386,9 @@ class LayerField(Field):
             )
         self.var_names = var_names
         if self.values == "binary":
+            X, source = self._source(adata)
+            if is_backed_matrix(X):
+                raise ValueError(_BINARY_ON_DISK.format(source=source))
             self._report_binary(adata)
 
     def _report_binary(self, adata) -> None:
@@ -425,8 +454,12 @@ class LayerField(Field):
         return X, source
 
     def matrix(self, adata) -> sp.csr_matrix:
-        """The layer as CSR float32, checked (without checking the feature names)."""
+        """The layer as CSR float32, checked (without checking the feature names); the X of a
+        backed AnnData stays on disk (a :class:`cellvi.data._backed.BackedCSR`, checked block
+        by block)."""
         X, source = self._source(adata)
+        if is_backed_matrix(X):
+            return _checked_backed(X, source, adata.obs_names, self.values, self.features)
         X = as_csr_float32(X)
         check_counts(X, source, adata.obs_names, self.values, self.features)
         return X

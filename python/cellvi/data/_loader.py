@@ -15,20 +15,27 @@ import scipy.sparse as sp
 import torch
 
 from .. import _constants as C
+from .._settings import settings
+from ._backed import BackedCSR, window_minibatches
 from ._registry import AnnTensors
 
 
 class _SparseStore:
-    """One CSR field on the storage device (three tensors) and its host index pointer."""
+    """One CSR field on the storage device (three tensors) and its host index pointer; an
+    on-disk matrix (:class:`BackedCSR`) has no tensors and is read per minibatch."""
 
-    def __init__(self, X: sp.csr_matrix):
+    def __init__(self, X):
         self.n_cols = X.shape[1]
+        self.csr = X
+        self.backed = isinstance(X, BackedCSR)
+        if self.backed:
+            self.host = {}
+            return
         self.host = {
             "indptr": torch.from_numpy(X.indptr.astype(np.int64, copy=False)),
             "indices": torch.from_numpy(X.indices),
             "values": torch.from_numpy(X.data),
         }
-        self.csr = X
 
 
 class DeviceData:
@@ -47,8 +54,8 @@ class DeviceData:
         device = torch.device(device)
         self.device = device
         self.n_obs = tensors.n_obs
-        sparse = {k: _SparseStore(v) for k, v in tensors.items() if sp.issparse(v)}
-        dense = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items() if not sp.issparse(v)}
+        sparse = {k: _SparseStore(v) for k, v in tensors.items() if sp.issparse(v) or isinstance(v, BackedCSR)}
+        dense = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items() if k not in sparse}
         self.storage_device = device
         if device.type == "cuda":
             n_bytes = sum(t.numel() * t.element_size() for t in dense.values())
@@ -62,8 +69,12 @@ class DeviceData:
         # On the CPU, scipy's row gather and densify (compiled loops, one pass over the chosen
         # rows) cut a minibatch faster than the tensor arithmetic below (several vectorised
         # passes with temporaries), which is kept for GPUs.
-        self._on_cpu = device.type == "cpu"
+        # On-disk matrices are cut on the host too, whatever the device.
+        self.backed = any(s.backed for s in sparse.values())
+        self._on_cpu = device.type == "cpu" or self.backed
         for s in sparse.values():
+            if s.backed:
+                continue
             stored = {k: t.to(self.storage_device) for k, t in s.host.items()}
             s.indptr, s.indices, s.values = stored["indptr"], stored["indices"], stored["values"]
         self.sparse = sparse
@@ -90,9 +101,11 @@ class DeviceData:
         """Every field's rows ``idx``: dense sparse fields plus their non-zeros, and the rest."""
         idx_host = idx.cpu()
         if self._on_cpu:
-            out = {key: torch.index_select(t, 0, idx_host) for key, t in self.obs.items()}
+            out = {key: torch.index_select(t, 0, idx_host.to(t.device)) for key, t in self.obs.items()}
             for key, store in self.sparse.items():
-                out.update(_cut_host(store, key, idx_host))
+                cut = _cut_host(store, key, idx_host)
+                out.update(cut if store.host or self.device.type == "cpu" else
+                           {k: t.to(self.device, non_blocking=True) for k, t in cut.items()})
             return out
         out = self._cut_tensors(idx.to(self.storage_device), idx_host)
         if self.storage_device != self.device:
@@ -127,12 +140,36 @@ class DeviceData:
 
     def epoch_minibatches(self, indices, batch_size: int, generator: torch.Generator | None = None) -> list:
         """One training epoch's minibatches of ``indices``: shuffled with ``generator``, in
-        order without it."""
-        return split_minibatches(indices, batch_size, generator is not None, generator)
+        order without it. With an on-disk count matrix and more cells than
+        ``settings.backed_window_cells``, shuffled window by window (see
+        :mod:`cellvi.data._backed`); each window is read ahead while the one before trains."""
+        if not self.backed or generator is None:
+            return split_minibatches(indices, batch_size, generator is not None, generator)
+        if len(indices) <= settings.backed_window_cells:  # one window: the in-memory order
+            batches, windows = split_minibatches(indices, batch_size, True, generator), [np.asarray(indices)]
+        else:
+            batches, windows = window_minibatches(indices, batch_size, generator, settings.backed_window_cells,
+                                                  split_minibatches)
+        for store in self.sparse.values():
+            if store.backed:
+                store.csr.plan(windows)
+        return batches
+
+    def release(self) -> None:
+        """Free what training held beyond the data (an on-disk matrix's read-ahead windows)."""
+        for store in self.sparse.values():
+            if store.backed:
+                store.csr.release()
 
     def eval_minibatches(self, indices, batch_size: int) -> list:
         """Minibatches that visit every cell of ``indices`` once (validation)."""
         return split_minibatches(indices, batch_size)
+
+    @staticmethod
+    def shard(index, part: int, n_parts: int):
+        """Slice ``part`` of ``n_parts`` near-equal slices of one minibatch's index (a rank's
+        share of a data-parallel step)."""
+        return torch.tensor_split(index, n_parts)[part]
 
 
 class JointData:
@@ -176,6 +213,16 @@ class JointData:
                 batches = batches + split_minibatches(indices[d], batch_size, shuffle, generator)
             steps.append(batches[:n_steps])
         return list(zip(*steps))
+
+    @staticmethod
+    def shard(index, part: int, n_parts: int):
+        """Slice ``part`` of each data set's cells in one step's index (see
+        :meth:`DeviceData.shard`); a data set without cells there stays None."""
+        return tuple(None if i is None else torch.tensor_split(i, n_parts)[part] for i in index)
+
+    def release(self) -> None:
+        for part in self.parts:
+            part.release()
 
     def eval_minibatches(self, indices, batch_size: int) -> list:
         out = []

@@ -22,6 +22,7 @@ from ..data import AnnTensors, DeviceData, Field, ObsmField, Registry, cell_indi
 from ..data._registry import recall_setup, remember_setup
 from ..modules import BaseModule
 from ..train import Trainer, TrainingPlan, as_count, resolve_device, split_indices
+from ..train._distributed import STRATEGIES, Distributed, is_secondary_rank
 from ..train._trainer import single_threaded_global_openblas
 
 logger = logging.getLogger("cellvi")
@@ -186,6 +187,7 @@ class BaseModel:
         limit_train_batches: int | float | None = None,
         progress_bar: bool | None = None,
         plan_kwargs: dict | None = None,
+        strategy: str | None = None,
     ) -> "BaseModel":
         """Train the model (again, if already trained) on its AnnData.
 
@@ -214,6 +216,15 @@ class BaseModel:
         plan_kwargs
             Further settings of :class:`cellvi.train.TrainingPlan` (e.g.
             ``reduce_lr_on_plateau=True``, ``n_steps_kl_warmup``, ``adversarial_classifier``).
+        strategy
+            ``None``: this process trains alone. ``"ddp"``: data-parallel over the processes
+            of a ``torchrun`` run (one per GPU, or several on CPUs): every process runs the
+            same script on the same data; each step, each process trains on its slice of a
+            minibatch of ``processes x batch_size`` cells and the gradients are averaged, so
+            the run is a single run with that larger minibatch (BatchNorm aside). Each process
+            takes GPU ``LOCAL_RANK`` when ``device`` is a GPU; the processes agree on the seed
+            (rank 0's), every one ends with the same weights and history, and only rank 0
+            shows progress and writes in :meth:`save`. See ``examples/train_ddp.py``.
 
         Returns
         -------
@@ -224,6 +235,8 @@ class BaseModel:
         >>> model = cellvi.SCVI(adata)
         >>> model.train(max_epochs=50)
         >>> model.history[["elbo_train", "elbo_validation"]].plot()
+        >>> # in a script started with `torchrun --nproc_per_node=4 script.py`:
+        >>> model.train(max_epochs=50, strategy="ddp")
         """
         if self.adata is None:
             raise ValueError("this model holds no AnnData to train on (it was loaded without one)")
@@ -239,7 +252,15 @@ class BaseModel:
             raise TypeError(f"unknown plan_kwargs {sorted(unknown)}; TrainingPlan takes "
                             f"{', '.join(f.name for f in dataclasses.fields(TrainingPlan))}")
         plan = TrainingPlan(**{**settings_, **(plan_kwargs or {})})
-        self.module.to(resolve_device(device))
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be None or 'ddp', got {strategy!r}")
+        device = resolve_device(device)
+        distributed = None
+        if strategy == "ddp":
+            distributed = Distributed.start(device)
+            device = distributed.device
+            distributed.agree_on_seed()  # before the split: every rank must split alike
+        self.module.to(device)
         data, train_idx, val_idx = self._training_data(train_size, validation_size)
         trainer = Trainer(
             self.module, data, train_idx, val_idx, max_epochs=max_epochs,
@@ -247,7 +268,7 @@ class BaseModel:
             early_stopping_patience=early_stopping_patience,
             limit_train_batches=limit_train_batches, progress_bar=progress_bar,
             optimizer_params=self._optimizer_params(),
-            labelled_indices=self._labelled_indices(train_idx),
+            labelled_indices=self._labelled_indices(train_idx), distributed=distributed,
         )
         self.train_indices, self.validation_indices = train_idx, val_idx
         self._history = []
@@ -296,6 +317,9 @@ class BaseModel:
         >>> model = cellvi.SCVI.load("my_model/", adata)
         """
         dir_path = os.fspath(dir_path)
+        if is_secondary_rank():  # data-parallel training: rank 0 holds the same model and writes it
+            logger.info("save(%r) skipped on this rank: only rank 0 writes", dir_path)
+            return
         if os.path.exists(dir_path) and os.listdir(dir_path) and not overwrite:
             raise FileExistsError(f"'{dir_path}' exists and is not empty; pass overwrite=True to replace it")
         tmp = f"{dir_path.rstrip(os.sep)}.tmp-cellvi"

@@ -22,6 +22,7 @@ from .._settings import settings
 from ..data import DeviceData, JointData, cycle_minibatches
 from ..modules import BaseModule
 from ..nn import Classifier
+from ._distributed import Distributed
 
 logger = logging.getLogger("cellvi")
 
@@ -280,9 +281,16 @@ class Trainer:
     ``epoch_callback(trainer, row)`` runs after every epoch (see :func:`epoch_callback`).
 
     ``data`` serves the minibatches and says how an epoch is cut (``epoch_minibatches``,
-    ``eval_minibatches``, ``n_cells``): a :class:`DeviceData` cuts one data set's cells; a
-    :class:`JointData` serves several data sets together, with one index array per data set
-    in ``train_indices`` and ``validation_indices`` and a list of tensor dicts per step.
+    ``eval_minibatches``, ``n_cells``, ``shard``): a :class:`DeviceData` cuts one data set's
+    cells; a :class:`JointData` serves several data sets together, with one index array per
+    data set in ``train_indices`` and ``validation_indices`` and a list of tensor dicts per
+    step.
+
+    With ``distributed`` (a :class:`cellvi.train._distributed.Distributed`, from
+    ``train(strategy="ddp")``) this process is one rank of a data-parallel run: each step's
+    minibatch holds ``world_size x batch_size`` cells, of which this rank trains on its slice;
+    gradients and the epoch's sums are averaged or added over the ranks (see
+    :mod:`cellvi.train._distributed`). Only rank 0 shows progress.
     """
 
     def __init__(
@@ -302,8 +310,11 @@ class Trainer:
         optimizer_params=None,
         labelled_indices: np.ndarray | None = None,
         epoch_callback=None,
+        distributed: Distributed | None = None,
     ):
         self.module = module
+        self.dist = distributed
+        self.world_size = distributed.world_size if distributed is not None else 1
         # Explicit argument, else the one of an enclosing ``with epoch_callback(fn):``.
         self.epoch_callback = epoch_callback if epoch_callback is not None else _EPOCH_CALLBACK.get()
         self.data = data
@@ -316,7 +327,7 @@ class Trainer:
         if self.n_train < 2:
             raise ValueError(f"training needs at least 2 cells, got {self.n_train}")
         self.limit_train_batches = limit_train_batches
-        self.n_batches = self._n_batches(len(data.epoch_minibatches(train_indices, self.batch_size)))
+        self.n_batches = self._n_batches(len(self._epoch_steps(None)))
         if plan.n_steps_kl_warmup:
             self.warmup_epochs = float(plan.n_steps_kl_warmup) / self.n_batches
         else:
@@ -327,6 +338,8 @@ class Trainer:
         self.patience = as_count(early_stopping_patience, "early_stopping_patience")
         self.min_delta = early_stopping_min_delta
         self.progress_bar = settings.progress_bar if progress_bar is None else progress_bar
+        if distributed is not None and distributed.rank != 0:
+            self.progress_bar = False
         params = list(optimizer_params if optimizer_params is not None else module.parameters())
         if params and not isinstance(params[0], dict):
             params = [p for p in params if p.requires_grad]
@@ -346,11 +359,27 @@ class Trainer:
                                                        eps=plan.eps, weight_decay=plan.weight_decay)
         self.generator = seeded_generator(2)
         self.labelled_batches = None
-        self._labelled_generator = seeded_generator(3)
+        # Under data parallelism each rank draws its own labelled cells (the rest of the
+        # schedule is the same on every rank).
+        self._labelled_generator = seeded_generator(3 + 1000 * (distributed.rank if distributed else 0))
         self._draw_labelled = labelled_indices if callable(labelled_indices) else None
         if self._draw_labelled is None and labelled_indices is not None and len(labelled_indices) > 0:
             self.labelled_batches = cycle_minibatches(labelled_indices, self.batch_size, self._labelled_generator)
         self.history: list[dict] = []
+
+    def _epoch_steps(self, generator: torch.Generator | None) -> list:
+        """One epoch's minibatch indices for this process (shuffled with ``generator``): the
+        data's minibatches, or under data parallelism this rank's slice of each minibatch of
+        ``world_size x batch_size`` cells."""
+        steps = self.data.epoch_minibatches(self.train_indices, self.batch_size * self.world_size, generator)
+        if self.dist is None:
+            return steps
+        if len(steps) > 1 and isinstance(steps[-1], torch.Tensor) and len(steps[-1]) < 2 * self.world_size:
+            steps[-2:] = [torch.cat(steps[-2:])]  # every rank's slice needs 2 cells (BatchNorm)
+        return [self.data.shard(step, self.dist.rank, self.world_size) for step in steps]
+
+    def _trained_parameters(self) -> list:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def _n_batches(self, n_total: int) -> int:
         limit = self.limit_train_batches
@@ -383,8 +412,7 @@ class Trainer:
         self.module.train()
         if self.classifier is not None:
             self.classifier.train()
-        batches = self.data.epoch_minibatches(self.train_indices, self.batch_size, self.generator)
-        batches = batches[: self.n_batches]
+        batches = self._epoch_steps(self.generator)[: self.n_batches]
         if self._draw_labelled is not None:
             labelled = self._draw_labelled(epoch)
             self.labelled_batches = (cycle_minibatches(labelled, self.batch_size, self._labelled_generator)
@@ -408,11 +436,15 @@ class Trainer:
                 loss = loss + kappa * self._adversarial_loss(z, classes, False)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.dist is not None:
+                self.dist.average_gradients(self._trained_parameters())
             self.optimizer.step()
             if kappa > 0:
                 classifier_loss = self._adversarial_loss(z.detach(), classes, True)
                 self.classifier_optimizer.zero_grad(set_to_none=True)
                 (kappa * classifier_loss).backward()
+                if self.dist is not None:
+                    self.dist.average_gradients(self.classifier.parameters())
                 self.classifier_optimizer.step()
                 extra_sums["adversarial_classifier_loss"] = (extra_sums.get("adversarial_classifier_loss", 0.0)
                                                              + classifier_loss.detach())
@@ -423,13 +455,23 @@ class Trainer:
                 for name, value in out.extra_metrics.items():
                     extra_sums[name] = extra_sums.get(name, 0.0) + value.detach()
             n += n_step
+        n_steps = len(batches)
+        if self.dist is not None:  # the sums over every rank's cells and steps
+            names = list(extra_sums)
+            packed = torch.cat([sums.double(), torch.tensor([float(n)], dtype=torch.float64, device=sums.device)]
+                               + [torch.as_tensor(extra_sums[k], dtype=torch.float64, device=sums.device).reshape(1)
+                                  for k in names])
+            self.dist.sum_(packed)
+            sums, n = packed[:4], int(round(float(packed[4])))
+            extra_sums = dict(zip(names, packed[5:].unbind()))
+            n_steps *= self.world_size
         loss, rec, kl, kl_global = sums.tolist()
-        kl_global /= len(batches)
+        kl_global /= n_steps
         row = {"loss_train": loss / n, "elbo_train": -(rec + kl) / n - kl_global / self.n_train,
                "reconstruction_loss_train": rec / n, "kl_local_train": kl / n, "kl_weight": kl_weight}
         if kl_global:
             row["kl_global_train"] = kl_global
-        row.update({f"{name}_train": float(v) / len(batches) for name, v in extra_sums.items()})
+        row.update({f"{name}_train": float(v) / n_steps for name, v in extra_sums.items()})
         if self.scheduler is not None:
             row["lr"] = self.optimizer.param_groups[0]["lr"]
         return row
@@ -441,15 +483,19 @@ class Trainer:
         held-out cells cut with the same registry) works as ``data``."""
         data = self.data if data is None else data
         self.module.eval()
-        sums = torch.zeros(3, device=data.device)
-        n_chunks = 0
-        for idx in data.eval_minibatches(indices, self.batch_size):
+        sums = torch.zeros(4, device=data.device)  # reconstruction, local KL, global KL, chunks
+        chunks = data.eval_minibatches(indices, self.batch_size)
+        if self.dist is not None:  # the ranks share the chunks; their sums are added below
+            chunks = chunks[self.dist.rank::self.world_size]
+        for idx in chunks:
             _, _, out = self.module(data.minibatch(idx), kl_weight=1.0)
             sums += torch.stack([out.reconstruction_loss.sum(), out.kl_local.sum(),
-                                 torch.as_tensor(out.kl_global, dtype=sums.dtype, device=sums.device)])
-            n_chunks += 1
+                                 torch.as_tensor(out.kl_global, dtype=sums.dtype, device=sums.device),
+                                 torch.ones((), dtype=sums.dtype, device=sums.device)])
+        if self.dist is not None:
+            self.dist.sum_(sums)
         rec, kl = (sums[:2] / data.n_cells(indices)).tolist()
-        kl_global = float(sums[2]) / n_chunks
+        kl_global = float(sums[2]) / float(sums[3])
         return {f"elbo_{suffix}": -(rec + kl) - kl_global / self.n_train,
                 f"reconstruction_loss_{suffix}": rec, f"kl_local_{suffix}": kl}
 
@@ -458,14 +504,21 @@ class Trainer:
         monitor = self.plan.monitor
         if not has_validation and monitor.endswith("_validation"):
             monitor = monitor[: -len("_validation")] + "_train"
+        if self.dist is not None:  # every rank starts from rank 0's weights
+            self.dist.broadcast_module(self.module)
+            if self.classifier is not None:
+                self.dist.broadcast_module(self.classifier)
         progress = Progress(self.max_epochs, self.progress_bar, settings.progress_style)
         try:
             with single_threaded_global_openblas():
                 stopped = self._run_epochs(progress, has_validation, monitor)
         finally:
             progress.close()
+            self.data.release()  # e.g. an on-disk matrix's read-ahead windows
         self.module.eval()
-        if not stopped:
+        if self.dist is not None:  # and ends with them (BatchNorm's running statistics differ)
+            self.dist.broadcast_module(self.module, buffers_only=True)
+        if not stopped and (self.dist is None or self.dist.rank == 0):
             warn_if_not_converged(self.history)
         return self.history
 
@@ -477,6 +530,8 @@ class Trainer:
         best, since_best = -math.inf, 0
         for epoch in range(self.max_epochs):
             row = {"epoch": epoch, **self._train_epoch(epoch)}
+            if self.dist is not None:  # validation on every rank with rank 0's running statistics
+                self.dist.broadcast_module(self.module, buffers_only=True)
             if has_validation:
                 row.update(self.evaluate(self.validation_indices, "validation"))
             self.history.append(row)

@@ -1,0 +1,158 @@
+"""Training on a backed AnnData (X on disk) against the same file in memory (issue 15).
+
+Writes a synthetic N x G count h5ad block by block (the simulation of bench_scvi.py, with a
+smaller library so that 1M x 2,000 holds ~100M non-zeros; the matrix is never whole in
+memory), then trains SCVI on it in fresh processes, alternating: ``memory``
+(``read_h5ad(path)``) and ``backed`` (``read_h5ad(path, backed="r")``). Per run: cells/s of
+``train()`` and the peak RSS over the process' baseline before the data were read (sampled
+every 100 ms), reported against the in-memory CSR's size (data + indices + indptr).
+
+    benchmarks/.venv-scvi/bin/python benchmarks/bench_backed.py --cells 1000000 --genes 2000 --record
+
+Target (issue 15): backed training with peak RSS under 25% of the in-memory CSR, at no less
+than 70% of the in-memory cells/s.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit_result, record_section, run_worker  # noqa: E402
+
+SUMMARY_KEYS = ("backed 1M x 2,000",)
+
+
+def write_h5ad(path: Path, n_cells: int, n_genes: int, library: float, seed: int = 0) -> dict:
+    """The simulated counts as an h5ad whose X (CSR) is appended block by block."""
+    import anndata
+    import h5py
+    import numpy as np
+    import pandas as pd
+
+    from bench_scvi import simulate_blocks
+
+    obs, blocks = simulate_blocks(n_cells, n_genes, seed=seed, library_mean=library, chunk=10000)
+    anndata.AnnData(obs=obs, var=pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)])).write_h5ad(path)
+    nnz = 0
+    with h5py.File(path, "a") as f:
+        if "X" in f:
+            del f["X"]
+        group = f.create_group("X")
+        group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": (n_cells, n_genes)})
+        data = group.create_dataset("data", (0,), maxshape=(None,), dtype="float32", chunks=(1 << 20,))
+        indices = group.create_dataset("indices", (0,), maxshape=(None,), dtype="int32", chunks=(1 << 20,))
+        indptr = [np.zeros(1, dtype=np.int64)]
+        for block in blocks:
+            empty = np.flatnonzero(np.diff(block.indptr) == 0)
+            if empty.size:  # a cell without counts would be refused: give it one
+                block = block.tolil()
+                block[empty, 0] = 1
+                block = block.tocsr()
+            n = block.nnz
+            data.resize((nnz + n,))
+            indices.resize((nnz + n,))
+            data[nnz:] = block.data
+            indices[nnz:] = block.indices.astype(np.int32)
+            indptr.append(block.indptr[1:].astype(np.int64) + nnz)
+            nnz += n
+        group.create_dataset("indptr", data=np.concatenate(indptr))
+    return {"nnz": nnz, "csr_mib": (nnz * 8 + (n_cells + 1) * 8) / 2**20}
+
+
+def worker(mode: str, path: str, epochs: int, batch_size: int, threads: int, window: int) -> None:
+    import anndata
+    import torch
+
+    from bench_scvi import PeakRSS, _rss_now_mib
+
+    torch.set_num_threads(threads)
+    import cellvi
+
+    cellvi.settings.progress_bar = False
+    cellvi.settings.seed = 0
+    cellvi.settings.backed_window_cells = window
+    baseline = _rss_now_mib()
+    with PeakRSS() as peak:
+        adata = anndata.read_h5ad(path, backed="r") if mode == "backed" else anndata.read_h5ad(path)
+        cellvi.SCVI.setup_anndata(adata, batch_key="batch")
+        model = cellvi.SCVI(adata)
+        t0 = time.perf_counter()
+        model.train(max_epochs=epochs, batch_size=batch_size, train_size=0.95)
+        train_s = time.perf_counter() - t0
+    n_train = len(model.train_indices)
+    emit_result({"cells_per_s": n_train * epochs / train_s, "train_s": train_s,
+                 "peak_mib": peak.peak - baseline, "elbo_validation": float(model.history["elbo_validation"].iloc[-1])})
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", type=int, default=1_000_000)
+    p.add_argument("--genes", type=int, default=2000)
+    p.add_argument("--library", type=float, default=150.0, help="mean counts per cell (~100 non-zeros at 2,000 genes)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--window", type=int, default=65536, help="settings.backed_window_cells")
+    p.add_argument("--file", default="/tmp/cellvi_bench_backed.h5ad", help="where the synthetic h5ad goes")
+    p.add_argument("--record", action="store_true")
+    p.add_argument("--worker", nargs=1, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args.worker[0], args.file, args.epochs, args.batch_size, args.threads, args.window)
+        return 0
+    t_start = time.perf_counter()
+    t0 = time.perf_counter()
+    info = write_h5ad(Path(args.file), args.cells, args.genes, args.library)
+    print(f"wrote {args.file}: {args.cells:,} x {args.genes:,}, {info['nnz']:,} non-zeros "
+          f"(CSR {info['csr_mib']:.0f} MiB) in {time.perf_counter() - t0:.0f} s", flush=True)
+    runs = {"memory": [], "backed": []}
+    for r in range(args.repeats):
+        for mode in ("memory", "backed") if r % 2 == 0 else ("backed", "memory"):
+            out = run_worker(__file__, ["--worker", mode, "--file", args.file, "--epochs", str(args.epochs),
+                                        "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+                                        "--window", str(args.window)], args.threads, label=mode)
+            if out is None:
+                return 1
+            runs[mode].append(out)
+            print(f"[{mode} {r}] {out['cells_per_s']:,.0f} cells/s, peak {out['peak_mib']:.0f} MiB over baseline "
+                  f"({out['peak_mib'] / info['csr_mib']:.2f}x the CSR), ELBO {out['elbo_validation']:.2f}", flush=True)
+
+    def med(mode, key):
+        values = [r[key] for r in runs[mode]]
+        return statistics.median(values), min(values), max(values)
+
+    speed = [b["cells_per_s"] / m["cells_per_s"] for m, b in zip(runs["memory"], runs["backed"])]
+    body = ["| data | cells/s | peak RSS over baseline (MiB) | peak / in-memory CSR | validation ELBO |",
+            "| --- | --- | --- | --- | --- |"]
+    for mode in ("memory", "backed"):
+        c, p_, e = med(mode, "cells_per_s"), med(mode, "peak_mib"), med(mode, "elbo_validation")
+        body.append(f"| {mode} | {c[0]:,.0f} [{c[1]:,.0f}-{c[2]:,.0f}] | {p_[0]:.0f} [{p_[1]:.0f}-{p_[2]:.0f}] | "
+                    f"{p_[0] / info['csr_mib']:.2f} | {e[0]:.2f} |")
+    body.append("")
+    body.append(f"Backed / in-memory cells/s per round: {', '.join(f'{s:.2f}' for s in speed)} "
+                f"(median {statistics.median(speed):.2f}).")
+    print("\n".join(body))
+    if args.record:
+        peak_ratio = med("backed", "peak_mib")[0] / info["csr_mib"]
+        met = peak_ratio < 0.25 and statistics.median(speed) >= 0.7
+        row = (f"| {SUMMARY_KEYS[0]}: backed training peak RSS < 25% of the in-memory CSR at >= 70% of its "
+               f"cells/s (issue 15) | {args.cells:,} x {args.genes:,}, {info['nnz']:,} non-zeros "
+               f"({info['csr_mib']:.0f} MiB CSR), {args.epochs} epoch(s), batch {args.batch_size}, window "
+               f"{args.window:,} cells, {args.repeats} alternating runs: peak {peak_ratio:.2f}x the CSR, speed "
+               f"{statistics.median(speed):.2f}x in-memory (per round {', '.join(f'{s:.2f}' for s in speed)}) | "
+               f"{'met' if met else '**not met**'} |")
+        notes = [f"data: synthetic NB counts written block by block ({args.cells:,} x {args.genes:,}, mean library "
+                 f"{args.library:g}, {info['nnz']:,} non-zeros), SCVI defaults, 95% of cells train",
+                 "each run a fresh process; peak RSS sampled every 100 ms, over the process' RSS before the data were read"]
+        record_section(f"Backed AnnData vs in memory (issue 15), {args.cells:,} x {args.genes:,}",
+                       time.perf_counter() - t_start, args.threads, notes, body, [row], SUMMARY_KEYS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Count matrices that stay on disk: the X of a backed AnnData (``read_h5ad(path, backed="r")``).
+
+Training and queries read rows as they need them, never the whole matrix. A training epoch
+(:func:`window_minibatches`) visits the cells window by window: the cells are cut into blocks
+of consecutive rows, the blocks are shuffled, consecutive blocks of the shuffled order form a
+window of at most ``settings.backed_window_cells`` cells, and each window is read from the
+file (one contiguous read per block) and shuffled within. The next window is read in a
+background thread while the current one trains, so memory holds two windows at most. When
+one window covers every training cell, the order is the in-memory order: the same seed gives
+the same minibatches and the same model.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+BLOCK_CELLS = 1024  # consecutive rows per block: one contiguous read
+# Rows this close are read in one range and the rows between dropped (e.g. validation cells
+# spread through the file: one read per minibatch, not one per cell).
+MAX_GAP = 64
+
+
+def is_backed_matrix(X) -> bool:
+    """True for the on-disk CSR matrix of a backed AnnData."""
+    try:
+        from anndata.abc import CSRDataset
+    except ImportError:  # anndata < 0.10
+        return False
+    return isinstance(X, CSRDataset)
+
+
+class BackedCSR:
+    """Rows of an on-disk CSR matrix, read as needed (``matrix[rows]``: an in-memory CSR
+    float32 of those rows, in that order).
+
+    :meth:`plan` announces the windows of a training epoch; rows inside the current window
+    are then served from memory, and the next window is read ahead in a thread.
+    """
+
+    format = "csr"
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.shape = tuple(int(n) for n in dataset.shape)
+        self.dtype = np.dtype(np.float32)
+        self._lock = threading.Lock()  # h5py reads: one at a time
+        self._pool = None
+        self._windows: list = []
+        self._next = 0
+        self._current = None  # (sorted rows, CSR of those rows)
+        self._pending = None
+
+    # -- reading ---------------------------------------------------------------------------------
+    def read_range(self, start: int, stop: int) -> sp.csr_matrix:
+        with self._lock:
+            block = self.dataset[start:stop]
+        if not sp.issparse(block):
+            block = sp.csr_matrix(block)
+        block = block.tocsr()
+        if block.dtype != np.float32:
+            block = block.astype(np.float32)
+        if not block.has_canonical_format:
+            block.sum_duplicates()
+        return block
+
+    def row_blocks(self, size: int = 16 * BLOCK_CELLS):
+        """(first row, CSR) of consecutive row blocks, in order (checks, summaries)."""
+        for start in range(0, self.shape[0], size):
+            yield start, self.read_range(start, min(start + size, self.shape[0]))
+
+    def sum(self, axis=None):
+        """As scipy's ``sum`` (``axis`` 0 or 1: a 1 x genes or cells x 1 matrix), read in blocks."""
+        if axis not in (0, 1):
+            raise ValueError("a backed matrix sums along axis 0 or 1")
+        parts = [np.asarray(block.sum(axis=axis), dtype=np.float64) for _, block in self.row_blocks()]
+        return np.sum(parts, axis=0) if axis == 0 else np.vstack(parts)
+
+    def _read_sorted(self, rows: np.ndarray) -> sp.csr_matrix:
+        """Rows ``rows`` (sorted, unique) in that order: each stretch of rows with gaps of at
+        most ``MAX_GAP`` between them is read as one range (a few contiguous reads, never
+        more rows than the stretch spans)."""
+        if rows.size == 0:
+            return sp.csr_matrix((0, self.shape[1]), dtype=np.float32)
+        stretches = np.split(rows, np.flatnonzero(np.diff(rows) > MAX_GAP) + 1)
+        parts = []
+        for stretch in stretches:
+            first = int(stretch[0])
+            block = self.read_range(first, int(stretch[-1]) + 1)
+            parts.append(block if block.shape[0] == stretch.size else block[stretch - first])
+        return parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+
+    def __getitem__(self, rows) -> sp.csr_matrix:
+        rows = np.asarray(rows, dtype=np.int64)
+        window = self._window_for(rows)
+        if window is not None:
+            window_rows, matrix = window
+            return matrix[np.searchsorted(window_rows, rows)]
+        unique, inverse = np.unique(rows, return_inverse=True)
+        out = self._read_sorted(unique)
+        return out if unique.size == rows.size and np.array_equal(unique, rows) else out[inverse]
+
+    # -- training windows ------------------------------------------------------------------------
+    def plan(self, windows: list) -> None:
+        """The windows (arrays of rows) of the epoch about to run, in order; the first is read
+        ahead now."""
+        self._windows, self._next, self._current = [np.sort(np.asarray(w, dtype=np.int64)) for w in windows], 0, None
+        self._pending = self._submit(0)
+
+    def _submit(self, i: int):
+        if i >= len(self._windows):
+            return None
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cellvi-backed")
+        rows = self._windows[i]
+        return i, self._pool.submit(lambda: (rows, self._read_sorted(rows)))
+
+    def _window_for(self, rows: np.ndarray):
+        if self._current is not None and _covers(self._current[0], rows):
+            return self._current
+        if self._pending is not None:
+            i, future = self._pending
+            if _covers(self._windows[i], rows):
+                self._current = future.result()
+                self._pending = self._submit(i + 1)  # read the next one while this trains
+                return self._current
+        return None
+
+    def release(self) -> None:
+        """Forget the epoch's windows (memory back) and stop the reading thread."""
+        self._windows, self._current, self._pending = [], None, None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __getstate__(self):  # a model's tensors are never pickled with an open pool
+        raise TypeError("a backed count matrix cannot be pickled; keep the AnnData's file instead")
+
+
+def _covers(window_rows: np.ndarray, rows: np.ndarray) -> bool:
+    if rows.size == 0 or window_rows.size == 0:
+        return False
+    pos = np.searchsorted(window_rows, rows)
+    return bool(np.all(pos < window_rows.size) and np.all(window_rows[np.minimum(pos, window_rows.size - 1)] == rows))
+
+
+def window_minibatches(indices, batch_size: int, generator: torch.Generator, window_cells: int,
+                       split) -> tuple[list, list]:
+    """(minibatches, windows) of one training epoch over on-disk rows ``indices``.
+
+    The rows are cut into blocks of consecutive rows, the blocks shuffled, and the resulting
+    sequence cut into windows of a whole number of minibatches (at most ``window_cells``
+    cells, at least one minibatch); each window's cells are shuffled, and the sequence is cut
+    into minibatches by ``split`` (no further shuffle), so no minibatch straddles two windows
+    and an epoch has as many minibatches as in memory.
+    """
+    indices = np.sort(np.asarray(indices, dtype=np.int64))
+    blocks = np.split(indices, np.arange(BLOCK_CELLS, indices.size, BLOCK_CELLS))
+    order = torch.randperm(len(blocks), generator=generator).numpy()
+    sequence = np.concatenate([blocks[b] for b in order])
+    per_window = max(batch_size, window_cells // batch_size * batch_size)
+    windows = []
+    for start in range(0, sequence.size, per_window):
+        cells = sequence[start:start + per_window]
+        windows.append(cells[torch.randperm(cells.size, generator=generator).numpy()])
+    return split(np.concatenate(windows), batch_size), windows

@@ -1,0 +1,154 @@
+"""Training and queries on a backed AnnData (read_h5ad(path, backed="r")): X stays on disk."""
+from __future__ import annotations
+
+import tracemalloc
+import warnings
+
+import anndata
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import cellvi
+import cellvi.data._backed as backed
+from cellvi.data._loader import split_minibatches
+from helpers import simulate_counts
+
+
+@pytest.fixture(scope="module")
+def h5ad(tmp_path_factory):
+    path = tmp_path_factory.mktemp("backed") / "sim.h5ad"
+    simulate_counts(n_cells=600, n_genes=80, batch_strength=0.3).write_h5ad(path)
+    return path
+
+
+def trained(adata, **train):
+    cellvi.settings.seed = 0
+    cellvi.SCVI.setup_anndata(adata, batch_key="batch")
+    model = cellvi.SCVI(adata, n_latent=5)
+    model.train(max_epochs=3, batch_size=64, **train)
+    return model
+
+
+@pytest.fixture(scope="module")
+def both(h5ad):
+    """(in-memory model, backed model), trained alike; one window holds every cell."""
+    assert cellvi.settings.backed_window_cells >= 600
+    in_memory = trained(anndata.read_h5ad(h5ad))
+    on_disk = trained(anndata.read_h5ad(h5ad, backed="r"))
+    return in_memory, on_disk
+
+
+def test_backed_counts_stay_on_disk(both):
+    _, on_disk = both
+    assert on_disk.adata.isbacked
+    assert isinstance(on_disk._tensors().X, backed.BackedCSR)
+
+
+def test_one_window_trains_exactly_as_in_memory(both):
+    in_memory, on_disk = both
+    np.testing.assert_array_equal(on_disk.history.to_numpy(), in_memory.history.to_numpy())
+    for a, b in zip(in_memory.module.parameters(), on_disk.module.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_queries_stream_from_disk_and_match(both):
+    in_memory, on_disk = both
+    np.testing.assert_array_equal(on_disk.get_latent_representation(), in_memory.get_latent_representation())
+    expression = []
+    for model in (in_memory, on_disk):
+        torch.manual_seed(1)
+        expression.append(model.get_normalized_expression(library_size=1e4).to_numpy())
+    np.testing.assert_allclose(expression[1], expression[0], rtol=1e-6)
+    cells = np.arange(0, 600, 7)
+    for model in (in_memory, on_disk):
+        torch.manual_seed(1)
+        model._ll = model.get_marginal_ll(indices=cells, n_mc_samples=20)
+        torch.manual_seed(1)
+        model._elbo = model.get_elbo(indices=cells)
+        cellvi.settings.seed = 2
+        model._de = model.differential_expression(groupby="cell_type", group1="type0", group2="type1",
+                                                  n_samples=200)
+    np.testing.assert_allclose(on_disk._ll, in_memory._ll, rtol=1e-6)
+    assert on_disk._elbo == pytest.approx(in_memory._elbo, rel=1e-6)
+    de_m, de_d = in_memory._de, on_disk._de.loc[in_memory._de.index]
+    np.testing.assert_allclose(de_d["lfc_mean"], de_m["lfc_mean"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(de_d["raw_mean1"], de_m["raw_mean1"], rtol=1e-6)
+
+
+def test_windows_visit_every_cell_once_without_straddling(monkeypatch):
+    monkeypatch.setattr(backed, "BLOCK_CELLS", 50)
+    cells = np.sort(np.random.default_rng(0).choice(1000, 700, replace=False))
+    gen = torch.Generator().manual_seed(0)
+    batches, windows = backed.window_minibatches(cells, 64, gen, 200, split_minibatches)
+    assert len(batches) == len(split_minibatches(cells, 64))  # as many steps as in memory
+    seen = np.concatenate([b.numpy() for b in batches])
+    np.testing.assert_array_equal(np.sort(seen), cells)
+    assert all(len(w) <= 192 for w in windows)  # whole minibatches, at most the window
+    window_of = {int(c): i for i, w in enumerate(windows) for c in w}
+    straddling = [b for b in batches if len({window_of[int(c)] for c in b}) > 1]
+    assert len(straddling) == 0
+
+
+def test_small_windows_train_as_well(h5ad, both, monkeypatch):
+    in_memory, _ = both
+    monkeypatch.setattr(backed, "BLOCK_CELLS", 50)
+    monkeypatch.setattr(cellvi.settings, "backed_window_cells", 128)
+    model = trained(anndata.read_h5ad(h5ad, backed="r"))
+    # Another order of cells (shuffled within windows of 128): the same fit within noise.
+    final, reference = model.history["elbo_validation"].iloc[-1], in_memory.history["elbo_validation"].iloc[-1]
+    assert abs(final - reference) < 0.02 * abs(reference), (final, reference)
+    assert model._tensors().X._current is None  # the windows were let go after training
+
+
+def test_training_memory_stays_within_the_window(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    n_cells, n_genes = 50000, 300
+    counts = sp.random(n_cells, n_genes, density=0.2, format="csr", random_state=rng, dtype=np.float32)
+    counts.data = np.ceil(counts.data * 5).astype(np.float32)
+    counts[np.asarray(counts.sum(1)).ravel() == 0, 0] = 1
+    path = tmp_path / "big.h5ad"
+    anndata.AnnData(counts).write_h5ad(path)
+    csr_bytes = counts.data.nbytes + counts.indices.nbytes + counts.indptr.nbytes
+    del counts
+    monkeypatch.setattr(cellvi.settings, "backed_window_cells", 1024)
+    adata = anndata.read_h5ad(path, backed="r")
+    cellvi.settings.seed = 0
+    cellvi.SCVI.setup_anndata(adata)
+    model = cellvi.SCVI(adata, n_latent=5, n_hidden=32)
+    tracemalloc.start()
+    model.train(max_epochs=1, batch_size=256, train_size=0.95)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # Two windows of ~1,024 cells x 60 non-zeros (~0.5 MB each), a validation minibatch's
+    # read (its cells spread over ~20 times as many rows) and temporaries, against ~24 MB.
+    assert peak < 0.25 * csr_bytes, (peak, csr_bytes)
+
+
+def test_backed_errors(tmp_path):
+    adata = simulate_counts(n_cells=60, n_genes=20)
+    X = adata.X.toarray()
+    X[5] = 0
+    adata.X = sp.csr_matrix(X)
+    adata.write_h5ad(tmp_path / "empty.h5ad")
+    with pytest.raises(ValueError, match="1 cells with zero total counts \\(cell5\\)"):
+        cellvi.SCVI.setup_anndata(anndata.read_h5ad(tmp_path / "empty.h5ad", backed="r"))
+    adata = simulate_counts(n_cells=60, n_genes=20)
+    adata.X = adata.X * 0.5
+    adata.write_h5ad(tmp_path / "half.h5ad")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cellvi.SCVI.setup_anndata(anndata.read_h5ad(tmp_path / "half.h5ad", backed="r"))
+    assert sum("non-integer" in str(w.message) for w in caught) == 1
+    adata = simulate_counts(n_cells=60, n_genes=20)
+    adata.write_h5ad(tmp_path / "peaks.h5ad")
+    with pytest.raises(ValueError, match="binary data .* are read in memory only"):
+        cellvi.PEAKVI.setup_anndata(anndata.read_h5ad(tmp_path / "peaks.h5ad", backed="r"))
+
+
+def test_save_and_load_with_a_backed_anndata(both, tmp_path):
+    _, on_disk = both
+    on_disk.save(tmp_path / "m")
+    loaded = cellvi.SCVI.load(tmp_path / "m", on_disk.adata)
+    np.testing.assert_array_equal(loaded.get_latent_representation(), on_disk.get_latent_representation())
