@@ -99,6 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--window", type=int, default=65536, help="settings.backed_window_cells")
     p.add_argument("--file", default="/tmp/cellvi_bench_backed.h5ad", help="where the synthetic h5ad goes")
+    p.add_argument("--reuse", action="store_true", help="keep an existing --file of the same shape")
     p.add_argument("--record", action="store_true")
     p.add_argument("--worker", nargs=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -107,7 +108,16 @@ def main(argv=None) -> int:
         return 0
     t_start = time.perf_counter()
     t0 = time.perf_counter()
-    info = write_h5ad(Path(args.file), args.cells, args.genes, args.library)
+    if args.reuse and Path(args.file).exists():
+        import h5py
+
+        with h5py.File(args.file, "r") as f:
+            shape, nnz = tuple(f["X"].attrs["shape"]), int(f["X/data"].shape[0])
+        if shape != (args.cells, args.genes):
+            sys.exit(f"{args.file} holds {shape[0]:,} x {shape[1]:,}, not {args.cells:,} x {args.genes:,}")
+        info = {"nnz": nnz, "csr_mib": (nnz * 8 + (args.cells + 1) * 8) / 2**20}
+    else:
+        info = write_h5ad(Path(args.file), args.cells, args.genes, args.library)
     print(f"wrote {args.file}: {args.cells:,} x {args.genes:,}, {info['nnz']:,} non-zeros "
           f"(CSR {info['csr_mib']:.0f} MiB) in {time.perf_counter() - t0:.0f} s", flush=True)
     runs = {"memory": [], "backed": []}

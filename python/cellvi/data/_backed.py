@@ -24,6 +24,20 @@ BLOCK_CELLS = 1024  # consecutive rows per block: one contiguous read
 MAX_GAP = 64
 
 
+def uniform_index_dtype(X: sp.csr_matrix) -> sp.csr_matrix:
+    """``X`` with its row pointers and column indices of one integer type (sharing the data).
+
+    Files often hold 64-bit row pointers beside 32-bit indices; scipy then converts the whole
+    index arrays to one type on every row selection, a pass over the matrix per minibatch
+    (100x slower at 200,000 cells).
+    """
+    if X.indptr.dtype == X.indices.dtype:
+        return X
+    dtype = np.int64 if X.nnz >= 2**31 or max(X.shape) >= 2**31 else np.int32
+    return sp.csr_matrix((X.data, X.indices.astype(dtype, copy=False), X.indptr.astype(dtype, copy=False)),
+                         shape=X.shape, copy=False)
+
+
 def is_backed_matrix(X) -> bool:
     """True for the on-disk CSR matrix of a backed AnnData."""
     try:
@@ -46,6 +60,12 @@ class BackedCSR:
     def __init__(self, dataset):
         self.dataset = dataset
         self.shape = tuple(int(n) for n in dataset.shape)
+        # The stored arrays, sliced directly: anndata's own row indexing costs ~3 ms of
+        # checks per call (a version lookup each time), more than the read. The row
+        # pointers (8 bytes per cell) are kept in memory.
+        group = dataset.group
+        self._data, self._indices = group["data"], group["indices"]
+        self._indptr = np.asarray(group["indptr"][:], dtype=np.int64)
         self.dtype = np.dtype(np.float32)
         self._lock = threading.Lock()  # h5py reads: one at a time
         self._pool = None
@@ -56,13 +76,13 @@ class BackedCSR:
 
     # -- reading ---------------------------------------------------------------------------------
     def read_range(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows ``start:stop`` (one contiguous read of each stored array)."""
+        lo, hi = int(self._indptr[start]), int(self._indptr[stop])
         with self._lock:
-            block = self.dataset[start:stop]
-        if not sp.issparse(block):
-            block = sp.csr_matrix(block)
-        block = block.tocsr()
-        if block.dtype != np.float32:
-            block = block.astype(np.float32)
+            data, indices = self._data[lo:hi], self._indices[lo:hi]
+        indptr = self._indptr[start:stop + 1] - lo
+        block = uniform_index_dtype(sp.csr_matrix((data.astype(np.float32, copy=False), indices, indptr),
+                                                  shape=(stop - start, self.shape[1]), copy=False))
         if not block.has_canonical_format:
             block.sum_duplicates()
         return block

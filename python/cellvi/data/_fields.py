@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._backed import is_backed_matrix
+from ._backed import is_backed_matrix, uniform_index_dtype
 
 _MAX_LISTED = 10
 _CHUNK = 1 << 22  # values per chunk when scanning a matrix
@@ -54,6 +54,7 @@ def as_csr_float32(X, what: str = "the count matrix") -> sp.csr_matrix:
         raise TypeError(f"{what} must hold numbers, got dtype {X.dtype}")
     if X.dtype != np.float32:
         X = X.astype(np.float32)
+    X = uniform_index_dtype(X)
     if not X.has_canonical_format:
         # Repeated (row, column) entries would each count once more among a minibatch's
         # non-zeros, which the likelihoods read; sum them (in a copy: the data stay the user's).
