@@ -75,17 +75,24 @@ def worker(mode: str, path: str, epochs: int, batch_size: int, threads: int, win
     cellvi.settings.progress_bar = False
     cellvi.settings.seed = 0
     cellvi.settings.backed_window_cells = window
+    # torch's one-time imports at the first optimizer step (~40 MiB) are the library's, not the data's
+    weight = torch.zeros(1, requires_grad=True)
+    weight.sum().backward()
+    torch.optim.Adam([weight]).step()
     baseline = _rss_now_mib()
     with PeakRSS() as peak:
         adata = anndata.read_h5ad(path, backed="r") if mode == "backed" else anndata.read_h5ad(path)
         cellvi.SCVI.setup_anndata(adata, batch_key="batch")
         model = cellvi.SCVI(adata)
-        t0 = time.perf_counter()
-        model.train(max_epochs=epochs, batch_size=batch_size, train_size=0.95)
-        train_s = time.perf_counter() - t0
+        before_train = _rss_now_mib()
+        with PeakRSS() as train_peak:
+            t0 = time.perf_counter()
+            model.train(max_epochs=epochs, batch_size=batch_size, train_size=0.95)
+            train_s = time.perf_counter() - t0
     n_train = len(model.train_indices)
     emit_result({"cells_per_s": n_train * epochs / train_s, "train_s": train_s,
-                 "peak_mib": peak.peak - baseline, "elbo_validation": float(model.history["elbo_validation"].iloc[-1])})
+                 "peak_mib": peak.peak - baseline, "train_peak_mib": train_peak.peak - before_train,
+                 "elbo_validation": float(model.history["elbo_validation"].iloc[-1])})
 
 
 def main(argv=None) -> int:
@@ -97,7 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--window", type=int, default=65536, help="settings.backed_window_cells")
+    p.add_argument("--window", type=int, default=32768, help="settings.backed_window_cells")
     p.add_argument("--file", default="/tmp/cellvi_bench_backed.h5ad", help="where the synthetic h5ad goes")
     p.add_argument("--reuse", action="store_true", help="keep an existing --file of the same shape")
     p.add_argument("--record", action="store_true")
@@ -130,19 +137,21 @@ def main(argv=None) -> int:
                 return 1
             runs[mode].append(out)
             print(f"[{mode} {r}] {out['cells_per_s']:,.0f} cells/s, peak {out['peak_mib']:.0f} MiB over baseline "
-                  f"({out['peak_mib'] / info['csr_mib']:.2f}x the CSR), ELBO {out['elbo_validation']:.2f}", flush=True)
+                  f"({out['peak_mib'] / info['csr_mib']:.2f}x the CSR; train() alone +{out['train_peak_mib']:.0f} MiB), "
+                  f"ELBO {out['elbo_validation']:.2f}", flush=True)
 
     def med(mode, key):
         values = [r[key] for r in runs[mode]]
         return statistics.median(values), min(values), max(values)
 
     speed = [b["cells_per_s"] / m["cells_per_s"] for m, b in zip(runs["memory"], runs["backed"])]
-    body = ["| data | cells/s | peak RSS over baseline (MiB) | peak / in-memory CSR | validation ELBO |",
-            "| --- | --- | --- | --- | --- |"]
+    body = ["| data | cells/s | peak RSS over baseline (MiB) | peak / in-memory CSR | train() alone (MiB) | "
+            "validation ELBO |", "| --- | --- | --- | --- | --- | --- |"]
     for mode in ("memory", "backed"):
         c, p_, e = med(mode, "cells_per_s"), med(mode, "peak_mib"), med(mode, "elbo_validation")
+        t_ = med(mode, "train_peak_mib")
         body.append(f"| {mode} | {c[0]:,.0f} [{c[1]:,.0f}-{c[2]:,.0f}] | {p_[0]:.0f} [{p_[1]:.0f}-{p_[2]:.0f}] | "
-                    f"{p_[0] / info['csr_mib']:.2f} | {e[0]:.2f} |")
+                    f"{p_[0] / info['csr_mib']:.2f} | {t_[0]:.0f} [{t_[1]:.0f}-{t_[2]:.0f}] | {e[0]:.2f} |")
     body.append("")
     body.append(f"Backed / in-memory cells/s per round: {', '.join(f'{s:.2f}' for s in speed)} "
                 f"(median {statistics.median(speed):.2f}).")
@@ -158,7 +167,10 @@ def main(argv=None) -> int:
                f"{'met' if met else '**not met**'} |")
         notes = [f"data: synthetic NB counts written block by block ({args.cells:,} x {args.genes:,}, mean library "
                  f"{args.library:g}, {info['nnz']:,} non-zeros), SCVI defaults, 95% of cells train",
-                 "each run a fresh process; peak RSS sampled every 100 ms, over the process' RSS before the data were read"]
+                 "each run a fresh process; peak RSS sampled every 100 ms, over the process' RSS before the data were "
+                 "read (after torch's one-time imports of the first optimizer step); 'train() alone': the peak "
+                 "during train() over the RSS just before it (the backed AnnData's obs, names included, and the "
+                 "setup are outside it)"]
         record_section(f"Backed AnnData vs in memory (issue 15), {args.cells:,} x {args.genes:,}",
                        time.perf_counter() - t_start, args.threads, notes, body, [row], SUMMARY_KEYS)
     return 0

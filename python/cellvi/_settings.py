@@ -27,10 +27,10 @@ class Settings:
         #: ``"lines"``.
         self.progress_style: str = "auto"
         #: Cells per window when training on a backed AnnData (``read_h5ad(path,
-        #: backed="r")``): memory holds two windows of counts (the one training and the one
-        #: read ahead), e.g. ~50 MB each at 100 non-zeros per cell; more cells per window
-        #: shuffle better.
-        self.backed_window_cells: int = 65536
+        #: backed="r")``): memory holds two or three windows of counts (the one training, the
+        #: one read ahead, the one being read), ~25 MB each at 100 non-zeros per cell; more
+        #: cells per window shuffle better.
+        self.backed_window_cells: int = 32768
 
     @property
     def seed(self) -> int | None:

@@ -100,18 +100,31 @@ class BackedCSR:
         return np.sum(parts, axis=0) if axis == 0 else np.vstack(parts)
 
     def _read_sorted(self, rows: np.ndarray) -> sp.csr_matrix:
-        """Rows ``rows`` (sorted, unique) in that order: each stretch of rows with gaps of at
-        most ``MAX_GAP`` between them is read as one range (a few contiguous reads, never
-        more rows than the stretch spans)."""
-        if rows.size == 0:
-            return sp.csr_matrix((0, self.shape[1]), dtype=np.float32)
-        stretches = np.split(rows, np.flatnonzero(np.diff(rows) > MAX_GAP) + 1)
-        parts = []
-        for stretch in stretches:
-            first = int(stretch[0])
-            block = self.read_range(first, int(stretch[-1]) + 1)
-            parts.append(block if block.shape[0] == stretch.size else block[stretch - first])
-        return parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+        """Rows ``rows`` (sorted, unique) in that order, written straight into the result's
+        arrays (no second copy of a window). Each stretch of rows with gaps of at most
+        ``MAX_GAP`` between them is one contiguous read, of at most the rows it spans."""
+        n_cols = self.shape[1]
+        starts = self._indptr[rows]
+        lengths = self._indptr[rows + 1] - starts
+        indptr = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        total = int(indptr[-1])
+        index_dtype = np.int32 if total < 2**31 and n_cols < 2**31 else np.int64
+        data = np.empty(total, dtype=np.float32)
+        indices = np.empty(total, dtype=index_dtype)
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(rows) > MAX_GAP) + 1, [rows.size]])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            lo, hi = int(starts[a]), int(starts[b - 1] + lengths[b - 1])
+            out = slice(int(indptr[a]), int(indptr[b]))
+            with self._lock:
+                stretch_data, stretch_indices = self._data[lo:hi], self._indices[lo:hi]
+            if hi - lo == out.stop - out.start:  # consecutive rows: all of it
+                data[out], indices[out] = stretch_data, stretch_indices
+            else:  # the chosen rows' entries among those read
+                n = out.stop - out.start
+                take = np.arange(n) + np.repeat(starts[a:b] - lo - (indptr[a:b] - indptr[a]), lengths[a:b])
+                data[out], indices[out] = stretch_data[take], stretch_indices[take]
+        return sp.csr_matrix((data, indices, indptr.astype(index_dtype)), shape=(rows.size, n_cols), copy=False)
 
     def __getitem__(self, rows) -> sp.csr_matrix:
         rows = np.asarray(rows, dtype=np.int64)

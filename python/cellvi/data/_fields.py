@@ -161,10 +161,11 @@ def _checked_backed(dataset, source: str, obs_names, values: str, features: str)
         raise ValueError(f"{source} is on disk in {dataset.format.upper()} format; training reads rows, which "
                          "needs CSR: write the file with adata.X = adata.X.tocsr(), or load it in memory")
     matrix = BackedCSR(dataset)
+    obs_names = pd.Index(obs_names)
     with warnings.catch_warnings(record=True) as caught:  # one warning for the whole matrix
         warnings.simplefilter("always")
         for start, block in matrix.row_blocks():
-            check_counts(block, source, np.asarray(obs_names)[start:start + block.shape[0]], values, features)
+            check_counts(block, source, obs_names[start:start + block.shape[0]], values, features)
     if caught:
         warnings.warn(caught[0].message, caught[0].category, stacklevel=5)
     return matrix

@@ -152,3 +152,17 @@ def test_save_and_load_with_a_backed_anndata(both, tmp_path):
     on_disk.save(tmp_path / "m")
     loaded = cellvi.SCVI.load(tmp_path / "m", on_disk.adata)
     np.testing.assert_array_equal(loaded.get_latent_representation(), on_disk.get_latent_representation())
+
+
+def test_mixed_index_types_are_made_one(sim):
+    # Files often hold 64-bit row pointers beside 32-bit indices; scipy would then convert
+    # the whole index arrays on every minibatch's row selection.
+    X = sim.X.tocsr()
+    X.indptr = X.indptr.astype(np.int64)
+    sim.X = X
+    cellvi.SCVI.setup_anndata(sim)
+    model = cellvi.SCVI(sim)
+    stored = model._tensors().X
+    assert stored.indptr.dtype == stored.indices.dtype == np.int32
+    assert np.shares_memory(stored.data, sim.X.data)  # no copy of the values
+    assert sim.X.indptr.dtype == np.int64  # the user's matrix as it was
