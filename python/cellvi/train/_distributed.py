@@ -93,22 +93,26 @@ class Distributed:
             tensor.data.copy_(host)
 
     def average_gradients(self, params) -> None:
-        """Replace each parameter's gradient by its mean over the ranks (one all-reduce; a
-        parameter without a gradient on a rank counts as zero there)."""
+        """Replace each parameter's gradient by its mean over the ranks (one all-reduce). A
+        parameter without a gradient on a rank counts as zero there; one without a gradient
+        on every rank keeps none (the optimizer then leaves it alone, as in one process)."""
         params = [p for p in params if p.requires_grad]
         if not params:
             return
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        has_grad = [p.grad is not None for p in params]
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+                         + [torch.tensor(has_grad, dtype=params[0].dtype, device=params[0].device)])
         self.sum_(flat)
-        flat.div_(self.world_size)
+        flat[: flat.numel() - len(params)].div_(self.world_size)
+        flags = flat[flat.numel() - len(params):].tolist()
         offset = 0
-        for p in params:
+        for p, anywhere in zip(params, flags):
             n = p.numel()
             part = flat[offset:offset + n].view_as(p)
-            if p.grad is None:
-                p.grad = part.clone()
-            else:
+            if p.grad is not None:
                 p.grad.copy_(part)
+            elif anywhere:
+                p.grad = part.clone()
             offset += n
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:

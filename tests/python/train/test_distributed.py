@@ -82,3 +82,19 @@ def test_strategy_errors(sim):
     if not torch.distributed.is_initialized():
         with pytest.raises(ValueError, match="torchrun"):
             model.train(max_epochs=1, strategy="ddp")
+
+
+def test_average_gradients_leaves_unused_parameters_alone():
+    from cellvi.train._distributed import Distributed
+
+    if torch.distributed.is_initialized():
+        pytest.skip("a process group is already running")
+    torch.distributed.init_process_group("gloo", rank=0, world_size=1, store=torch.distributed.HashStore())
+    try:
+        used, unused = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+        (used * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+        Distributed(0, 1, torch.device("cpu")).average_gradients([used, unused])
+        torch.testing.assert_close(used.grad, torch.tensor([1.0, 2.0, 3.0]))
+        assert unused.grad is None  # an optimizer with weight decay must not move it
+    finally:
+        torch.distributed.destroy_process_group()
