@@ -223,6 +223,14 @@ class TrainingPlan:
         The classifier's learning rate and hidden layers (32 units each).
     loss_kwargs
         Extra arguments of the module's ``loss`` during training.
+    compile
+        Compile the forward pass of each of the module's networks (its direct submodules:
+        encoders, decoders) with ``torch.compile`` for this run, fusing their element-wise
+        work: on kang (scVI, 2 CPU threads) steps ran ~30% faster. The first run of a network
+        shape compiles for ~30 s (a C++ compiler must be installed); later runs, in any
+        process, take it from torch's on-disk cache in well under a second. Dropout then draws
+        from the compiled kernels' own random stream, so a run differs from the eager one as
+        another seed would. Queries after training run eagerly.
     """
 
     lr: float = 1e-3
@@ -245,6 +253,7 @@ class TrainingPlan:
     adversarial_lr: float = 1e-3
     adversarial_n_layers: int = 2
     loss_kwargs: dict = dataclasses.field(default_factory=dict)
+    compile: bool = False
 
     def __post_init__(self):
         for name in ("lr", "eps", "lr_factor"):
@@ -509,12 +518,17 @@ class Trainer:
             if self.classifier is not None:
                 self.dist.broadcast_module(self.classifier)
         progress = Progress(self.max_epochs, self.progress_bar, settings.progress_style)
+        compiled = list(self.module.children()) if self.plan.compile else []
+        for network in compiled:  # in place: parameter names (and saved models) stay as they are
+            network.compile(dynamic=False)
         try:
             with single_threaded_global_openblas():
                 stopped = self._run_epochs(progress, has_validation, monitor)
         finally:
             progress.close()
             self.data.release()  # e.g. an on-disk matrix's read-ahead windows
+            for network in compiled:
+                network._compiled_call_impl = None  # eager again (what Module.compile() set)
         self.module.eval()
         if self.dist is not None:  # and ends with them (BatchNorm's running statistics differ)
             self.dist.broadcast_module(self.module, buffers_only=True)
