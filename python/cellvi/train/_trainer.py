@@ -226,11 +226,12 @@ class TrainingPlan:
     compile
         Compile the forward pass of each of the module's networks (its direct submodules:
         encoders, decoders) with ``torch.compile`` for this run, fusing their element-wise
-        work: on kang (scVI, 2 CPU threads) steps ran ~30% faster. The first run of a network
-        shape compiles for ~30 s (a C++ compiler must be installed); later runs, in any
-        process, take it from torch's on-disk cache in well under a second. Dropout then draws
-        from the compiled kernels' own random stream, so a run differs from the eager one as
-        another seed would. Queries after training run eagerly.
+        work. The first run of a network shape compiles for ~30 s (a C++ compiler must be
+        installed); later runs, in any process, take it from torch's on-disk cache. On 2 CPU
+        threads (kang, scVI) it gave no reliable speed-up (alternating processes: 11,031 and
+        11,098 cells/s compiled, 10,370 and 12,614 eager); it is meant for GPUs, where it is
+        not yet measured. Dropout then draws from the compiled kernels' own random stream, so
+        a run differs from the eager one as another seed would. Queries run eagerly.
     """
 
     lr: float = 1e-3
