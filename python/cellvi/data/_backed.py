@@ -2,10 +2,10 @@
 
 Training and queries read rows as they need them, never the whole matrix. A training epoch
 (:func:`window_minibatches`) visits the cells window by window: the cells are cut into blocks
-of consecutive rows, the blocks are shuffled, consecutive blocks of the shuffled order form a
-window of at most ``settings.backed_window_cells`` cells, and each window is read from the
-file (one contiguous read per block) and shuffled within. The next window is read in a
-background thread while the current one trains, so memory holds two windows at most. When
+of consecutive rows, the blocks are shuffled, and the resulting sequence is cut into windows
+of a whole number of minibatches (at most ``settings.backed_window_cells`` cells); each
+window is read from the file (one contiguous read per stretch of nearby rows) and shuffled
+within. The next window is read in a background thread while the current one trains. When
 one window covers every training cell, the order is the in-memory order: the same seed gives
 the same minibatches and the same model.
 """
@@ -58,7 +58,6 @@ class BackedCSR:
     format = "csr"
 
     def __init__(self, dataset):
-        self.dataset = dataset
         self.shape = tuple(int(n) for n in dataset.shape)
         # The stored arrays, sliced directly: anndata's own row indexing costs ~3 ms of
         # checks per call (a version lookup each time), more than the read. The row
@@ -70,22 +69,13 @@ class BackedCSR:
         self._lock = threading.Lock()  # h5py reads: one at a time
         self._pool = None
         self._windows: list = []
-        self._next = 0
         self._current = None  # (sorted rows, CSR of those rows)
         self._pending = None
 
     # -- reading ---------------------------------------------------------------------------------
     def read_range(self, start: int, stop: int) -> sp.csr_matrix:
         """Rows ``start:stop`` (one contiguous read of each stored array)."""
-        lo, hi = int(self._indptr[start]), int(self._indptr[stop])
-        with self._lock:
-            data, indices = self._data[lo:hi], self._indices[lo:hi]
-        indptr = self._indptr[start:stop + 1] - lo
-        block = uniform_index_dtype(sp.csr_matrix((data.astype(np.float32, copy=False), indices, indptr),
-                                                  shape=(stop - start, self.shape[1]), copy=False))
-        if not block.has_canonical_format:
-            block.sum_duplicates()
-        return block
+        return self._read_sorted(np.arange(start, stop, dtype=np.int64))
 
     def row_blocks(self, size: int = 16 * BLOCK_CELLS):
         """(first row, CSR) of consecutive row blocks, in order (checks, summaries)."""
@@ -104,6 +94,8 @@ class BackedCSR:
         arrays (no second copy of a window). Each stretch of rows with gaps of at most
         ``MAX_GAP`` between them is one contiguous read, of at most the rows it spans."""
         n_cols = self.shape[1]
+        if rows.size == 0:
+            return sp.csr_matrix((0, n_cols), dtype=np.float32)
         starts = self._indptr[rows]
         lengths = self._indptr[rows + 1] - starts
         indptr = np.zeros(rows.size + 1, dtype=np.int64)
@@ -124,7 +116,10 @@ class BackedCSR:
                 n = out.stop - out.start
                 take = np.arange(n) + np.repeat(starts[a:b] - lo - (indptr[a:b] - indptr[a]), lengths[a:b])
                 data[out], indices[out] = stretch_data[take], stretch_indices[take]
-        return sp.csr_matrix((data, indices, indptr.astype(index_dtype)), shape=(rows.size, n_cols), copy=False)
+        out = sp.csr_matrix((data, indices, indptr.astype(index_dtype)), shape=(rows.size, n_cols), copy=False)
+        if not out.has_canonical_format:  # repeated entries count once each, as in memory
+            out.sum_duplicates()
+        return out
 
     def __getitem__(self, rows) -> sp.csr_matrix:
         rows = np.asarray(rows, dtype=np.int64)
@@ -140,7 +135,7 @@ class BackedCSR:
     def plan(self, windows: list) -> None:
         """The windows (arrays of rows) of the epoch about to run, in order; the first is read
         ahead now."""
-        self._windows, self._next, self._current = [np.sort(np.asarray(w, dtype=np.int64)) for w in windows], 0, None
+        self._windows, self._current = [np.sort(np.asarray(w, dtype=np.int64)) for w in windows], None
         self._pending = self._submit(0)
 
     def _submit(self, i: int):

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._backed import is_backed_matrix, uniform_index_dtype
+from ._backed import BackedCSR, is_backed_matrix, uniform_index_dtype
 
 _MAX_LISTED = 10
 _CHUNK = 1 << 22  # values per chunk when scanning a matrix
@@ -153,8 +153,6 @@ _BINARY_ON_DISK = ("{source} is on disk (a backed AnnData); binary data (e.g. ac
 def _checked_backed(dataset, source: str, obs_names, values: str, features: str):
     """An on-disk count matrix, checked as :func:`check_counts` checks one in memory, one
     block of rows at a time."""
-    from ._backed import BackedCSR
-
     if values == "binary":
         raise ValueError(_BINARY_ON_DISK.format(source=source))
     if getattr(dataset, "format", "csr") != "csr":

@@ -103,8 +103,8 @@ class DeviceData:
         if self._on_cpu:
             out = {key: torch.index_select(t, 0, idx_host.to(t.device)) for key, t in self.obs.items()}
             for key, store in self.sparse.items():
-                cut = _cut_host(store, key, idx_host)
-                out.update(cut if store.host or self.device.type == "cpu" else
+                cut = _cut_host(store, key, idx_host)  # host tensors: to the device when not the CPU
+                out.update(cut if self.device.type == "cpu" else
                            {k: t.to(self.device, non_blocking=True) for k, t in cut.items()})
             return out
         out = self._cut_tensors(idx.to(self.storage_device), idx_host)

@@ -224,7 +224,7 @@ class BaseModel:
             the run is a single run with that larger minibatch (BatchNorm aside). Each process
             takes GPU ``LOCAL_RANK`` when ``device`` is a GPU; the processes agree on the seed
             (rank 0's), every one ends with the same weights and history, and only rank 0
-            shows progress and writes in :meth:`save`. See ``examples/train_ddp.py``.
+            shows progress and writes in :meth:`save`. See ``python/examples/train_ddp.py``.
 
         Returns
         -------

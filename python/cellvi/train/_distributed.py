@@ -85,12 +85,17 @@ class Distributed:
                 self._broadcast(tensor)
 
     def _broadcast(self, tensor: torch.Tensor) -> None:
+        self._collective(lambda t: torch.distributed.broadcast(t, 0), tensor.data)
+
+    def _collective(self, op, tensor: torch.Tensor) -> None:
+        """``op`` on ``tensor`` in place; through a host copy when the backend is gloo and the
+        tensor is not on the host (gloo works on host tensors)."""
         if self.device.type == "cuda" or tensor.device.type == "cpu":
-            torch.distributed.broadcast(tensor.data, 0)
-        else:  # gloo works on host tensors
-            host = tensor.data.cpu()
-            torch.distributed.broadcast(host, 0)
-            tensor.data.copy_(host)
+            op(tensor)
+            return
+        host = tensor.cpu()
+        op(host)
+        tensor.copy_(host)
 
     def average_gradients(self, params) -> None:
         """Replace each parameter's gradient by its mean over the ranks (one all-reduce). A
@@ -117,10 +122,5 @@ class Distributed:
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over the ranks, in place."""
-        if self.device.type == "cuda" or tensor.device.type == "cpu":
-            torch.distributed.all_reduce(tensor)
-        else:
-            host = tensor.cpu()
-            torch.distributed.all_reduce(host)
-            tensor.copy_(host)
+        self._collective(torch.distributed.all_reduce, tensor)
         return tensor

@@ -166,3 +166,15 @@ def test_mixed_index_types_are_made_one(sim):
     assert stored.indptr.dtype == stored.indices.dtype == np.int32
     assert np.shares_memory(stored.data, sim.X.data)  # no copy of the values
     assert sim.X.indptr.dtype == np.int64  # the user's matrix as it was
+
+
+def test_repeated_entries_on_disk_count_once_summed(tmp_path):
+    # As in memory (as_csr_float32): a (cell, gene) stored twice is one entry, the sum.
+    X = sp.csr_matrix((np.array([1, 2, 3], np.float32), np.array([0, 0, 1], np.int32), np.array([0, 2, 3])),
+                      shape=(2, 3))
+    assert not X.has_canonical_format
+    anndata.AnnData(X).write_h5ad(tmp_path / "dup.h5ad")
+    matrix = backed.BackedCSR(anndata.read_h5ad(tmp_path / "dup.h5ad", backed="r").X)
+    for read in (matrix[[1, 0]], matrix.read_range(0, 2)):
+        assert read.has_canonical_format
+    np.testing.assert_array_equal(matrix[[1, 0]].toarray(), [[0, 3, 0], [3, 0, 0]])
