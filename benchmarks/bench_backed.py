@@ -82,6 +82,7 @@ def worker(mode: str, path: str, epochs: int, batch_size: int, threads: int, win
     baseline = _rss_now_mib()
     with PeakRSS() as peak:
         adata = anndata.read_h5ad(path, backed="r") if mode == "backed" else anndata.read_h5ad(path)
+        opened = _rss_now_mib()
         cellvi.SCVI.setup_anndata(adata, batch_key="batch")
         model = cellvi.SCVI(adata)
         before_train = _rss_now_mib()
@@ -92,6 +93,7 @@ def worker(mode: str, path: str, epochs: int, batch_size: int, threads: int, win
     n_train = len(model.train_indices)
     emit_result({"cells_per_s": n_train * epochs / train_s, "train_s": train_s,
                  "peak_mib": peak.peak - baseline, "train_peak_mib": train_peak.peak - before_train,
+                 "opened_mib": opened - baseline, "over_opened_mib": peak.peak - opened,
                  "elbo_validation": float(model.history["elbo_validation"].iloc[-1])})
 
 
@@ -137,7 +139,9 @@ def main(argv=None) -> int:
                 return 1
             runs[mode].append(out)
             print(f"[{mode} {r}] {out['cells_per_s']:,.0f} cells/s, peak {out['peak_mib']:.0f} MiB over baseline "
-                  f"({out['peak_mib'] / info['csr_mib']:.2f}x the CSR; train() alone +{out['train_peak_mib']:.0f} MiB), "
+                  f"({out['peak_mib'] / info['csr_mib']:.2f}x the CSR; the opened AnnData {out['opened_mib']:.0f} MiB, "
+                  f"then +{out['over_opened_mib']:.0f} MiB = {out['over_opened_mib'] / info['csr_mib']:.2f}x; "
+                  f"train() alone +{out['train_peak_mib']:.0f} MiB), "
                   f"ELBO {out['elbo_validation']:.2f}", flush=True)
 
     def med(mode, key):
@@ -145,30 +149,40 @@ def main(argv=None) -> int:
         return statistics.median(values), min(values), max(values)
 
     speed = [b["cells_per_s"] / m["cells_per_s"] for m, b in zip(runs["memory"], runs["backed"])]
-    body = ["| data | cells/s | peak RSS over baseline (MiB) | peak / in-memory CSR | train() alone (MiB) | "
-            "validation ELBO |", "| --- | --- | --- | --- | --- | --- |"]
+    body = ["| data | cells/s | peak RSS over baseline (MiB) | peak / in-memory CSR | the opened AnnData (MiB) | "
+            "peak over the opened AnnData (MiB) | that / CSR | train() alone (MiB) | validation ELBO |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for mode in ("memory", "backed"):
         c, p_, e = med(mode, "cells_per_s"), med(mode, "peak_mib"), med(mode, "elbo_validation")
-        t_ = med(mode, "train_peak_mib")
+        t_, o_, a_ = med(mode, "train_peak_mib"), med(mode, "opened_mib"), med(mode, "over_opened_mib")
         body.append(f"| {mode} | {c[0]:,.0f} [{c[1]:,.0f}-{c[2]:,.0f}] | {p_[0]:.0f} [{p_[1]:.0f}-{p_[2]:.0f}] | "
-                    f"{p_[0] / info['csr_mib']:.2f} | {t_[0]:.0f} [{t_[1]:.0f}-{t_[2]:.0f}] | {e[0]:.2f} |")
+                    f"{p_[0] / info['csr_mib']:.2f} | {o_[0]:.0f} | {a_[0]:.0f} [{a_[1]:.0f}-{a_[2]:.0f}] | "
+                    f"{a_[0] / info['csr_mib']:.2f} | {t_[0]:.0f} [{t_[1]:.0f}-{t_[2]:.0f}] | {e[0]:.2f} |")
     body.append("")
     body.append(f"Backed / in-memory cells/s per round: {', '.join(f'{s:.2f}' for s in speed)} "
                 f"(median {statistics.median(speed):.2f}).")
     print("\n".join(body))
     if args.record:
         peak_ratio = med("backed", "peak_mib")[0] / info["csr_mib"]
-        met = peak_ratio < 0.25 and statistics.median(speed) >= 0.7
+        opened_ratio = med("backed", "over_opened_mib")[0] / info["csr_mib"]
+        fast = statistics.median(speed) >= 0.7
+        verdict = ("met" if peak_ratio < 0.25 and fast else
+                   "met over the opened AnnData, **not met** over the process baseline" if opened_ratio < 0.25 and fast
+                   else "**not met**")
         row = (f"| {SUMMARY_KEYS[0]}: backed training peak RSS < 25% of the in-memory CSR at >= 70% of its "
                f"cells/s (issue 15) | {args.cells:,} x {args.genes:,}, {info['nnz']:,} non-zeros "
                f"({info['csr_mib']:.0f} MiB CSR), {args.epochs} epoch(s), batch {args.batch_size}, window "
-               f"{args.window:,} cells, {args.repeats} alternating runs: peak {peak_ratio:.2f}x the CSR, speed "
+               f"{args.window:,} cells, {args.repeats} alternating runs: peak {peak_ratio:.2f}x the CSR over the "
+               f"process baseline, {opened_ratio:.2f}x over the opened backed AnnData (whose obs, cell names "
+               f"included, anndata holds in memory: {med('backed', 'opened_mib')[0]:.0f} MiB); speed "
                f"{statistics.median(speed):.2f}x in-memory (per round {', '.join(f'{s:.2f}' for s in speed)}) | "
-               f"{'met' if met else '**not met**'} |")
+               f"{verdict} |")
         notes = [f"data: synthetic NB counts written block by block ({args.cells:,} x {args.genes:,}, mean library "
                  f"{args.library:g}, {info['nnz']:,} non-zeros), SCVI defaults, 95% of cells train",
                  "each run a fresh process; peak RSS sampled every 100 ms, over the process' RSS before the data were "
-                 "read (after torch's one-time imports of the first optimizer step); 'train() alone': the peak "
+                 "read (after torch's one-time imports of the first optimizer step), and over the RSS just after "
+                 "read_h5ad (what cellvi adds to the user's opened AnnData: setup, model, training); "
+                 "'train() alone': the peak "
                  "during train() over the RSS just before it (the backed AnnData's obs, names included, and the "
                  "setup are outside it)"]
         record_section(f"Backed AnnData vs in memory (issue 15), {args.cells:,} x {args.genes:,}",

@@ -12,6 +12,7 @@ the same minibatches and the same model.
 from __future__ import annotations
 
 import concurrent.futures
+import mmap
 import threading
 
 import numpy as np
@@ -22,6 +23,23 @@ BLOCK_CELLS = 1024  # consecutive rows per block: one contiguous read
 # Rows this close are read in one range and the rows between dropped (e.g. validation cells
 # spread through the file: one read per minibatch, not one per cell).
 MAX_GAP = 64
+
+
+# Arrays at least this large (a window's data and indices) get pages of their own.
+_OWN_PAGES_BYTES = 1 << 20
+
+
+def _empty(n: int, dtype) -> np.ndarray:
+    """``np.empty(n, dtype)``; a large one in anonymous memory of its own, handed back to the
+    system the moment the array is dropped. (From malloc, a freed window's memory often stays
+    with the process: glibc raises its mmap threshold after each large free, so the next
+    windows come from a heap that a reading thread's arena rarely trims; training's RSS then
+    held nearly twice the two windows it needs.)"""
+    dtype = np.dtype(dtype)
+    n_bytes = int(n) * dtype.itemsize
+    if n_bytes < _OWN_PAGES_BYTES:
+        return np.empty(n, dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, n_bytes), dtype=dtype, count=n)
 
 
 def uniform_index_dtype(X: sp.csr_matrix) -> sp.csr_matrix:
@@ -102,8 +120,8 @@ class BackedCSR:
         np.cumsum(lengths, out=indptr[1:])
         total = int(indptr[-1])
         index_dtype = np.int32 if total < 2**31 and n_cols < 2**31 else np.int64
-        data = np.empty(total, dtype=np.float32)
-        indices = np.empty(total, dtype=index_dtype)
+        data = _empty(total, np.float32)
+        indices = _empty(total, index_dtype)
         bounds = np.concatenate([[0], np.flatnonzero(np.diff(rows) > MAX_GAP) + 1, [rows.size]])
         for a, b in zip(bounds[:-1], bounds[1:]):
             lo, hi = int(starts[a]), int(starts[b - 1] + lengths[b - 1])
@@ -135,7 +153,7 @@ class BackedCSR:
     def plan(self, windows: list) -> None:
         """The windows (arrays of rows) of the epoch about to run, in order; the first is read
         ahead now."""
-        self._windows, self._current = [np.sort(np.asarray(w, dtype=np.int64)) for w in windows], None
+        self._windows, self._current = [_sorted(np.asarray(w, dtype=np.int64)) for w in windows], None
         self._pending = self._submit(0)
 
     def _submit(self, i: int):
@@ -168,6 +186,10 @@ class BackedCSR:
         raise TypeError("a backed count matrix cannot be pickled; keep the AnnData's file instead")
 
 
+def _sorted(rows: np.ndarray) -> np.ndarray:
+    return rows if rows.size < 2 or bool(np.all(rows[1:] >= rows[:-1])) else np.sort(rows)
+
+
 def _covers(window_rows: np.ndarray, rows: np.ndarray) -> bool:
     if rows.size == 0 or window_rows.size == 0:
         return False
@@ -177,7 +199,8 @@ def _covers(window_rows: np.ndarray, rows: np.ndarray) -> bool:
 
 def window_minibatches(indices, batch_size: int, generator: torch.Generator, window_cells: int,
                        split) -> tuple[list, list]:
-    """(minibatches, windows) of one training epoch over on-disk rows ``indices``.
+    """(minibatches, windows) of one training epoch over on-disk rows ``indices`` (each
+    window's rows sorted, the order they are read in).
 
     The rows are cut into blocks of consecutive rows, the blocks shuffled, and the resulting
     sequence cut into windows of a whole number of minibatches (at most ``window_cells``
@@ -190,8 +213,8 @@ def window_minibatches(indices, batch_size: int, generator: torch.Generator, win
     order = torch.randperm(len(blocks), generator=generator).numpy()
     sequence = np.concatenate([blocks[b] for b in order])
     per_window = max(batch_size, window_cells // batch_size * batch_size)
-    windows = []
-    for start in range(0, sequence.size, per_window):
+    for start in range(0, sequence.size, per_window):  # shuffled within each window, in place
         cells = sequence[start:start + per_window]
-        windows.append(cells[torch.randperm(cells.size, generator=generator).numpy()])
-    return split(np.concatenate(windows), batch_size), windows
+        cells[:] = cells[torch.randperm(cells.size, generator=generator).numpy()]
+    windows = [np.sort(sequence[start:start + per_window]) for start in range(0, sequence.size, per_window)]
+    return split(sequence, batch_size), windows

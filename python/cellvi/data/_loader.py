@@ -47,7 +47,8 @@ class DeviceData:
     by row. With float32 values and int32 indices on the CPU (the usual h5ad layout) a sparse
     field shares memory with the scipy matrix. On a GPU the data live in GPU memory for the
     whole run when they take less than ``gpu_fraction`` of the free memory; otherwise they
-    stay in pinned host memory and each minibatch is cut there and sent over.
+    stay in host memory and each minibatch is cut there, into page-locked memory, and sent
+    over without waiting (the next one is cut while the GPU computes).
     """
 
     def __init__(self, tensors: AnnTensors, device: torch.device | str = "cpu", gpu_fraction: float = 0.5):
@@ -61,17 +62,15 @@ class DeviceData:
             n_bytes = sum(t.numel() * t.element_size() for t in dense.values())
             n_bytes += sum(t.numel() * t.element_size() for s in sparse.values() for t in s.host.values())
             free, _ = torch.cuda.mem_get_info(device)
-            if n_bytes > gpu_fraction * free:
+            if n_bytes > gpu_fraction * free:  # kept where they are (no page-locked second copy)
                 self.storage_device = torch.device("cpu")
-                dense = {k: t.pin_memory() for k, t in dense.items()}
-                for s in sparse.values():
-                    s.host = {k: t.pin_memory() for k, t in s.host.items()}
         # On the CPU, scipy's row gather and densify (compiled loops, one pass over the chosen
         # rows) cut a minibatch faster than the tensor arithmetic below (several vectorised
-        # passes with temporaries), which is kept for GPUs.
-        # On-disk matrices are cut on the host too, whatever the device.
+        # passes with temporaries), which is kept for data held on a GPU. On-disk matrices, and
+        # data too large for the GPU, are cut on the host too, into page-locked memory that is
+        # copied while the GPU still computes the step before.
         self.backed = any(s.backed for s in sparse.values())
-        self._on_cpu = device.type == "cpu" or self.backed
+        self._on_cpu = device.type == "cpu" or self.backed or self.storage_device.type == "cpu"
         for s in sparse.values():
             if s.backed:
                 continue
@@ -98,19 +97,18 @@ class DeviceData:
         return self.sparse[C.X_KEY].values
 
     def minibatch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every field's rows ``idx``: dense sparse fields plus their non-zeros, and the rest."""
+        """Every field's rows ``idx``: dense sparse fields plus their non-zeros, and the rest.
+
+        Nothing here waits for the GPU: ``idx`` and the row counts are read on the host, and
+        what goes to the GPU leaves from page-locked memory without blocking (a copy from
+        ordinary memory would first wait for every step queued before it)."""
         idx_host = idx.cpu()
         if self._on_cpu:
-            out = {key: torch.index_select(t, 0, idx_host.to(t.device)) for key, t in self.obs.items()}
+            out = {key: torch.index_select(t, 0, _to(idx_host, t.device)) for key, t in self.obs.items()}
             for key, store in self.sparse.items():
-                cut = _cut_host(store, key, idx_host)  # host tensors: to the device when not the CPU
-                out.update(cut if self.device.type == "cpu" else
-                           {k: t.to(self.device, non_blocking=True) for k, t in cut.items()})
-            return out
-        out = self._cut_tensors(idx.to(self.storage_device), idx_host)
-        if self.storage_device != self.device:
-            out = {k: t.to(self.device, non_blocking=True) for k, t in out.items()}
-        return out
+                out.update(_cut_host(store, key, idx_host))
+            return out if self.device.type == "cpu" else {k: _to(t, self.device) for k, t in out.items()}
+        return self._cut_tensors(_to(idx_host, self.storage_device), idx_host)
 
     def _cut_tensors(self, idx: torch.Tensor, idx_host: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``minibatch`` by tensor arithmetic on the storage device (the GPU path)."""
@@ -138,18 +136,23 @@ class DeviceData:
         """Cells in ``indices`` (a set of cells or one minibatch's index)."""
         return len(indices)
 
-    def epoch_minibatches(self, indices, batch_size: int, generator: torch.Generator | None = None) -> list:
+    def epoch_minibatches(self, indices, batch_size: int, generator: torch.Generator | None = None,
+                          min_cells: int = 2) -> list:
         """One training epoch's minibatches of ``indices``: shuffled with ``generator``, in
-        order without it. With an on-disk count matrix and more cells than
-        ``settings.backed_window_cells``, shuffled window by window (see
+        order without it; a last minibatch of fewer than ``min_cells`` cells joins the one
+        before (see :func:`split_minibatches`). With an on-disk count matrix and more cells
+        than ``settings.backed_window_cells``, shuffled window by window (see
         :mod:`cellvi.data._backed`); each window is read ahead while the one before trains."""
+        def split(cells, size, shuffle=False):
+            return split_minibatches(cells, size, shuffle, generator, min_last=min_cells)
+
         if not self.backed or generator is None:
-            return split_minibatches(indices, batch_size, generator is not None, generator)
+            return split(indices, batch_size, generator is not None)
         if len(indices) <= settings.backed_window_cells:  # one window: the in-memory order
-            batches, windows = split_minibatches(indices, batch_size, True, generator), [np.asarray(indices)]
+            batches, windows = split(indices, batch_size, True), [np.asarray(indices)]
         else:
             batches, windows = window_minibatches(indices, batch_size, generator, settings.backed_window_cells,
-                                                  split_minibatches)
+                                                  split)
         for store in self.sparse.values():
             if store.backed:
                 store.csr.plan(windows)
@@ -201,16 +204,21 @@ class JointData:
     def minibatch(self, idx) -> "list[dict[str, torch.Tensor] | None]":
         return [part.minibatch(i) if i is not None and len(i) else None for part, i in zip(self.parts, idx)]
 
-    def epoch_minibatches(self, indices, batch_size: int, generator: torch.Generator | None = None) -> list:
+    def epoch_minibatches(self, indices, batch_size: int, generator: torch.Generator | None = None,
+                          min_cells: int = 2) -> list:
         if any(len(i) == 0 for i in indices):
             raise ValueError(f"every data set needs training cells; got {[len(i) for i in indices]}")
         shuffle = generator is not None
-        per_set = [split_minibatches(i, batch_size, shuffle, generator) for i in indices]
+
+        def split(cells):
+            return split_minibatches(cells, batch_size, shuffle, generator, min_last=min_cells)
+
+        per_set = [split(i) for i in indices]
         n_steps = max(len(b) for b in per_set)
         steps = []
         for d, batches in enumerate(per_set):
             while len(batches) < n_steps:  # cycle a smaller data set, a fresh order each pass
-                batches = batches + split_minibatches(indices[d], batch_size, shuffle, generator)
+                batches = batches + split(indices[d])
             steps.append(batches[:n_steps])
         return list(zip(*steps))
 
@@ -230,6 +238,17 @@ class JointData:
             for chunk in split_minibatches(idx, batch_size) if len(idx) else []:
                 out.append(tuple(chunk if e == d else None for e in range(len(indices))))
         return out
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a host tensor bound for a GPU goes through page-locked memory
+    (torch's caching host allocator: reused, and not before its copy is done) so that the copy
+    does not wait for the GPU."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _cut_host(store: _SparseStore, key: str, idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -281,17 +300,20 @@ def cell_indices(n_obs: int, indices, name: str = "indices") -> np.ndarray:
 
 
 def split_minibatches(
-    indices, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+    indices, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+    min_last: int = 2,
 ) -> list[torch.Tensor]:
-    """Split cell indices into minibatches; a last minibatch of one cell joins the one before.
+    """Split cell indices into minibatches; a last minibatch of fewer than ``min_last`` cells
+    (by default: of one cell) joins the one before.
 
-    (BatchNorm cannot normalise a batch of one cell, and dropping it would lose the cell.)
+    (BatchNorm cannot normalise a batch of one cell, and dropping it would lose the cell. Data
+    parallelism asks for 2 cells per process: ``min_last = 2 x processes``.)
     """
     indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
     if shuffle:
         indices = indices[torch.randperm(len(indices), generator=generator)]
     chunks = list(torch.split(indices, batch_size))
-    if len(chunks) > 1 and len(chunks[-1]) == 1:
+    if len(chunks) > 1 and len(chunks[-1]) < min_last:
         last = chunks.pop()
         chunks[-1] = torch.cat([chunks[-1], last])
     return chunks

@@ -33,6 +33,37 @@ class LossOutput:
         return -(self.reconstruction_loss + self.kl_local)
 
 
+def _as_float32(value):
+    """``value`` with every lower-precision float tensor in it cast to float32: tensors, and
+    those inside dicts, lists, tuples and plain objects (distributions), which are copied, not
+    changed."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() and value.dtype in (torch.bfloat16, torch.float16) else value
+    if isinstance(value, dict):
+        return {k: _as_float32(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_as_float32(v) for v in value)
+    if hasattr(value, "__dict__") and not isinstance(value, (nn.Module, type)):
+        cast = {k: _as_float32(v) for k, v in vars(value).items()}
+        if any(cast[k] is not v for k, v in vars(value).items()):
+            copy = object.__new__(type(value))
+            copy.__dict__.update(cast)
+            return copy
+    return value
+
+
+def loss_in_float32(device_type: str, loss, *args, **kwargs):
+    """``loss(*args, **kwargs)`` in float32 with autocast off, its inputs cast up first.
+
+    Under mixed precision (``TrainingPlan.precision``) the networks run in bfloat16; the
+    likelihood, the KL and their sums over genes and cells must not (bfloat16 keeps ~3
+    significant digits)."""
+    if not torch.is_autocast_enabled(device_type):
+        return loss(*args, **kwargs)
+    with torch.autocast(device_type, enabled=False):
+        return loss(*_as_float32(args), **_as_float32(kwargs))
+
+
 def fold_samples(z: torch.Tensor, batch: torch.Tensor, cat_covs=(), cont_covs=None):
     """A decoder's inputs with ``z``'s leading sample dimensions folded into the cell dimension.
 
@@ -99,7 +130,8 @@ class BaseModule(nn.Module):
         """One pass; ``loss_kwargs`` (e.g. a labelled minibatch) go to :meth:`loss`."""
         inference_out = self.inference(**self.inference_inputs(tensors), n_samples=n_samples)
         generative_out = self.generative(**self.generative_inputs(tensors, inference_out))
-        loss = self.loss(tensors, inference_out, generative_out, kl_weight, **loss_kwargs)
+        loss = loss_in_float32(minibatch_device_type(tensors), self.loss, tensors, inference_out, generative_out,
+                               kl_weight, **loss_kwargs)
         return inference_out, generative_out, loss
 
     def train(self, mode: bool = True) -> "BaseModule":
@@ -111,3 +143,11 @@ class BaseModule(nn.Module):
                 if getattr(module, "frozen_in_eval", False):
                     module.eval()
         return self
+
+
+def minibatch_device_type(tensors) -> str:
+    """The device type of a minibatch (a tensor dict, or a list of them: joint data)."""
+    for t in (tensors if isinstance(tensors, (list, tuple)) else [tensors]):
+        if t:
+            return next(iter(t.values())).device.type
+    return "cpu"

@@ -28,7 +28,7 @@ from torch.distributions import kl_divergence
 from .. import _constants as C
 from ..distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
 from ..nn import FCLayers, GaussianEncoder, SparseRows, reads_sparse
-from ._base import BaseModule, LossOutput
+from ._base import BaseModule, LossOutput, minibatch_device_type, loss_in_float32
 from ._vae import GENE_LIKELIHOODS, _normal, _rsample, check_choice
 
 JVAE_DISPERSIONS = ("gene", "gene-batch", "gene-cell")
@@ -303,7 +303,7 @@ class JVAE(BaseModule):
                 continue
             inf = self.inference(**self.inference_inputs(t, d))
             gen = self.generative(**self.generative_inputs(t, inf, d))
-            rec, kl = self.loss_of(t, inf, gen, d)
+            rec, kl = loss_in_float32(minibatch_device_type(t), self.loss_of, t, inf, gen, d)
             zs.append(inf["z"])
             codes.append(torch.full((rec.shape[0],), d, dtype=torch.long, device=rec.device))
             recs.append(rec)

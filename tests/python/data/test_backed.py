@@ -86,6 +86,7 @@ def test_windows_visit_every_cell_once_without_straddling(monkeypatch):
     seen = np.concatenate([b.numpy() for b in batches])
     np.testing.assert_array_equal(np.sort(seen), cells)
     assert all(len(w) <= 192 for w in windows)  # whole minibatches, at most the window
+    assert all(np.all(np.diff(w) > 0) for w in windows)  # sorted: the order they are read in
     window_of = {int(c): i for i, w in enumerate(windows) for c in w}
     straddling = [b for b in batches if len({window_of[int(c)] for c in b}) > 1]
     assert len(straddling) == 0

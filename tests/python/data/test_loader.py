@@ -41,6 +41,9 @@ def test_single_cell_last_minibatch_is_merged():
     assert [len(c) for c in chunks] == [128, 128, 2]
     assert sorted(torch.cat(chunks).tolist()) == list(range(258))
     assert [len(c) for c in split_minibatches(np.arange(1), 128)] == [1]
+    # data parallelism: a last step too small for 2 cells per process joins the one before
+    assert [len(c) for c in split_minibatches(np.arange(259), 128, min_last=4)] == [128, 131]
+    assert [len(c) for c in split_minibatches(np.arange(260), 128, min_last=4)] == [128, 128, 4]
 
 
 def test_cell_indices_accepts_none_integers_negatives_and_masks():

@@ -100,6 +100,13 @@ def test_joint_data_zips_the_larger_data_set_and_cycles_the_smaller():
     assert data.minibatch(val[-1])[0] is None
     with pytest.raises(ValueError, match="every data set needs training cells"):
         data.epoch_minibatches((np.arange(10), np.arange(0)), 4, None)
+    # under data parallelism (2 processes) every data set's part of a step holds >= 4 cells,
+    # so each process's slice of it holds 2 (BatchNorm)
+    steps = data.epoch_minibatches((np.arange(51), np.arange(14)), 8, torch.Generator().manual_seed(0), min_cells=4)
+    assert min(len(i) for step in steps for i in step) >= 4
+    assert sorted(np.concatenate([s[0].numpy() for s in steps])) == list(range(51))
+    shards = [data.shard(step, rank, 2) for step in steps for rank in (0, 1)]
+    assert min(len(i) for shard in shards for i in shard) >= 2
 
 
 # -- the module ------------------------------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""Mixed precision (``TrainingPlan.precision="bf16-mixed"``): networks in bfloat16, the loss in
+float32, everything kept between steps in float32."""
+import numpy as np
+import pytest
+import torch
+
+import cellvi
+from cellvi.distributions import _fused
+from cellvi.modules._base import _as_float32
+from helpers import simulate_counts
+
+
+def _train(adata, **plan):
+    cellvi.settings.seed = 0
+    model = cellvi.SCVI(adata, n_latent=4, n_hidden=32)
+    model.train(max_epochs=8, batch_size=64, n_epochs_kl_warmup=2, plan_kwargs=plan)
+    return model
+
+
+def test_bf16_mixed_trains_with_a_float32_loss(monkeypatch):
+    adata = simulate_counts(n_cells=300, n_genes=40)
+    cellvi.SCVI.setup_anndata(adata, batch_key="batch")
+    reference = _train(adata)
+    seen = []
+    original = _fused.count_log_likelihood_per_cell
+
+    def recording(mu, theta, zi_logits, *args):
+        seen.append((mu.dtype, theta.dtype, zi_logits.dtype, torch.is_autocast_enabled("cpu")))
+        return original(mu, theta, zi_logits, *args)
+
+    monkeypatch.setattr("cellvi.distributions._counts.count_log_likelihood_per_cell", recording)
+    cellvi.settings.seed = 0
+    model = cellvi.SCVI(adata, n_latent=4, n_hidden=32)
+    network_dtypes = set()
+    linear = next(m for m in model.module.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda m, i, out: network_dtypes.add((out.dtype, torch.is_grad_enabled())))
+    model.train(max_epochs=8, batch_size=64, n_epochs_kl_warmup=2,
+                plan_kwargs={"precision": "bf16-mixed", "adversarial_classifier": True})
+    assert (torch.bfloat16, True) in network_dtypes  # training steps: the networks in bfloat16
+    assert (torch.float32, False) in network_dtypes  # validation: float32
+    assert seen and all(s == (torch.float32, torch.float32, torch.float32, False) for s in seen)
+    elbo = model.history["elbo_validation"].to_numpy()
+    assert np.all(np.isfinite(elbo)) and elbo[-1] > elbo[0]
+    # bfloat16 rounding perturbs the run about as much as another seed would, not more
+    assert abs(elbo[-1] - reference.history["elbo_validation"].iloc[-1]) < 0.03 * abs(elbo[-1])
+    assert all(p.dtype == torch.float32 for p in model.module.parameters())
+    latent = model.get_latent_representation()
+    assert latent.dtype == np.float32 and np.all(np.isfinite(latent))
+
+
+def test_cast_up_copies_containers_and_distributions_without_changing_them():
+    class Dist:
+        def __init__(self, mu):
+            self.mu, self.name = mu, "nb"
+
+    low = torch.ones(3, dtype=torch.bfloat16)
+    dist = Dist(low)
+    out = _as_float32({"dist": dist, "pair": (low, 2), "ints": torch.arange(3)})
+    assert out["dist"].mu.dtype == torch.float32 and out["dist"].name == "nb"
+    assert dist.mu.dtype == torch.bfloat16  # the original is left as it was
+    assert out["pair"][0].dtype == torch.float32 and out["pair"][1] == 2
+    assert out["ints"].dtype == torch.int64
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        cellvi.train.TrainingPlan(precision="fp8")
