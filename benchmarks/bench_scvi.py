@@ -122,6 +122,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true",
+                   help="both tools' training precision (cellvi: plan_kwargs precision; scvi-tools: Lightning's)")
     p.add_argument("--compile", action="store_true",
                    help="cellvi with plan_kwargs={'compile': True} (torch.compile of its networks; opt-in)")
     p.add_argument("--import-repeats", type=int, default=3, help="fresh-interpreter imports timed per tool")
@@ -277,7 +279,7 @@ def prepare(args, workdir: Path) -> dict:
         "kl_warmup_arg": args.kl_warmup, "kl_warmup_epochs": warmup, "steps_per_epoch": steps,
         "kl_warmup_steps": int(round(warmup * steps)),
         "n_mc_samples": args.n_mc_samples, "threads": args.threads, "device": args.device,
-        "compile": args.compile, "seed": args.seed, "n_train": n_train, "n_test": len(test_idx),
+        "compile": args.compile, "precision": args.precision, "seed": args.seed, "n_train": n_train, "n_test": len(test_idx),
         "n_genes": adata.n_vars, "n_batch": int(adata.obs[BATCH_KEY].cat.categories.size),
         "dataset": desc,
     }
@@ -360,7 +362,8 @@ def worker_cellvi(cfg, train, test) -> dict:
     model.train(max_epochs=cfg["epochs"], device=cfg["device"], train_size=1.0,
                 batch_size=cfg["batch_size"], lr=cfg["lr"], eps=cfg["eps"],
                 weight_decay=cfg["weight_decay"], n_epochs_kl_warmup=_whole(cfg["kl_warmup_arg"]),
-                plan_kwargs={"kl_warmup_cap": 0.75, "compile": cfg.get("compile", False)}, progress_bar=False)
+                plan_kwargs={"kl_warmup_cap": 0.75, "compile": cfg.get("compile", False),
+                             "precision": cfg.get("precision", "32-true")}, progress_bar=False)
     train_s = time.perf_counter() - t0
     rss_train = _maxrss_mib()
     _mark_training_peak()
@@ -405,7 +408,7 @@ def worker_scvi(cfg, train, test) -> dict:
     t0 = time.perf_counter()
     model.train(max_epochs=cfg["epochs"], accelerator=accelerator, devices=1, train_size=1.0,
                 batch_size=cfg["batch_size"], early_stopping=False, plan_kwargs=plan_kwargs,
-                enable_progress_bar=False)
+                enable_progress_bar=False, precision=cfg.get("precision", "32-true"))
     train_s = time.perf_counter() - t0
     rss_train = _maxrss_mib()
     _mark_training_peak()
