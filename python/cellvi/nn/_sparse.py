@@ -101,7 +101,9 @@ class _SparseProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight_t, x):
         ctx.x = x
-        return torch.sparse.mm(x.csr, weight_t)
+        # float32 under mixed precision too: torch has no bfloat16 sparse x dense product
+        with torch.autocast(weight_t.device.type, enabled=False):
+            return torch.sparse.mm(x.csr, weight_t.float())
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -65,3 +65,49 @@ def test_cast_up_copies_containers_and_distributions_without_changing_them():
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of"):
         cellvi.train.TrainingPlan(precision="fp8")
+
+
+def _sparse_counts(n_cells=200, n_genes=1000, density=0.02):
+    """Counts sparse enough (2%) for the first layer to read them as sparse input."""
+    import anndata
+    import pandas as pd
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    X = sp.random(n_cells, n_genes, density=density, format="csr", random_state=0, dtype=np.float32)
+    X.data = np.ceil(X.data * 3)
+    X[np.asarray(X.sum(1)).ravel() == 0, 0] = 1
+    obs = pd.DataFrame({"batch": rng.choice(["a", "b"], n_cells)}, index=[f"c{i}" for i in range(n_cells)])
+    return anndata.AnnData(X, obs=obs)
+
+
+@pytest.mark.parametrize("kind", ["sparse input", "totalVI", "gimVI", "DestVI"])
+def test_bf16_mixed_trains_every_kind_of_model(kind):
+    """The model shapes with their own products: a sparse first layer (no bfloat16 sparse
+    kernel: it stays float32), proteins, two data sets at once (JVAE's own forward), and
+    DestVI's mixture of per-type decoders."""
+    plan = {"precision": "bf16-mixed"}
+    cellvi.settings.seed = 0
+    adata = simulate_counts(n_cells=200, n_genes=40)
+    if kind == "sparse input":
+        adata = _sparse_counts()
+        cellvi.SCVI.setup_anndata(adata, batch_key="batch")
+        model = cellvi.SCVI(adata, n_latent=4)
+    elif kind == "totalVI":
+        adata.obsm["protein_expression"] = np.random.default_rng(0).poisson(20, (200, 6)).astype(np.float32)
+        cellvi.TOTALVI.setup_anndata(adata, batch_key="batch", protein_expression_obsm_key="protein_expression")
+        model = cellvi.TOTALVI(adata, n_latent=4)
+    elif kind == "gimVI":
+        spatial = adata[:80, :20].copy()
+        cellvi.GIMVI.setup_anndata(adata)
+        cellvi.GIMVI.setup_anndata(spatial)
+        model = cellvi.GIMVI(adata, spatial, n_latent=4)
+    else:
+        cellvi.CondSCVI.setup_anndata(adata, labels_key="cell_type")
+        reference = cellvi.CondSCVI(adata)
+        reference.train(max_epochs=3, plan_kwargs=plan)
+        model = cellvi.DestVI.from_rna_model(adata[:60].copy(), reference)
+    model.train(max_epochs=3, plan_kwargs=plan)
+    losses = model.history["loss_train"].to_numpy()
+    assert np.all(np.isfinite(losses))
+    assert all(p.dtype == torch.float32 for p in model.module.parameters())
