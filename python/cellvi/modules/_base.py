@@ -52,13 +52,20 @@ def _as_float32(value):
     return value
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def loss_in_float32(device_type: str, loss, *args, **kwargs):
     """``loss(*args, **kwargs)`` in float32 with autocast off, its inputs cast up first.
 
     Under mixed precision (``TrainingPlan.precision``) the networks run in bfloat16; the
     likelihood, the KL and their sums over genes and cells must not (bfloat16 keeps ~3
     significant digits)."""
-    if not torch.is_autocast_enabled(device_type):
+    if not _autocast_enabled(device_type):
         return loss(*args, **kwargs)
     with torch.autocast(device_type, enabled=False):
         return loss(*_as_float32(args), **_as_float32(kwargs))

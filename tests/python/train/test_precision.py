@@ -111,3 +111,16 @@ def test_bf16_mixed_trains_every_kind_of_model(kind):
     losses = model.history["loss_train"].to_numpy()
     assert np.all(np.isfinite(losses))
     assert all(p.dtype == torch.float32 for p in model.module.parameters())
+
+
+def test_autocast_check_on_torch_before_2_4(monkeypatch):
+    """torch < 2.4 (the package allows >= 2.2) has no device argument to is_autocast_enabled."""
+    from cellvi.modules import _base
+
+    def old_is_autocast_enabled():  # CUDA only, no argument
+        return False
+
+    monkeypatch.setattr(torch, "is_autocast_enabled", old_is_autocast_enabled)
+    monkeypatch.setattr(torch, "is_autocast_cpu_enabled", lambda: True)
+    assert _base._autocast_enabled("cpu") is True
+    assert _base._autocast_enabled("cuda") is False
