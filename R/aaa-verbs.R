@@ -111,7 +111,8 @@
 #             the model recorded on the object (under its `reduction` / `dimred` argument).
 # setup       checkers of the setup_anndata() arguments (named as in Python).
 # model_args  checkers of the model's arguments; a `model_kwargs` list of the verb is added.
-# train_args  checkers of train()'s arguments.
+# train_args  checkers of train()'s arguments; a `plan_kwargs` list of the verb goes to
+#             train(plan_kwargs = ) (the training plan's further settings).
 # options     checkers of further arguments the outputs read (not sent to Python).
 # proteins    the model reads protein counts (Seurat `protein_assay`, SCE `protein_altexp`).
 # outputs     functions (model, adata, a, plan, cells) -> list of results: latent (cells x k,
@@ -148,6 +149,12 @@
     model_args <- c(model_args, a$model_kwargs)
   }
   train_args <- .check_args(verb$train_args, a)
+  if (exists("plan_kwargs", envir = a, inherits = FALSE) && length(a$plan_kwargs)) {
+    if (!is.list(a$plan_kwargs) || is.null(names(a$plan_kwargs)) || any(names(a$plan_kwargs) == "")) {
+      stop("`plan_kwargs` must be a named list, e.g. list(precision = \"bf16-mixed\")", call. = FALSE)
+    }
+    train_args$plan_kwargs <- a$plan_kwargs
+  }
   options <- .check_args(verb$options, a)
   is_column <- vapply(verb$setup, function(f) isTRUE(attr(f, "obs_column")), logical(1))
   columns <- unique(unlist(setup[intersect(names(verb$setup)[is_column], names(setup))],

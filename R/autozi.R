@@ -89,7 +89,7 @@ RunAUTOZI <- function(object, assay = NULL, features = NULL, batch_key = NULL, l
                       dropout_rate = 0.1, dispersion = "gene", threshold = 0.5,
                       prob_threshold = 0.5, max_epochs = NULL, batch_size = 128,
                       train_size = 0.9, early_stopping = FALSE, lr = 1e-3, device = "auto",
-                      seed = NULL, model_dir = NULL, model_kwargs = list(),
+                      seed = NULL, model_dir = NULL, model_kwargs = list(), plan_kwargs = list(),
                       reduction.name = "autozi", reduction.key = "AUTOZI_", verbose = TRUE) {
   .run_verb(.seurat, object, .autozi_verb, environment())
 }
@@ -120,7 +120,8 @@ runAUTOZI <- function(x, assay.type = "counts", features = NULL, batch_key = NUL
                       dispersion = "gene", threshold = 0.5, prob_threshold = 0.5,
                       max_epochs = NULL, batch_size = 128, train_size = 0.9,
                       early_stopping = FALSE, lr = 1e-3, device = "auto", seed = NULL,
-                      model_dir = NULL, model_kwargs = list(), name = "AutoZI",
+                      model_dir = NULL, model_kwargs = list(),
+                      plan_kwargs = list(), name = "AutoZI",
                       verbose = TRUE) {
   .run_verb(.sce, x, .autozi_verb, environment())
 }

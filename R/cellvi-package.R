@@ -85,6 +85,9 @@
 #'   object).
 #' @param model_kwargs Named list of further model settings passed to Python as they are
 #'   (e.g. `list(use_observed_lib_size = FALSE)`).
+#' @param plan_kwargs Named list of further training settings (the Python core's
+#'   `cellvi.train.TrainingPlan`) passed as they are, e.g. `list(precision = "bf16-mixed")`
+#'   for bfloat16 networks on a GPU, or `list(reduce_lr_on_plateau = TRUE)`.
 #' @param reduction.name,reduction.key Name and key of the new reduction.
 #' @param name Name of the new reducedDim.
 #' @param reduction The reduction whose model to use.

@@ -175,6 +175,7 @@ RunGIMVI <- function(object, reference, assay = NULL, features = NULL, reference
                      n_latent = 10, max_epochs = 200, kappa = 5, batch_size = 128,
                      train_size = 0.9, lr = 1e-3, library_size = 1e4, assay.name = "imputed",
                      reduction.name = "gimvi", reduction.key = "gimvi_", model_kwargs = list(),
+                     plan_kwargs = list(),
                      device = "auto", seed = NULL, model_dir = NULL, verbose = TRUE) {
   .run_verb(.seurat, object, .gimvi_verb, environment())
 }
@@ -211,6 +212,7 @@ runGIMVI <- function(x, reference, assay.type = "counts", features = NULL,
                      reference_batch_key = NULL, n_latent = 10, max_epochs = 200, kappa = 5,
                      batch_size = 128, train_size = 0.9, lr = 1e-3, library_size = 1e4,
                      altexp.name = "imputed", name = "GIMVI", model_kwargs = list(),
+                     plan_kwargs = list(),
                      device = "auto", seed = NULL, model_dir = NULL, verbose = TRUE) {
   .run_verb(.sce, x, .gimvi_verb, environment())
 }

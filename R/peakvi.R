@@ -123,6 +123,7 @@ RunPEAKVI <- function(object, assay = "peaks", features = NULL, batch_key = NULL
                       n_layers_decoder = 2, dropout_rate = 0.1, max_epochs = NULL,
                       batch_size = 128, train_size = 0.9, early_stopping = TRUE, lr = 1e-4,
                       device = "auto", seed = NULL, model_dir = NULL, model_kwargs = list(),
+                      plan_kwargs = list(),
                       reduction.name = "peakvi", reduction.key = "PeakVI_", verbose = TRUE) {
   .run_verb(.seurat, object, .peakvi_verb, environment())
 }
@@ -261,6 +262,7 @@ runPEAKVI <- function(x, assay.type = "counts", features = NULL, batch_key = NUL
                       n_layers_decoder = 2, dropout_rate = 0.1, max_epochs = NULL,
                       batch_size = 128, train_size = 0.9, early_stopping = TRUE, lr = 1e-4,
                       device = "auto", seed = NULL, model_dir = NULL, model_kwargs = list(),
+                      plan_kwargs = list(),
                       name = "PeakVI", verbose = TRUE) {
   .run_verb(.sce, x, .peakvi_verb, environment())
 }

@@ -132,7 +132,8 @@ RunSCANVI <- function(object, labels_key, unlabeled_category = "Unknown", batch_
                       gene_likelihood = "zinb", dispersion = "gene", classification_ratio = 50,
                       max_epochs = NULL, batch_size = 128, train_size = 0.9,
                       early_stopping = FALSE, lr = 1e-3, device = "auto", seed = NULL,
-                      model_dir = NULL, model_kwargs = list(), probabilities = FALSE,
+                      model_dir = NULL, model_kwargs = list(),
+                      plan_kwargs = list(), probabilities = FALSE,
                       reduction.name = "scanvi", reduction.key = "scANVI_", verbose = TRUE) {
   .run_verb(.seurat, object, .scanvi_verb, environment())
 }
@@ -168,7 +169,8 @@ runSCANVI <- function(x, labels_key, unlabeled_category = "Unknown", batch_key =
                       gene_likelihood = "zinb", dispersion = "gene", classification_ratio = 50,
                       max_epochs = NULL, batch_size = 128, train_size = 0.9,
                       early_stopping = FALSE, lr = 1e-3, device = "auto", seed = NULL,
-                      model_dir = NULL, model_kwargs = list(), probabilities = FALSE,
+                      model_dir = NULL, model_kwargs = list(),
+                      plan_kwargs = list(), probabilities = FALSE,
                       name = "scANVI", verbose = TRUE) {
   .run_verb(.sce, x, .scanvi_verb, environment())
 }

@@ -77,6 +77,7 @@ RunSCVI <- function(object, assay = NULL, features = NULL, batch_key = NULL, lab
                     gene_likelihood = "zinb", dispersion = "gene", max_epochs = NULL,
                     batch_size = 128, train_size = 0.9, early_stopping = FALSE, lr = 1e-3,
                     device = "auto", seed = NULL, model_dir = NULL, model_kwargs = list(),
+                    plan_kwargs = list(),
                     reduction.name = "scvi", reduction.key = "scVI_", verbose = TRUE) {
   .run_verb(.seurat, object, .scvi_verb, environment())
 }
@@ -103,6 +104,7 @@ RunLinearSCVI <- function(object, assay = NULL, features = NULL, batch_key = NUL
                           dispersion = "gene", max_epochs = NULL, batch_size = 128,
                           train_size = 0.9, early_stopping = FALSE, lr = 1e-3, device = "auto",
                           seed = NULL, model_dir = NULL, model_kwargs = list(),
+                          plan_kwargs = list(),
                           reduction.name = "ldvae", reduction.key = "LDVAE_", verbose = TRUE) {
   .run_verb(.seurat, object, .ldvae_verb, environment())
 }
@@ -209,7 +211,8 @@ runSCVI <- function(x, assay.type = "counts", features = NULL, batch_key = NULL,
                     n_layers = 1, dropout_rate = 0.1, gene_likelihood = "zinb",
                     dispersion = "gene", max_epochs = NULL, batch_size = 128, train_size = 0.9,
                     early_stopping = FALSE, lr = 1e-3, device = "auto", seed = NULL,
-                    model_dir = NULL, model_kwargs = list(), name = "scVI", verbose = TRUE) {
+                    model_dir = NULL, model_kwargs = list(),
+                    plan_kwargs = list(), name = "scVI", verbose = TRUE) {
   .run_verb(.sce, x, .scvi_verb, environment())
 }
 
@@ -236,7 +239,8 @@ runLinearSCVI <- function(x, assay.type = "counts", features = NULL, batch_key =
                           n_layers = 1, dropout_rate = 0.1, gene_likelihood = "nb",
                           dispersion = "gene", max_epochs = NULL, batch_size = 128,
                           train_size = 0.9, early_stopping = FALSE, lr = 1e-3, device = "auto",
-                          seed = NULL, model_dir = NULL, model_kwargs = list(), name = "LDVAE",
+                          seed = NULL, model_dir = NULL, model_kwargs = list(),
+                          plan_kwargs = list(), name = "LDVAE",
                           verbose = TRUE) {
   .run_verb(.sce, x, .ldvae_verb, environment())
 }

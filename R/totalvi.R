@@ -102,7 +102,7 @@ RunTOTALVI <- function(object, protein_assay = "ADT", assay = NULL, features = N
                        gene_dispersion = "gene", protein_dispersion = "protein",
                        gene_likelihood = "nb", max_epochs = NULL, batch_size = 256,
                        train_size = 0.9, early_stopping = TRUE, lr = 4e-3, device = "auto",
-                       seed = NULL, model_dir = NULL, model_kwargs = list(),
+                       seed = NULL, model_dir = NULL, model_kwargs = list(), plan_kwargs = list(),
                        reduction.name = "totalvi", reduction.key = "totalVI_", verbose = TRUE) {
   .run_verb(.seurat, object, .totalvi_verb, environment())
 }
@@ -249,7 +249,8 @@ runTOTALVI <- function(x, protein_altexp = "ADT", assay.type = "counts", feature
                        gene_dispersion = "gene", protein_dispersion = "protein",
                        gene_likelihood = "nb", max_epochs = NULL, batch_size = 256,
                        train_size = 0.9, early_stopping = TRUE, lr = 4e-3, device = "auto",
-                       seed = NULL, model_dir = NULL, model_kwargs = list(), name = "totalVI",
+                       seed = NULL, model_dir = NULL, model_kwargs = list(),
+                       plan_kwargs = list(), name = "totalVI",
                        verbose = TRUE) {
   .run_verb(.sce, x, .totalvi_verb, environment())
 }

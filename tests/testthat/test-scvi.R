@@ -126,3 +126,17 @@ test_that("default model directories neither repeat under set.seed nor use R's r
   cellvi:::.new_model_dir("SCVI")
   expect_identical(.Random.seed, state)
 })
+
+test_that("plan_kwargs reach the training plan, checked on both sides", {
+  skip_if_no_core()
+  skip_if_not_installed("SeuratObject")
+  pbmc <- SeuratObject::pbmc_small
+  expect_error(RunSCVI(pbmc, max_epochs = 1, plan_kwargs = list(1), verbose = FALSE),
+               "`plan_kwargs` must be a named list")
+  expect_error(RunSCVI(pbmc, max_epochs = 1, plan_kwargs = list(no_such_setting = 1), verbose = FALSE),
+               "no_such_setting")
+  pbmc <- RunSCVI(pbmc, max_epochs = 2, plan_kwargs = list(precision = "bf16-mixed", kl_warmup_cap = 0.5),
+                  model_dir = file.path(tempdir(), "plan_kwargs"), verbose = FALSE)
+  expect_equal(dim(SeuratObject::Embeddings(pbmc, "scvi")), c(ncol(pbmc), 10L))
+  expect_true(all(is.finite(SeuratObject::Embeddings(pbmc, "scvi"))))
+})
