@@ -27,9 +27,9 @@ class Settings:
         #: ``"lines"``.
         self.progress_style: str = "auto"
         #: Cells per window when training on a backed AnnData (``read_h5ad(path,
-        #: backed="r")``): memory holds two or three windows of counts (the one training, the
-        #: one read ahead, the one being read), ~25 MB each at 100 non-zeros per cell; more
-        #: cells per window shuffle better.
+        #: backed="r")``): memory holds two windows of counts (the one training and the next,
+        #: read ahead meanwhile), ~25 MB each at 100 non-zeros per cell; more cells per window
+        #: shuffle better.
         self.backed_window_cells: int = 32768
 
     @property

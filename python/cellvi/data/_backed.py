@@ -33,8 +33,10 @@ def _empty(n: int, dtype) -> np.ndarray:
     """``np.empty(n, dtype)``; a large one in anonymous memory of its own, handed back to the
     system the moment the array is dropped. (From malloc, a freed window's memory often stays
     with the process: glibc raises its mmap threshold after each large free, so the next
-    windows come from a heap that a reading thread's arena rarely trims; training's RSS then
-    held nearly twice the two windows it needs.)"""
+    windows come from a heap that a reading thread's arena rarely trims. Reading an epoch's
+    windows of ~25 MiB, with read-ahead, peaked 78 MiB above the start from malloc and 55 MiB
+    with pages of their own. A whole 1M-cell training run, with this and the windows sorted
+    once, went from 285 to 276 MiB.)"""
     dtype = np.dtype(dtype)
     n_bytes = int(n) * dtype.itemsize
     if n_bytes < _OWN_PAGES_BYTES:

@@ -82,10 +82,7 @@ class Distributed:
         tensors = list(module.buffers()) + ([] if buffers_only else list(module.parameters()))
         with torch.no_grad():
             for tensor in tensors:
-                self._broadcast(tensor)
-
-    def _broadcast(self, tensor: torch.Tensor) -> None:
-        self._collective(lambda t: torch.distributed.broadcast(t, 0), tensor.data)
+                self._collective(lambda t: torch.distributed.broadcast(t, 0), tensor.data)
 
     def _collective(self, op, tensor: torch.Tensor) -> None:
         """``op`` on ``tensor`` in place; through a host copy when the backend is gloo and the
