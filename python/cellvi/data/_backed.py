@@ -58,6 +58,14 @@ def uniform_index_dtype(X: sp.csr_matrix) -> sp.csr_matrix:
                          shape=X.shape, copy=False)
 
 
+def row_sums(X, columns=None) -> np.ndarray:
+    """Each row's sum (float64) over ``columns`` (positions; default all) of a CSR matrix in
+    memory or on disk (:class:`BackedCSR`, read block by block)."""
+    blocks = (block for _, block in X.row_blocks()) if isinstance(X, BackedCSR) else [X]
+    take = (lambda b: b) if columns is None else (lambda b: b[:, np.asarray(columns)])
+    return np.concatenate([np.asarray(take(b).sum(axis=1), dtype=np.float64).ravel() for b in blocks])
+
+
 def is_backed_matrix(X) -> bool:
     """True for the on-disk CSR matrix of a backed AnnData."""
     try:

@@ -7,6 +7,7 @@ import torch
 from .. import _constants as C
 from .._settings import settings
 from ..data import AnnTensors, CategoricalObsField, LayerField, Registry
+from ..data._backed import row_sums
 from ..modules import CondVAE
 from ..train import as_count
 from ._base import BaseModel
@@ -158,7 +159,7 @@ class CondSCVI(VAEMixin, BaseModel):
         if self.adata is None:
             return None
         tensors = self._tensors()
-        counts = np.asarray(tensors[C.X_KEY][:, np.asarray(genes)].sum(axis=1), dtype=np.float64).ravel()
+        counts = row_sums(tensors[C.X_KEY], genes)  # the reference may be on disk
         labels = np.asarray(tensors[C.LABELS_KEY]).ravel().astype(np.int64)
         k = self.registry.n_labels
         cells = np.bincount(labels, minlength=k)

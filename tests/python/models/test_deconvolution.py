@@ -386,3 +386,23 @@ def test_lymph_node_visium_both_models():
     # epochs instead of 100 (its proportions move away from the near-even start, DestVI's
     # 60 epochs stay where they are). Chance is 0.
     assert r > 0.25, r
+
+
+def test_destvi_from_a_reference_on_disk_counts_cells_as_in_memory(tmp_path):
+    """A CondSCVI reference trained on a backed AnnData gives DestVI the same counts per cell
+    of each type (read block by block) as the same reference in memory."""
+    from helpers import simulate_counts
+
+    simulate_counts(n_cells=300, n_genes=40).write_h5ad(tmp_path / "ref.h5ad")
+    type_counts = []
+    for backed in (None, "r"):
+        ref = anndata.read_h5ad(tmp_path / "ref.h5ad", backed=backed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cellvi.CondSCVI.setup_anndata(ref, labels_key="cell_type")
+            sc = cellvi.CondSCVI(ref)
+            sc.train(max_epochs=1)
+            spots = anndata.read_h5ad(tmp_path / "ref.h5ad")[:40].copy()
+            type_counts.append(cellvi.DestVI.from_rna_model(spots, sc).module.type_counts.numpy())
+    np.testing.assert_allclose(type_counts[1], type_counts[0], rtol=1e-6)
+    assert np.all(type_counts[0] > 1)
