@@ -58,12 +58,33 @@ def uniform_index_dtype(X: sp.csr_matrix) -> sp.csr_matrix:
                          shape=X.shape, copy=False)
 
 
+def row_blocks(X, columns=None):
+    """(first row, CSR) of consecutive row blocks covering a CSR matrix in memory (one block)
+    or on disk (:class:`BackedCSR`, read block by block), with only ``columns`` (positions, in
+    that order; default all): whole-matrix statistics that hold one block at a time."""
+    if isinstance(X, BackedCSR):
+        yield from (X if columns is None else X.select_columns(columns)).row_blocks()
+    else:
+        yield 0, X if columns is None else X[:, np.asarray(columns)]
+
+
+def select_columns(X, columns):
+    """Only ``columns`` (positions, in that order) of a CSR matrix in memory (a copy) or on
+    disk (still on disk)."""
+    return X.select_columns(columns) if isinstance(X, BackedCSR) else X[:, np.asarray(columns)].tocsr()
+
+
 def row_sums(X, columns=None) -> np.ndarray:
     """Each row's sum (float64) over ``columns`` (positions; default all) of a CSR matrix in
-    memory or on disk (:class:`BackedCSR`, read block by block)."""
-    blocks = (block for _, block in X.row_blocks()) if isinstance(X, BackedCSR) else [X]
-    take = (lambda b: b) if columns is None else (lambda b: b[:, np.asarray(columns)])
-    return np.concatenate([np.asarray(take(b).sum(axis=1), dtype=np.float64).ravel() for b in blocks])
+    memory or on disk."""
+    return np.concatenate([np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
+                           for _, block in row_blocks(X, columns)])
+
+
+def to_memory(X, columns=None) -> sp.csr_matrix:
+    """A CSR matrix in memory or on disk as one in memory, with only ``columns``."""
+    blocks = [block for _, block in row_blocks(X, columns)]
+    return blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr")
 
 
 def is_backed_matrix(X) -> bool:
@@ -87,6 +108,7 @@ class BackedCSR:
 
     def __init__(self, dataset):
         self.shape = tuple(int(n) for n in dataset.shape)
+        self._n_stored_columns = self.shape[1]
         # The stored arrays, sliced directly: anndata's own row indexing costs ~3 ms of
         # checks per call (a version lookup each time), more than the read. The row
         # pointers (8 bytes per cell) are kept in memory.
@@ -99,6 +121,19 @@ class BackedCSR:
         self._windows: list = []
         self._current = None  # (sorted rows, CSR of those rows)
         self._pending = None
+        self._columns = None  # positions of the columns served (None: all)
+
+    def select_columns(self, columns) -> "BackedCSR":
+        """The same rows with only ``columns`` (positions, in that order), read from the same
+        file: e.g. a model's genes among the file's."""
+        columns = np.asarray(columns, dtype=np.int64)
+        if self._columns is not None:
+            columns = self._columns[columns]
+        out = BackedCSR.__new__(BackedCSR)
+        out.__dict__.update({k: v for k, v in self.__dict__.items()})  # the file's arrays and its lock
+        out._pool, out._windows, out._current, out._pending = None, [], None, None
+        out._columns, out.shape = columns, (self.shape[0], int(columns.size))
+        return out
 
     # -- reading ---------------------------------------------------------------------------------
     def read_range(self, start: int, stop: int) -> sp.csr_matrix:
@@ -121,9 +156,9 @@ class BackedCSR:
         """Rows ``rows`` (sorted, unique) in that order, written straight into the result's
         arrays (no second copy of a window). Each stretch of rows with gaps of at most
         ``MAX_GAP`` between them is one contiguous read, of at most the rows it spans."""
-        n_cols = self.shape[1]
         if rows.size == 0:
-            return sp.csr_matrix((0, n_cols), dtype=np.float32)
+            return sp.csr_matrix((0, self.shape[1]), dtype=np.float32)
+        n_cols = self._n_stored_columns
         starts = self._indptr[rows]
         lengths = self._indptr[rows + 1] - starts
         indptr = np.zeros(rows.size + 1, dtype=np.int64)
@@ -147,7 +182,7 @@ class BackedCSR:
         out = sp.csr_matrix((data, indices, indptr.astype(index_dtype)), shape=(rows.size, n_cols), copy=False)
         if not out.has_canonical_format:  # repeated entries count once each, as in memory
             out.sum_duplicates()
-        return out
+        return out if self._columns is None else out[:, self._columns]
 
     def __getitem__(self, rows) -> sp.csr_matrix:
         rows = np.asarray(rows, dtype=np.int64)

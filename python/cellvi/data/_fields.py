@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._backed import BackedCSR, is_backed_matrix, uniform_index_dtype
+from ._backed import BackedCSR, is_backed_matrix, row_blocks, uniform_index_dtype
 
 _MAX_LISTED = 10
 _CHUNK = 1 << 22  # values per chunk when scanning a matrix
@@ -115,6 +115,9 @@ _WHAT = {"counts": "raw counts (non-negative integers)", "binary": "non-negative
          "continuous": "finite values"}
 
 
+VALUES_FIX = "pass the layer that holds them with layer=..., not scaled or centred data"
+
+
 def check_counts(X: sp.csr_matrix, source: str, obs_names=None, values: str = "counts",
                  features: str = "genes") -> None:
     """Refuse what cannot be counts (or binary data); warn on non-integers. ``X`` is CSR;
@@ -123,8 +126,7 @@ def check_counts(X: sp.csr_matrix, source: str, obs_names=None, values: str = "c
         raise ValueError(f"{source} has no cells")
     if X.shape[1] == 0:
         raise ValueError(f"{source} has no {features}")
-    check_values(X.data, source, values,
-                 "pass the layer that holds them with layer=..., not scaled or centred data")
+    check_values(X.data, source, values, VALUES_FIX)
     if values == "continuous":
         return
     if values == "binary":
@@ -146,44 +148,63 @@ def _matrix_expression(source: str) -> str:
     return "adata.X" if source == "adata.X" else f"adata.layers[{source[len('layer '):]}]"
 
 
-_BINARY_ON_DISK = ("{source} is on disk (a backed AnnData); binary data (e.g. accessibility) are read in "
-                   "memory only: load it with anndata.read_h5ad(path) without backed='r'")
-
-
-def _checked_backed(dataset, source: str, obs_names, values: str, features: str):
-    """An on-disk count matrix, checked as :func:`check_counts` checks one in memory, one
-    block of rows at a time."""
-    if values == "binary":
-        raise ValueError(_BINARY_ON_DISK.format(source=source))
+def open_backed(dataset, source: str, values: str = "counts", columns=None) -> BackedCSR:
+    """The on-disk matrix of a backed AnnData, read as rows (only ``columns``, positions, when
+    given), unchecked; a clear error where it cannot be (a CSC file)."""
     if getattr(dataset, "format", "csr") != "csr":
         raise ValueError(f"{source} is on disk in {dataset.format.upper()} format; training reads rows, which "
                          "needs CSR: write the file with adata.X = adata.X.tocsr(), or load it in memory")
     matrix = BackedCSR(dataset)
-    obs_names = pd.Index(obs_names)
-    with warnings.catch_warnings(record=True) as caught:  # one warning for the whole matrix
+    return matrix if columns is None else matrix.select_columns(columns)
+
+
+def check_blocks(matrix: BackedCSR, check) -> BackedCSR:
+    """Run ``check(first row, block)`` over an on-disk matrix one block of rows at a time,
+    passing on the first warning only (one for the whole matrix, as in memory)."""
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for start, block in matrix.row_blocks():
-            check_counts(block, source, obs_names[start:start + block.shape[0]], values, features)
+            check(start, block)
     if caught:
         warnings.warn(caught[0].message, caught[0].category, stacklevel=5)
     return matrix
 
 
-def _check_binary(X: sp.csr_matrix, source: str, obs_names, features: str) -> None:
-    """Binary data (open where > 0): refuse cells with nothing open, and a matrix with nothing
-    closed (every entry non-zero, e.g. all values equal), which cannot be such data."""
-    n_open = np.diff(X.indptr)  # open entries per cell, unless some stored values are 0
+def _checked_backed(dataset, source: str, obs_names, values: str, features: str) -> BackedCSR:
+    """An on-disk count matrix, checked as :func:`check_counts` checks one in memory."""
+    obs_names = pd.Index(obs_names)
+    matrix = open_backed(dataset, source, values)
+    if 0 in matrix.shape:  # no blocks to read: refused as in memory
+        check_counts(sp.csr_matrix(matrix.shape, dtype=np.float32), source, obs_names, values, features)
+    if values != "binary":
+        return check_blocks(matrix, lambda start, block: check_counts(
+            block, source, obs_names[start:start + block.shape[0]], values, features))
+    n_open = 0  # binary: "every entry open" is a property of the whole matrix
+
+    def check(start, block):
+        nonlocal n_open
+        check_values(block.data, source, values, VALUES_FIX)
+        n_open = _check_binary(block, source, obs_names[start:start + block.shape[0]], features,
+                               matrix.shape[0], n_open)
+    return check_blocks(matrix, check)
+
+
+def _open_per_cell(X: sp.csr_matrix) -> np.ndarray:
+    """Open entries (> 0) of each cell of binary data."""
+    n_open = np.diff(X.indptr)  # unless some stored values are 0
     if X.data.size and not X.data.min() > 0:
         rows = np.repeat(np.arange(X.shape[0]), n_open)
         n_open = np.bincount(rows[X.data > 0], minlength=X.shape[0])
-    if int(n_open.sum()) == X.shape[0] * X.shape[1]:
-        raise ValueError(
-            f"every entry of {source} ({X.shape[0]} cells x {X.shape[1]} {features}) is non-zero: read as "
-            f"binary data (open where > 0) every one of the {features} is open in every cell, and "
-            "there is nothing to learn. Accessibility data are mostly zeros (a few percent of "
-            "entries open); pass the raw peak counts or a 0/1 matrix, not normalized or "
-            "pseudocounted values"
-        )
+    return n_open
+
+
+def _check_binary(X: sp.csr_matrix, source: str, obs_names, features: str, n_rows: int | None = None,
+                  n_open_before: int = 0) -> int:
+    """Binary data (open where > 0): refuse cells with nothing open, and a matrix with nothing
+    closed (every entry non-zero, e.g. all values equal), which cannot be such data. ``X``
+    may be a block of rows (of ``n_rows`` in all, after ``n_open_before`` open entries);
+    returns the open entries so far."""
+    n_open = _open_per_cell(X)
     empty = np.flatnonzero(n_open == 0)
     if empty.size:
         names = np.asarray(obs_names)[empty] if obs_names is not None else empty
@@ -193,6 +214,17 @@ def _check_binary(X: sp.csr_matrix, source: str, obs_names, features: str) -> No
             f"({preview(names)}); they cannot be modelled: remove them first, e.g. "
             f"adata = adata[np.asarray(({matrix} > 0).sum(axis=1)).ravel() > 0].copy()"
         )
+    total = n_open_before + int(n_open.sum())
+    n_rows = X.shape[0] if n_rows is None else n_rows
+    if total == n_rows * X.shape[1]:
+        raise ValueError(
+            f"every entry of {source} ({n_rows} cells x {X.shape[1]} {features}) is non-zero: read as "
+            f"binary data (open where > 0) every one of the {features} is open in every cell, and "
+            "there is nothing to learn. Accessibility data are mostly zeros (a few percent of "
+            "entries open); pass the raw peak counts or a 0/1 matrix, not normalized or "
+            "pseudocounted values"
+        )
+    return total
 
 
 # ----------------------------------------------------------------------------------------
@@ -386,18 +418,19 @@ class LayerField(Field):
             )
         self.var_names = var_names
         if self.values == "binary":
-            X, source = self._source(adata)
-            if is_backed_matrix(X):
-                raise ValueError(_BINARY_ON_DISK.format(source=source))
             self._report_binary(adata)
 
     def _report_binary(self, adata) -> None:
         """Said once, at setup: features open in no cell, and counts read as open/closed."""
         X, source = self._source(adata)
-        X = as_csr_float32(X)
-        if X.data.size and not (X.data.min() >= 0 and np.isfinite(X.data.max())):
-            return  # NaN, infinite or negative: the checks that follow refuse the matrix
-        n_open = np.bincount(X.indices[X.data > 0], minlength=X.shape[1])
+        X = open_backed(X, source) if is_backed_matrix(X) else as_csr_float32(X)
+        n_open, high = np.zeros(X.shape[1], np.int64), 0.0
+        for _, block in row_blocks(X):  # block by block: X may be on disk
+            if block.data.size:
+                if not (block.data.min() >= 0 and np.isfinite(block.data.max())):
+                    return  # NaN, infinite or negative: the checks that follow refuse the matrix
+                high = max(high, float(block.data.max()))
+            n_open += np.bincount(block.indices[block.data > 0], minlength=X.shape[1])
         closed = np.flatnonzero(n_open == 0)
         if closed.size and closed.size < X.shape[1]:
             matrix = _matrix_expression(source)
@@ -408,9 +441,9 @@ class LayerField(Field):
                 f"adata = adata[:, np.asarray(({matrix} > 0).sum(axis=0)).ravel() > 0].copy()",
                 UserWarning, stacklevel=6,
             )
-        if X.data.size and float(X.data.max()) > 1:
+        if high > 1:
             warnings.warn(
-                f"{source} holds counts (up to {float(X.data.max()):g}); the model reads every value "
+                f"{source} holds counts (up to {high:g}); the model reads every value "
                 "above 0 as open (1) and 0 as closed", UserWarning, stacklevel=6,
             )
 

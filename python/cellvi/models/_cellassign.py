@@ -11,8 +11,10 @@ import torch
 
 from .. import _constants as C
 from ..data import AnnTensors, Registry
+from ..data._backed import is_backed_matrix, row_blocks, select_columns
 from ..data._fields import (CategoricalJointObsField, CategoricalObsField, LayerField, NumericalJointObsField,
-                            NumericalObsField, as_csr_float32, check_values, preview)
+                            NumericalObsField, VALUES_FIX, as_csr_float32, check_blocks, check_values, open_backed,
+                            preview)
 from ..data._registry import recall_setup
 from ..modules import CellAssignModule
 from ._base import BaseModel
@@ -56,21 +58,15 @@ class GeneSelectionField(LayerField):
         return np.flatnonzero(~names.duplicated())[first.get_indexer(self.var_names)]
 
     def array(self, adata, fields) -> sp.csr_matrix:
-        if self.layer is None:
-            X, source = adata.X, "adata.X"
-        else:
-            if self.layer not in adata.layers:
-                raise KeyError(f"layer '{self.layer}' not found; available layers: "
-                               f"{preview(list(adata.layers.keys())) or '(none)'}")
-            X, source = adata.layers[self.layer], f"layer '{self.layer}'"
-        if X is None:
-            raise ValueError(f"{source} is empty (None); pass the layer holding the counts")
+        X, source = self._source(adata)
         pos = self.columns(adata.var_names)
+        if is_backed_matrix(X):  # stays on disk: only the chosen genes are kept of each block read
+            return check_blocks(open_backed(X, source, self.values, pos),
+                                lambda _, block: check_values(block.data, source, self.values, VALUES_FIX))
         if pos is not None:
             X = X[:, pos]
         X = as_csr_float32(X)
-        check_values(X.data, source, self.values,
-                     "pass the layer that holds them with layer=..., not scaled or centred data")
+        check_values(X.data, source, self.values, VALUES_FIX)
         return X
 
 
@@ -273,7 +269,7 @@ class CellAssign(BaseModel):
             selected = genes_field.select(markers.index)
             if _tensors is not None:
                 _tensors = AnnTensors(_tensors)
-                _tensors[C.X_KEY] = _tensors[C.X_KEY][:, selected.columns(genes_field.var_names)].tocsr()
+                _tensors[C.X_KEY] = select_columns(_tensors[C.X_KEY], selected.columns(genes_field.var_names))
             _registry = Registry(_registry.model, [selected if k == C.X_KEY else f
                                                    for k, f in _registry.fields.items()], _registry.extra)
         super().__init__(adata, _registry=_registry, _tensors=_tensors, cell_type_markers=markers,
@@ -347,10 +343,14 @@ class CellAssign(BaseModel):
         data = {}
         if self.adata is not None:
             tensors = self._tensors()
-            X, s = tensors.X, tensors.size_factor.astype(np.float64)
-            normalised = np.asarray((sp.diags(1.0 / s) @ X.astype(np.float64)).mean(axis=0)).ravel()
-            data["log_base_init"] = np.log(np.maximum(normalised, 1e-3)).astype(np.float32)
-            data["count_range"] = (float(X.min()), float(X.max()))
+            s = tensors.size_factor.astype(np.float64)
+            total, low, high = np.zeros(reg.n_vars), np.inf, -np.inf  # over blocks: X may be on disk
+            for start, block in row_blocks(tensors.X):
+                total += np.asarray((sp.diags(1.0 / s[start:start + block.shape[0]]) @ block.astype(np.float64))
+                                    .sum(axis=0)).ravel()
+                low, high = min(low, float(block.min())), max(high, float(block.max()))
+            data["log_base_init"] = np.log(np.maximum(total / len(s), 1e-3)).astype(np.float32)
+            data["count_range"] = (low, high)
         return CellAssignModule(markers.to_numpy(), n_batch=reg.n_batch, n_cats_per_cov=reg.n_cats_per_cov,
                                 n_continuous_cov=reg.n_continuous_cov, **data, **kwargs)
 

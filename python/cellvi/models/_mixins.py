@@ -15,7 +15,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from ..data._fields import as_csr_float32
+from ..data._backed import is_backed_matrix, to_memory
+from ..data._fields import as_csr_float32, open_backed
 from ..train import as_count, resolve_device
 from ._base import BaseModel, _reference_registry
 
@@ -148,7 +149,10 @@ class MappingMixin:
 
         Returns
         -------
-        A new AnnData (obs and obsm copied) ready for :meth:`load_query_data`.
+        A new AnnData (obs and obsm copied) ready for :meth:`load_query_data`, in memory: a
+        backed query (``read_h5ad(path, backed="r")``) is read block by block, keeping only
+        the shared genes. A backed query whose genes already are the reference's, in its
+        order, needs no preparing: pass it to :meth:`load_query_data` and it stays on disk.
 
         Examples
         --------
@@ -175,9 +179,12 @@ class MappingMixin:
         if registry.layer is not None and registry.layer not in adata.layers:
             raise KeyError(f"the reference reads its counts from layer '{registry.layer}', which the "
                            f"query lacks; available layers: {list(adata.layers.keys())}")
-        X = as_csr_float32(adata.X if registry.layer is None else adata.layers[registry.layer])
-        # Select the shared columns in reference order, then place them among zero columns.
-        shared = X[:, position[present]].tocsr()
+        X = adata.X if registry.layer is None else adata.layers[registry.layer]
+        source = "the query's " + ("adata.X" if registry.layer is None else f"layer '{registry.layer}'")
+        X = open_backed(X, source) if is_backed_matrix(X) else as_csr_float32(X)
+        # Select the shared columns in reference order (block by block from a file), then place
+        # them among zero columns.
+        shared = to_memory(X, position[present])
         target = np.flatnonzero(present)
         counts = sp.csr_matrix((shared.data, target[shared.indices], shared.indptr), shape=(X.shape[0], n_ref))
         counts.sort_indices()

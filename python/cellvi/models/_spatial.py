@@ -11,6 +11,7 @@ import pandas as pd
 
 from .. import _constants as C
 from ..data import AnnTensors, CellIndexField, Registry
+from ..data._backed import select_columns
 from ..data._fields import obs_column, preview
 from ..data._registry import _SETUPS, recall_setup
 from ._cellassign import GeneSelectionField
@@ -69,7 +70,7 @@ def shared_setup(st_adata, model: str, reference_genes: Sequence[str], min_share
     tensors = AnnTensors(tensors)
     columns = selected.columns(field.var_names)  # None: the spots hold exactly these genes
     if columns is not None:
-        tensors[C.X_KEY] = tensors[C.X_KEY][:, columns].tocsr()
+        tensors[C.X_KEY] = select_columns(tensors[C.X_KEY], columns)
     totals = np.asarray(tensors[C.X_KEY].sum(axis=1)).ravel()
     empty = np.flatnonzero(totals <= 0)
     if empty.size:

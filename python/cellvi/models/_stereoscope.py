@@ -12,6 +12,7 @@ import torch
 
 from .. import _constants as C
 from ..data import AnnTensors, CategoricalObsField, LayerField, Registry
+from ..data._backed import row_blocks
 from ..modules import RNAStereoscopeModule, SpatialStereoscopeModule
 from ..modules._destvae import inverse_softplus
 from ._base import BaseModel
@@ -78,12 +79,17 @@ class RNAStereoscope(BaseModel):
         w_init = None
         if self.adata is not None:
             t = self._tensors()
-            X, y = t.X, t[C.LABELS_KEY]
-            lib = np.asarray(X.sum(axis=1)).ravel()
-            per_unit = sp.diags(1.0 / lib) @ X.astype(np.float64)
-            onehot = sp.csr_matrix((np.ones(len(y)), (y, np.arange(len(y)))), shape=(reg.n_labels, len(y)))
-            n = np.maximum(np.asarray(onehot.sum(axis=1)).ravel(), 1)
-            w_init = (np.asarray((onehot @ per_unit).todense()) / n[:, None]).T  # genes x types
+            y = np.asarray(t[C.LABELS_KEY]).ravel()
+            total = np.zeros((reg.n_labels, reg.n_vars))  # each type's sum of per-cell shares
+            for start, block in row_blocks(t.X):  # X may be on disk
+                lib = np.asarray(block.sum(axis=1)).ravel()
+                per_unit = sp.diags(1.0 / lib) @ block.astype(np.float64)
+                labels = y[start:start + block.shape[0]]
+                onehot = sp.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))),
+                                       shape=(reg.n_labels, len(labels)))
+                total += np.asarray((onehot @ per_unit).todense())
+            n = np.maximum(np.bincount(y, minlength=reg.n_labels), 1)
+            w_init = (total / n[:, None]).T  # genes x types
             w_init = np.maximum(w_init, 1e-6 / reg.n_vars).astype(np.float32)
         return RNAStereoscopeModule(reg.n_vars, reg.n_labels, w_init=w_init)
 

@@ -6,6 +6,7 @@ import warnings
 
 import anndata
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
@@ -142,10 +143,22 @@ def test_backed_errors(tmp_path):
         warnings.simplefilter("always")
         cellvi.SCVI.setup_anndata(anndata.read_h5ad(tmp_path / "half.h5ad", backed="r"))
     assert sum("non-integer" in str(w.message) for w in caught) == 1
-    adata = simulate_counts(n_cells=60, n_genes=20)
-    adata.write_h5ad(tmp_path / "peaks.h5ad")
-    with pytest.raises(ValueError, match="binary data .* are read in memory only"):
-        cellvi.PEAKVI.setup_anndata(anndata.read_h5ad(tmp_path / "peaks.h5ad", backed="r"))
+    # Binary data: a cell with nothing open (the 7th of the 2nd block), and nothing closed
+    # anywhere (a property of the whole matrix, read over several blocks).
+    n_cells = 2 * backed.BLOCK_CELLS * 16 + 10
+    open_ = sp.csr_matrix(np.ones((n_cells, 3), np.float32))
+    closed = open_.tolil()
+    closed[16 * backed.BLOCK_CELLS + 6] = 0
+    anndata.AnnData(closed.tocsr()).write_h5ad(tmp_path / "closed.h5ad")
+    with pytest.raises(ValueError, match=f"1 cells with no non-zero value .*\\({16 * backed.BLOCK_CELLS + 6}\\)"):
+        cellvi.PEAKVI.setup_anndata(anndata.read_h5ad(tmp_path / "closed.h5ad", backed="r"))
+    anndata.AnnData(open_).write_h5ad(tmp_path / "open.h5ad")
+    with pytest.raises(ValueError, match=f"every entry of adata.X \\({n_cells} cells x 3 regions\\) is non-zero"):
+        cellvi.PEAKVI.setup_anndata(anndata.read_h5ad(tmp_path / "open.h5ad", backed="r"))
+    some_closed = open_.tolil()
+    some_closed[-1, 0] = 0  # in the last block only: the whole matrix is fine
+    anndata.AnnData(some_closed.tocsr()).write_h5ad(tmp_path / "some_closed.h5ad")
+    cellvi.PEAKVI.setup_anndata(anndata.read_h5ad(tmp_path / "some_closed.h5ad", backed="r"))
 
 
 def test_save_and_load_with_a_backed_anndata(both, tmp_path):
@@ -179,3 +192,89 @@ def test_repeated_entries_on_disk_count_once_summed(tmp_path):
     for read in (matrix[[1, 0]], matrix.read_range(0, 2)):
         assert read.has_canonical_format
     np.testing.assert_array_equal(matrix[[1, 0]].toarray(), [[0, 3, 0], [3, 0, 0]])
+
+
+def test_column_selection_reads_only_those_columns(h5ad):
+    adata = anndata.read_h5ad(h5ad)
+    on_disk = backed.BackedCSR(anndata.read_h5ad(h5ad, backed="r").X)
+    columns = np.array([40, 3, 3, 79, 0])
+    chosen = on_disk.select_columns(columns)
+    assert chosen.shape == (600, 5) and on_disk.shape == (600, 80)  # the original is unchanged
+    rows = [5, 599, 0, 5]
+    np.testing.assert_array_equal(chosen[rows].toarray(), adata.X[rows][:, columns].toarray())
+    np.testing.assert_array_equal(chosen.select_columns([4, 0])[rows].toarray(),
+                                  adata.X[rows][:, [0, 40]].toarray())
+    np.testing.assert_array_equal(backed.to_memory(on_disk, columns).toarray(), adata.X[:, columns].toarray())
+    np.testing.assert_allclose(backed.row_sums(on_disk, columns), np.asarray(adata.X[:, columns].sum(1)).ravel())
+
+
+def _fit(model, epochs=2):
+    model.train(max_epochs=epochs, batch_size=64)
+    return model
+
+
+def _cellassign(cells, spots, reference):
+    markers = pd.DataFrame(0, index=cells.var_names[[30, 3, 10, 50, 61]], columns=["A", "B"])
+    markers.iloc[:3, 0], markers.iloc[3:, 1] = 1, 1
+    cellvi.CellAssign.setup_anndata(cells, size_factor_key="sf")
+    model = _fit(cellvi.CellAssign(cells, markers))  # the markers: 5 of the file's 80 genes
+    return model, model.predict().to_numpy()
+
+
+def _destvi(cells, spots, reference):
+    cellvi.CondSCVI.setup_anndata(cells, labels_key="cell_type")
+    model = _fit(cellvi.DestVI.from_rna_model(spots, _fit(cellvi.CondSCVI(cells, n_latent=3))))
+    return model, model.get_proportions().to_numpy()
+
+
+def _stereoscope(cells, spots, reference):
+    cellvi.RNAStereoscope.setup_anndata(cells, labels_key="cell_type")
+    model = _fit(cellvi.SpatialStereoscope.from_rna_model(spots, _fit(cellvi.RNAStereoscope(cells))))
+    return model, model.get_proportions().to_numpy()
+
+
+def _query(cells, spots, reference):
+    cellvi.SCVI.setup_anndata(reference, batch_key="batch")
+    ref = _fit(cellvi.SCVI(reference, n_latent=3))
+    query = cellvi.SCVI.prepare_query_anndata(spots, ref)  # 73 of the 80 genes: 7 filled with zeros
+    assert not query.isbacked
+    model = _fit(cellvi.SCVI.load_query_data(query, ref))
+    return model, model.get_latent_representation()
+
+
+@pytest.mark.parametrize("fit", [_cellassign, _destvi, _stereoscope, _query])
+def test_models_that_pick_genes_read_them_from_disk(tmp_path, fit):
+    # Each model reads only some of the file's genes: markers, the genes shared with the
+    # spots or with a reference. On disk they stay on disk and give what memory gives.
+    sim = simulate_counts(n_cells=300, n_genes=80)
+    lib = np.asarray(sim.X.sum(1)).ravel()
+    sim.obs["sf"] = lib / lib.mean()
+    sim[:, ::-1].copy().write_h5ad(tmp_path / "cells.h5ad")  # the genes in another order
+    spots = sim[::2, 7:].copy()  # a subset of the genes
+    spots.obs["batch"] = "query_" + spots.obs["batch"]  # new batches (as a query)
+    spots.write_h5ad(tmp_path / "spots.h5ad")
+    results = []
+    for mode in (None, "r"):
+        cells, spots = (anndata.read_h5ad(tmp_path / f, backed=mode) for f in ("cells.h5ad", "spots.h5ad"))
+        cellvi.settings.seed = 0
+        model, values = fit(cells, spots, sim.copy())
+        if mode and fit is not _query:
+            assert isinstance(model._tensors().X, backed.BackedCSR)
+        results.append(values)
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_peakvi_trains_on_disk_as_in_memory(tmp_path):
+    sim = simulate_counts(n_cells=300, n_genes=80)
+    sim.write_h5ad(tmp_path / "peaks.h5ad")
+    results = []
+    for mode in (None, "r"):
+        adata = anndata.read_h5ad(tmp_path / "peaks.h5ad", backed=mode)
+        with pytest.warns(UserWarning, match="holds counts"):  # said at setup, read block by block
+            cellvi.PEAKVI.setup_anndata(adata, batch_key="batch")
+        cellvi.settings.seed = 0
+        model = _fit(cellvi.PEAKVI(adata))
+        results.append((model.get_latent_representation(), model.get_normalized_accessibility().to_numpy()))
+    assert isinstance(model._tensors().X, backed.BackedCSR)
+    for on_disk, in_memory in zip(results[1], results[0]):
+        np.testing.assert_allclose(on_disk, in_memory, rtol=1e-5, atol=1e-6)
