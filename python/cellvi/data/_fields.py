@@ -189,22 +189,16 @@ def _checked_backed(dataset, source: str, obs_names, values: str, features: str)
     return check_blocks(matrix, check)
 
 
-def _open_per_cell(X: sp.csr_matrix) -> np.ndarray:
-    """Open entries (> 0) of each cell of binary data."""
-    n_open = np.diff(X.indptr)  # unless some stored values are 0
-    if X.data.size and not X.data.min() > 0:
-        rows = np.repeat(np.arange(X.shape[0]), n_open)
-        n_open = np.bincount(rows[X.data > 0], minlength=X.shape[0])
-    return n_open
-
-
 def _check_binary(X: sp.csr_matrix, source: str, obs_names, features: str, n_rows: int | None = None,
                   n_open_before: int = 0) -> int:
     """Binary data (open where > 0): refuse cells with nothing open, and a matrix with nothing
     closed (every entry non-zero, e.g. all values equal), which cannot be such data. ``X``
     may be a block of rows (of ``n_rows`` in all, after ``n_open_before`` open entries);
     returns the open entries so far."""
-    n_open = _open_per_cell(X)
+    n_open = np.diff(X.indptr)  # open entries per cell, unless some stored values are 0
+    if X.data.size and not X.data.min() > 0:
+        rows = np.repeat(np.arange(X.shape[0]), n_open)
+        n_open = np.bincount(rows[X.data > 0], minlength=X.shape[0])
     empty = np.flatnonzero(n_open == 0)
     if empty.size:
         names = np.asarray(obs_names)[empty] if obs_names is not None else empty
