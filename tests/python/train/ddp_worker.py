@@ -13,10 +13,20 @@ import cellvi  # noqa: E402
 from helpers import simulate_counts  # noqa: E402
 
 out_dir, batch_size, max_epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+backed_path = sys.argv[4] if len(sys.argv) > 4 else None  # an h5ad read backed, in small windows
 torch.set_num_threads(1)
 cellvi.settings.progress_bar = False
 cellvi.settings.seed = 0
-adata = simulate_counts(n_cells=300, n_genes=60, batch_strength=0.3)
+if backed_path is None:
+    adata = simulate_counts(n_cells=300, n_genes=60, batch_strength=0.3)
+else:
+    import anndata
+
+    import cellvi.data._backed as backed
+
+    backed.BLOCK_CELLS = 16
+    cellvi.settings.backed_window_cells = 96  # several windows per epoch, read on every rank
+    adata = anndata.read_h5ad(backed_path, backed="r")
 cellvi.SCVI.setup_anndata(adata, batch_key="batch")
 model = cellvi.SCVI(adata, n_latent=5)
 if os.environ["RANK"] == "1":  # a different start on rank 1: training must begin from rank 0's
