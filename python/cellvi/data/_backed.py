@@ -62,10 +62,9 @@ def row_blocks(X, columns=None):
     """(first row, CSR) of consecutive row blocks covering a CSR matrix in memory (one block)
     or on disk (:class:`BackedCSR`, read block by block), with only ``columns`` (positions, in
     that order; default all): whole-matrix statistics that hold one block at a time."""
-    if isinstance(X, BackedCSR):
-        yield from (X if columns is None else X.select_columns(columns)).row_blocks()
-    else:
-        yield 0, X if columns is None else X[:, np.asarray(columns)]
+    if columns is not None:
+        X = select_columns(X, columns)
+    yield from X.row_blocks() if isinstance(X, BackedCSR) else [(0, X)]
 
 
 def select_columns(X, columns):
@@ -129,8 +128,8 @@ class BackedCSR:
         columns = np.asarray(columns, dtype=np.int64)
         if self._columns is not None:
             columns = self._columns[columns]
-        out = BackedCSR.__new__(BackedCSR)
-        out.__dict__.update({k: v for k, v in self.__dict__.items()})  # the file's arrays and its lock
+        out = BackedCSR.__new__(BackedCSR)  # not copy.copy: that would pickle (refused below)
+        out.__dict__.update(self.__dict__)  # the file's arrays and its lock, shared
         out._pool, out._windows, out._current, out._pending = None, [], None, None
         out._columns, out.shape = columns, (self.shape[0], int(columns.size))
         return out

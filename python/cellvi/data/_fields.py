@@ -148,7 +148,7 @@ def _matrix_expression(source: str) -> str:
     return "adata.X" if source == "adata.X" else f"adata.layers[{source[len('layer '):]}]"
 
 
-def open_backed(dataset, source: str, values: str = "counts", columns=None) -> BackedCSR:
+def open_backed(dataset, source: str, columns=None) -> BackedCSR:
     """The on-disk matrix of a backed AnnData, read as rows (only ``columns``, positions, when
     given), unchecked; a clear error where it cannot be (a CSC file)."""
     if getattr(dataset, "format", "csr") != "csr":
@@ -173,7 +173,7 @@ def check_blocks(matrix: BackedCSR, check) -> BackedCSR:
 def _checked_backed(dataset, source: str, obs_names, values: str, features: str) -> BackedCSR:
     """An on-disk count matrix, checked as :func:`check_counts` checks one in memory."""
     obs_names = pd.Index(obs_names)
-    matrix = open_backed(dataset, source, values)
+    matrix = open_backed(dataset, source)
     if 0 in matrix.shape:  # no blocks to read: refused as in memory
         check_counts(sp.csr_matrix(matrix.shape, dtype=np.float32), source, obs_names, values, features)
     if values != "binary":

@@ -61,7 +61,7 @@ class GeneSelectionField(LayerField):
         X, source = self._source(adata)
         pos = self.columns(adata.var_names)
         if is_backed_matrix(X):  # stays on disk: only the chosen genes are kept of each block read
-            return check_blocks(open_backed(X, source, self.values, pos),
+            return check_blocks(open_backed(X, source, pos),
                                 lambda _, block: check_values(block.data, source, self.values, VALUES_FIX))
         if pos is not None:
             X = X[:, pos]
