@@ -137,25 +137,33 @@ class DeviceData:
         return len(indices)
 
     def epoch_minibatches(self, indices, batch_size: int, generator: torch.Generator | None = None,
-                          min_cells: int = 2) -> list:
+                          min_cells: int = 2, part: int = 0, n_parts: int = 1) -> list:
         """One training epoch's minibatches of ``indices``: shuffled with ``generator``, in
         order without it; a last minibatch of fewer than ``min_cells`` cells joins the one
-        before (see :func:`split_minibatches`). With an on-disk count matrix and more cells
-        than ``settings.backed_window_cells``, shuffled window by window (see
-        :mod:`cellvi.data._backed`); each window is read ahead while the one before trains."""
+        before (see :func:`split_minibatches`). With ``n_parts`` > 1 (data parallelism), only
+        slice ``part`` of each minibatch (see :meth:`shard`). With an on-disk count matrix and
+        more cells than ``settings.backed_window_cells``, shuffled window by window (see
+        :mod:`cellvi.data._backed`); each window is read ahead while the one before trains,
+        and only the rows of this part's slices are read."""
         def split(cells, size, shuffle=False):
             return split_minibatches(cells, size, shuffle, generator, min_last=min_cells)
 
         if not self.backed or generator is None:
-            return split(indices, batch_size, generator is not None)
-        if len(indices) <= settings.backed_window_cells:  # one window: the in-memory order
+            batches, windows = split(indices, batch_size, generator is not None), None
+        elif len(indices) <= settings.backed_window_cells:  # one window: the in-memory order
             batches, windows = split(indices, batch_size, True), [np.asarray(indices)]
         else:
             batches, windows = window_minibatches(indices, batch_size, generator, settings.backed_window_cells,
                                                   split)
-        for store in self.sparse.values():
-            if store.backed:
-                store.csr.plan(windows)
+        if n_parts > 1:
+            batches = [self.shard(b, part, n_parts) for b in batches]
+            if windows is not None:  # each process reads its own cells only
+                mine = torch.cat(batches).numpy() if batches else np.zeros(0, dtype=np.int64)
+                windows = [w[np.isin(w, mine)] for w in windows]
+        if windows is not None:
+            for store in self.sparse.values():
+                if store.backed:
+                    store.csr.plan(windows)
         return batches
 
     def release(self) -> None:
@@ -205,7 +213,7 @@ class JointData:
         return [part.minibatch(i) if i is not None and len(i) else None for part, i in zip(self.parts, idx)]
 
     def epoch_minibatches(self, indices, batch_size: int, generator: torch.Generator | None = None,
-                          min_cells: int = 2) -> list:
+                          min_cells: int = 2, part: int = 0, n_parts: int = 1) -> list:
         if any(len(i) == 0 for i in indices):
             raise ValueError(f"every data set needs training cells; got {[len(i) for i in indices]}")
         shuffle = generator is not None
@@ -220,7 +228,8 @@ class JointData:
             while len(batches) < n_steps:  # cycle a smaller data set, a fresh order each pass
                 batches = batches + split(indices[d])
             steps.append(batches[:n_steps])
-        return list(zip(*steps))
+        steps = list(zip(*steps))
+        return steps if n_parts == 1 else [self.shard(step, part, n_parts) for step in steps]
 
     @staticmethod
     def shard(index, part: int, n_parts: int):

@@ -396,11 +396,9 @@ class Trainer:
         data's minibatches, or under data parallelism this rank's slice of each minibatch of
         ``world_size x batch_size`` cells."""
         # every rank's slice of every step needs 2 cells (BatchNorm)
-        steps = self.data.epoch_minibatches(self.train_indices, self.batch_size * self.world_size, generator,
-                                            min_cells=2 * self.world_size)
-        if self.dist is None:
-            return steps
-        return [self.data.shard(step, self.dist.rank, self.world_size) for step in steps]
+        return self.data.epoch_minibatches(self.train_indices, self.batch_size * self.world_size, generator,
+                                           min_cells=2 * self.world_size,
+                                           part=0 if self.dist is None else self.dist.rank, n_parts=self.world_size)
 
     def _trained_parameters(self) -> list:
         return [p for group in self.optimizer.param_groups for p in group["params"]]

@@ -25,8 +25,16 @@ else:
     import cellvi.data._backed as backed
 
     backed.BLOCK_CELLS = 16
-    cellvi.settings.backed_window_cells = 96  # several windows per epoch, read on every rank
+    cellvi.settings.backed_window_cells = 96  # several windows per epoch
     adata = anndata.read_h5ad(backed_path, backed="r")
+    planned = []  # per epoch, the rows of the windows this rank reads
+    plan = backed.BackedCSR.plan
+
+    def record_plan(self, windows):
+        planned.append(sorted(int(i) for w in windows for i in w))
+        plan(self, windows)
+
+    backed.BackedCSR.plan = record_plan
 cellvi.SCVI.setup_anndata(adata, batch_key="batch")
 model = cellvi.SCVI(adata, n_latent=5)
 if os.environ["RANK"] == "1":  # a different start on rank 1: training must begin from rank 0's
@@ -54,6 +62,7 @@ torch.manual_seed(0)
 elbo = model.get_elbo(indices=model.validation_indices)
 with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
     json.dump({"history": model.history.to_dict(orient="list"), "elbo": float(elbo), "seed": cellvi.settings.seed,
-               "validation": [int(i) for i in model.validation_indices]}, f)
+               "validation": [int(i) for i in model.validation_indices],
+               "planned": planned if backed_path is not None else None}, f)
 torch.distributed.barrier()  # every rank done before the group goes (gloo can abort otherwise)
 torch.distributed.destroy_process_group()
