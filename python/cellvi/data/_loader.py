@@ -144,7 +144,7 @@ class DeviceData:
         slice ``part`` of each minibatch (see :meth:`shard`). With an on-disk count matrix and
         more cells than ``settings.backed_window_cells``, shuffled window by window (see
         :mod:`cellvi.data._backed`); each window is read ahead while the one before trains,
-        and only the rows of this part's slices are read."""
+        and only the rows of this part's slices are kept."""
         def split(cells, size, shuffle=False):
             return split_minibatches(cells, size, shuffle, generator, min_last=min_cells)
 
@@ -157,7 +157,7 @@ class DeviceData:
                                                   split)
         if n_parts > 1:
             batches = [self.shard(b, part, n_parts) for b in batches]
-            if windows is not None:  # each process reads its own cells only
+            if windows is not None:  # each process holds its own cells only
                 mine = torch.cat(batches).numpy() if batches else np.zeros(0, dtype=np.int64)
                 windows = [w[np.isin(w, mine)] for w in windows]
         if windows is not None:
