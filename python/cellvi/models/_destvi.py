@@ -61,6 +61,12 @@ class DestVI(BaseModel):
     - No data augmentation from the prior and no per-type mixture of states (scvi-tools
       1.4.2 additions, not in the study).
 
+    Each training step decodes every spot of the minibatch under every cell type over all
+    shared genes, so time grows with genes x cell types: the defaults (2,000 epochs) took
+    ~1.5 min for 500 spots at 134 genes and ~20 min at 10,237 genes on 2 CPU cores (14 and
+    11 types). Training on a few thousand informative genes (e.g. highly variable genes of
+    the reference that the spots share) keeps it short.
+
     Parameters
     ----------
     adata
