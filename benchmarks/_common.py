@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -92,6 +93,14 @@ def git_commit() -> str:
 
 def fmt(value, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
+
+
+def median_range(values, spec: str = ".3f") -> str:
+    """``median [min, max]`` of the values that are there (None and NaN left out; "-" if none)."""
+    values = [v for v in values if v is not None and v == v]
+    if not values:
+        return "-"
+    return f"{statistics.median(values):{spec}} [{min(values):{spec}}, {max(values):{spec}}]"
 
 
 def interpreter_path() -> str:

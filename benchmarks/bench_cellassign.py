@@ -17,7 +17,7 @@ type's markers (no training).
 ``--data zeisel``: a check on other data (mouse cortex, zeisel_cortex_200genes.h5ad, 7 types
 in ``level1class``, 200 random genes: no textbook markers). Markers are found on half of each
 type's cells (the 3 genes whose mean log-normalised expression most exceeds their highest
-mean in any other type) and every method is scored on the other half (1,505 cells).
+mean in any other type) and every method is scored on the other half (1,504 cells).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, emit_result, record_section, run_per_seed, scvi_for_worker  # noqa: E402
+from _common import ROOT, emit_result, median_range, record_section, run_per_seed, scvi_for_worker  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "kang_se_12261.h5ad"
 ZEISEL = ROOT.parent / "shared" / "data" / "zeisel_cortex_200genes.h5ad"
@@ -67,7 +67,6 @@ def load_zeisel(n_markers: int = 3):
     import pandas as pd
 
     adata = anndata.read_h5ad(ZEISEL)
-    X = np.asarray(adata.X.todense() if hasattr(adata.X, "todense") else adata.X, dtype=np.float64)
     truth = adata.obs["level1class"].astype(str).to_numpy()
     types = sorted(set(truth))
     rng = np.random.default_rng(0)
@@ -75,7 +74,7 @@ def load_zeisel(n_markers: int = 3):
     for t in types:
         cells = rng.permutation(np.flatnonzero(truth == t))
         discovery[cells[: cells.size // 2]] = True
-    logn = np.log1p(X / X.sum(1, keepdims=True) * 1e4)
+    logn = log_normalised(adata)
     means = np.stack([logn[discovery & (truth == t)].mean(0) for t in types])
     chosen = {t: adata.var_names[np.argsort(-(means[i] - np.delete(means, i, axis=0).max(0)))[:n_markers]]
               for i, t in enumerate(types)}
@@ -98,11 +97,18 @@ def scores(pred, truth, types) -> dict:
             "ceiling": float((truth != "other").mean())}
 
 
-def marker_score(adata, markers):
+def log_normalised(adata):
+    """log1p of counts per 10,000 (dense, float64)."""
     import numpy as np
 
     X = np.asarray(adata.X.todense() if hasattr(adata.X, "todense") else adata.X, dtype=np.float64)
-    logn = np.log1p(X / X.sum(1, keepdims=True) * 1e4)
+    return np.log1p(X / X.sum(1, keepdims=True) * 1e4)
+
+
+def marker_score(adata, markers):
+    import numpy as np
+
+    logn = log_normalised(adata)
     z = logn[:, [adata.var_names.get_loc(g) for g in markers.index]]
     z = (z - z.mean(0)) / z.std(0)
     per_type = z @ markers.to_numpy() / markers.to_numpy().sum(0)
@@ -185,16 +191,15 @@ def main(argv=None) -> int:
                   if (s, "scvi") in runs and (s, "cellvi") in runs]
         summary = [
             f"| {ZEISEL_KEY}: zeisel cortex, 3 markers per type found on the other half of the cells, defaults "
-            f"(a check on other data; no target) | accuracy cellvi {statistics.median(acc):.3f} [{min(acc):.3f}, "
-            f"{max(acc):.3f}], scvi-tools {statistics.median(ref_acc):.3f} [{min(ref_acc):.3f}, {max(ref_acc):.3f}] "
-            f"over {len(acc)} seeds (cellvi minus scvi-tools per seed {', '.join(f'{d:+.3f}' for d in paired)}); "
+            f"(a check on other data; no target) | accuracy cellvi {median_range(acc)}, scvi-tools "
+            f"{median_range(ref_acc)} over {len(acc)} seeds (cellvi minus scvi-tools per seed {', '.join(f'{d:+.3f}' for d in paired)}); "
             f"marker score {baseline['accuracy']:.3f} | "
             + ("cellvi ahead of scvi-tools in every seed" if paired and min(paired) > 0 else "mixed") + " |",
         ] if ours and ref else []
     else:
         summary = [
             f"| {SUMMARY_KEYS[0]} on kang with the issue's markers, all cells, defaults >= 0.75 (aim > marker score) | "
-            f"cellvi {statistics.median(acc):.3f} [{min(acc):.3f}, {max(acc):.3f}] over {len(acc)} seeds; scvi-tools "
+            f"cellvi {median_range(acc)} over {len(acc)} seeds; scvi-tools "
             f"{statistics.median([r['accuracy'] for r in ref]):.3f}; marker score {baseline['accuracy']:.3f}; ceiling "
             f"{baseline['ceiling']:.3f} (cells of types with markers) | "
             + ("met" if min(acc) >= 0.75 else "**not met**")

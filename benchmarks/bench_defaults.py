@@ -41,7 +41,6 @@ import argparse
 import datetime as _dt
 import json
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (RESULTS, ROOT, emit_result, fmt, git_commit, interpreter_path,  # noqa: E402
-                     machine_info, run_worker)
+                     machine_info, median_range, run_worker)
 
 DATA = ROOT.parent / "shared" / "data"
 CASES = {
@@ -291,14 +290,6 @@ def confirm(args) -> None:
         record(lines, args, time.perf_counter() - t0)
 
 
-def _median_range(values, spec=".3f") -> str:
-    values = [v for v in values if v is not None and v == v]
-    if not values:
-        return "-"
-    med = statistics.median(values)
-    return f"{med:{spec}} [{min(values):{spec}}, {max(values):{spec}}]"
-
-
 def table(runs) -> list[str]:
     lines = ["| data | method | total | bio | batch | iLISI | held-out log p(x) | seconds |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -311,10 +302,10 @@ def table(runs) -> list[str]:
     for case, tool, setting in keys:
         rs = [r for r in runs if (r["case"], r["tool"], r["setting"]) == (case, tool, setting)]
         method = names[tool] + ("" if setting == "-" else f" {setting}")
-        lines.append(f"| {case} | {method} ({len(rs)} seeds) | {_median_range([r['total'] for r in rs])} | "
-                     f"{_median_range([r['bio'] for r in rs])} | {_median_range([r.get('batch') for r in rs])} | "
-                     f"{_median_range([r['ilisi'] for r in rs])} | "
-                     f"{_median_range([r.get('log_px') for r in rs], '.2f')} | {_median_range([r['seconds'] for r in rs], '.0f')} |")
+        lines.append(f"| {case} | {method} ({len(rs)} seeds) | {median_range([r['total'] for r in rs])} | "
+                     f"{median_range([r['bio'] for r in rs])} | {median_range([r.get('batch') for r in rs])} | "
+                     f"{median_range([r['ilisi'] for r in rs])} | "
+                     f"{median_range([r.get('log_px') for r in rs], '.2f')} | {median_range([r['seconds'] for r in rs], '.0f')} |")
     return lines
 
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, emit_result, record_section, run_per_seed  # noqa: E402
+from _common import ROOT, emit_result, median_range, record_section, run_per_seed  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SEQ = DATA / "spacexr_merfish_reference_1308.h5ad"
@@ -110,10 +110,6 @@ def worker(tool: str, seed: int, threads: int, epochs: int, n_held: int) -> None
     emit_result({"version": version, "train_s": train_s, "held": held, **correlations(imputed, measured)})
 
 
-def _range(values) -> str:
-    return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0,1,2")
@@ -162,9 +158,9 @@ def main(argv=None) -> int:
                  if (s, "scvi") in runs and (s, "cellvi") in runs]
         summary = [
             f"| {SUMMARY_KEYS[0]} of held-out MERFISH genes, at least as good as scvi-tools (same seeds and epochs) | "
-            f"median Spearman over {args.held_out} held-out genes: cellvi {_range(ours_sp)}, scvi-tools "
-            f"{_range(ref_sp)} (median [range] over {len(ours_sp)} seeds); Pearson cellvi "
-            f"{_range([r['median_pearson'] for r in ours])}, scvi-tools {_range([r['median_pearson'] for r in ref])} | "
+            f"median Spearman over {args.held_out} held-out genes: cellvi {median_range(ours_sp)}, scvi-tools "
+            f"{median_range(ref_sp)} (median [range] over {len(ours_sp)} seeds); Pearson cellvi "
+            f"{median_range([r['median_pearson'] for r in ours])}, scvi-tools {median_range([r['median_pearson'] for r in ref])} | "
             + ("met" if statistics.median(diffs) >= 0 else "**not met**")
             + f": per seed, cellvi minus scvi-tools {', '.join(f'{d:+.3f}' for d in diffs)} (median Spearman) |",
             f"| {SUMMARY_KEYS[1]} time vs scvi-tools ({args.epochs} epochs) | train() "

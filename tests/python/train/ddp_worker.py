@@ -27,7 +27,7 @@ else:
     backed.BLOCK_CELLS = 16
     cellvi.settings.backed_window_cells = 96  # several windows per epoch
     adata = anndata.read_h5ad(backed_path, backed="r")
-    planned = []  # per epoch, the rows of the windows this rank reads
+    planned = []  # per epoch, the rows of the windows this rank holds
     plan = backed.BackedCSR.plan
 
     def record_plan(self, windows):

@@ -35,7 +35,7 @@ def ddp_run(tmp_path_factory):
 
 def test_backed_data_in_several_windows_train_alike_on_every_rank(ddp_run, tmp_path):
     # Data larger than memory on several processes: every rank takes its slice of each
-    # minibatch and reads only those cells; the ranks stay identical step by step.
+    # minibatch and holds only those cells; the ranks stay identical step by step.
     path = tmp_path / "sim.h5ad"
     simulate_counts(n_cells=300, n_genes=60, batch_strength=0.3).write_h5ad(path)
     out, (r0, r1) = torchrun(tmp_path, str(path))
@@ -43,7 +43,7 @@ def test_backed_data_in_several_windows_train_alike_on_every_rank(ddp_run, tmp_p
     assert w0.shape[0] == EPOCHS * 5  # the in-memory run's steps (whole minibatches per window)
     np.testing.assert_array_equal(w0, w1)
     assert r0["history"] == r1["history"]
-    # Each epoch the ranks read disjoint cells that together are the training cells.
+    # Each epoch the ranks hold disjoint cells that together are the training cells.
     training = sorted(set(range(300)) - set(r0["validation"]))
     assert len(r0["planned"]) == len(r1["planned"]) == EPOCHS
     for rows0, rows1 in zip(r0["planned"], r1["planned"]):
