@@ -162,9 +162,14 @@ class DestVAE(BaseModule):
         """Each type's normalised expression at its state (spots x K x genes)."""
         m = gamma.shape[0]
         y = torch.arange(self.n_labels, device=gamma.device).repeat(m)
-        batch = torch.full_like(y, self.reference_batch)
-        logits = self.decoder.logits(gamma.reshape(m * self.n_labels, self.n_latent), y, batch)
-        return torch.softmax(logits.reshape(m, self.n_labels, -1) + self.beta, dim=-1)
+        cats = [y] + ([torch.full_like(y, self.reference_batch)] if self.decoder.n_batch > 1 else [])
+        h = self.decoder.hidden(gamma.reshape(m * self.n_labels, self.n_latent), cats)
+        # Every spot holds every type, so the decoder's output bias, its per-type bias and beta
+        # make one types x genes bias, added once: spots x types x genes is the step's
+        # largest tensor, and each pass over it costs about as much as the product.
+        bias = self.decoder.per_ct_bias + self.decoder.output.bias + self.beta
+        logits = torch.matmul(h, self.decoder.output.weight.t()).view(m, self.n_labels, -1) + bias
+        return torch.softmax(logits, dim=-1)
 
     def generative(self, gamma, v, library) -> dict:
         r = self.type_profiles(gamma)
