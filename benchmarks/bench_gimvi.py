@@ -16,7 +16,7 @@ fresh process, ``--threads`` torch threads).
 ``--data zeisel`` / ``--data kang``: a check on other data, a pair made from one single-cell
 data set (zeisel_cortex_200genes, kang_se_12261) as no second FISH pair is at hand. Per seed
 the cells are split in halves: one is the reference (every gene), the other plays the spatial
-data. Its panel is ``PANEL[data]`` random genes among those detected in at least 5% of the
+data. Its panel is ``DERIVED[data][1]`` random genes among those detected in at least 5% of the
 cells, each thinned binomially with its own capture rate drawn from U(0.3, 1) (a technology
 shift, as between sequencing and FISH); ``--held-out`` panel genes are removed and scored
 against their thinned counts, on the same scale as above.
@@ -75,9 +75,9 @@ def load_derived(data: str, seed: int, n_held: int):
 
     path, n_panel = DERIVED[data]
     adata = anndata.read_h5ad(path)
-    X = sp.csr_matrix(adata.X)
-    adata = adata[np.asarray(X.sum(1)).ravel() > 0]
     X = sp.csr_matrix(adata.X).astype(np.float32)
+    counted = np.asarray(X.sum(1)).ravel() > 0
+    adata, X = adata[counted], X[counted]
     rng = np.random.default_rng(seed)
     cells = rng.permutation(adata.n_obs)
     seq_cells, spatial_cells = np.sort(cells[: adata.n_obs // 2]), np.sort(cells[adata.n_obs // 2:])
@@ -196,10 +196,11 @@ def main(argv=None) -> int:
     ref = [r for (s, t), r in sorted(runs.items()) if t == "scvi"]
     ratios = [runs[(s, "scvi")]["train_s"] / runs[(s, "cellvi")]["train_s"] for s in seeds
               if (s, "scvi") in runs and (s, "cellvi") in runs]
+    # per seed: cellvi's median Spearman against scvi-tools' (the same held-out genes)
+    diffs = [runs[(s, "cellvi")]["median_spearman"] - runs[(s, "scvi")]["median_spearman"] for s in seeds
+             if (s, "scvi") in runs and (s, "cellvi") in runs]
     summary = []
     if ours and ref and args.data != "merfish":
-        diffs = [runs[(s, "cellvi")]["median_spearman"] - runs[(s, "scvi")]["median_spearman"] for s in seeds
-                 if (s, "scvi") in runs and (s, "cellvi") in runs]
         key = f"{OTHER_DATA_KEY}: {args.data}"
         summary = [
             f"| {key} (a pair made from one data set: half the cells as the reference, {DERIVED[args.data][1]} "
@@ -211,9 +212,6 @@ def main(argv=None) -> int:
             + " |"]
     elif ours and ref:
         ours_sp, ref_sp = [r["median_spearman"] for r in ours], [r["median_spearman"] for r in ref]
-        # per seed: cellvi's median Spearman against scvi-tools' (the same held-out genes)
-        diffs = [runs[(s, "cellvi")]["median_spearman"] - runs[(s, "scvi")]["median_spearman"] for s in seeds
-                 if (s, "scvi") in runs and (s, "cellvi") in runs]
         summary = [
             f"| {SUMMARY_KEYS[0]} of held-out MERFISH genes, at least as good as scvi-tools (same seeds and epochs) | "
             f"median Spearman over {args.held_out} held-out genes: cellvi {median_range(ours_sp)}, scvi-tools "

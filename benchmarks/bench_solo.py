@@ -110,13 +110,6 @@ def worker(variant: str, seed: int, threads: int, data: str) -> None:
                  "scvi_s": scvi_s, "solo_s": solo_s})
 
 
-def cellvi_at_least_equal(runs, seeds) -> bool:
-    """Whether cellvi (nb scVI) is at least scvi-tools' on the median AUROC and average precision."""
-    def median(variant, key):
-        return statistics.median([runs[(s, variant)][key] for s in seeds if (s, variant) in runs])
-    return all(median("cellvi-nb", k) >= median("scvi", k) for k in ("auroc", "ap"))
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default="0,1,2")
@@ -150,8 +143,11 @@ def main(argv=None) -> int:
                              f"{r.get('busy_cores', float('nan')):.2f}"])
     table = ["| " + " | ".join(r) + " |" for r in rows]
 
+    def values(variant, key):
+        return [runs[(s, variant)][key] for s in seeds if (s, variant) in runs]
+
     def stat(variant, key):
-        vals = [runs[(s, variant)][key] for s in seeds if (s, variant) in runs]
+        vals = values(variant, key)
         return (statistics.median(vals), min(vals), max(vals)) if vals else None
 
     summary = []
@@ -160,16 +156,13 @@ def main(argv=None) -> int:
         summary = [
             f"| {OTHER_DATA_KEY}: {args.data} ({N_DOUBLETS} doublets made by summing two cells among "
             f"{N_SINGLETS:,} singlets; a check, no target) | AUROC cellvi nb "
-            + median_range([runs[(s, "cellvi-nb")]["auroc"] for s in seeds if (s, "cellvi-nb") in runs])
-            + ", zinb " + median_range([runs[(s, "cellvi-zinb")]["auroc"] for s in seeds if (s, "cellvi-zinb") in runs])
-            + ", scvi-tools " + median_range([runs[(s, "scvi")]["auroc"] for s in seeds if (s, "scvi") in runs])
-            + "; average precision cellvi nb "
-            + median_range([runs[(s, "cellvi-nb")]["ap"] for s in seeds if (s, "cellvi-nb") in runs])
-            + ", scvi-tools " + median_range([runs[(s, "scvi")]["ap"] for s in seeds if (s, "scvi") in runs])
-            + f"; called doublets (true share {share:.3f}) cellvi nb "
-            + median_range([runs[(s, "cellvi-nb")]["called"] for s in seeds if (s, "cellvi-nb") in runs])
-            + ", scvi-tools " + median_range([runs[(s, "scvi")]["called"] for s in seeds if (s, "scvi") in runs])
-            + " | " + ("cellvi nb at least equal on AUROC and AP" if cellvi_at_least_equal(runs, seeds) else "mixed") + " |"]
+            f"{median_range(values('cellvi-nb', 'auroc'))}, zinb {median_range(values('cellvi-zinb', 'auroc'))}, "
+            f"scvi-tools {median_range(values('scvi', 'auroc'))}; average precision cellvi nb "
+            f"{median_range(values('cellvi-nb', 'ap'))}, scvi-tools {median_range(values('scvi', 'ap'))}; "
+            f"called doublets (true share {share:.3f}) cellvi nb {median_range(values('cellvi-nb', 'called'))}, "
+            f"scvi-tools {median_range(values('scvi', 'called'))} | "
+            + ("cellvi nb at least equal on AUROC and AP"
+               if all(stat("cellvi-nb", k)[0] >= stat("scvi", k)[0] for k in ("auroc", "ap")) else "mixed") + " |"]
     elif stat("cellvi-nb", "auroc") and stat("scvi", "auroc"):
         a, az, s = stat("cellvi-nb", "auroc"), stat("cellvi-zinb", "auroc"), stat("scvi", "auroc")
         ap, apz, aps = stat("cellvi-nb", "ap"), stat("cellvi-zinb", "ap"), stat("scvi", "ap")

@@ -193,10 +193,10 @@ def retained_heap():
     spots x types x genes). glibc hands blocks above its mmap threshold back to the kernel
     when they are freed and trims the heap's free top, so with thousands of genes every step
     faulted its memory in afresh: 8-25 MiB of page faults per step, a fifth of a totalVI
-    step or of scVI's on 9,000 genes (RESULTS.md). Inside, blocks up to 32 MiB come from the heap and what is
-    freed stays there for the next step. On leaving, the free memory goes back to the
-    kernel (``malloc_trim``) and the trim threshold is left at twice the mmap threshold:
-    the state glibc's adaptive rule itself reaches after freeing a 32 MiB block.
+    step or of scVI's on 9,000 genes (RESULTS.md). Inside, blocks up to 32 MiB come from the
+    heap and what is freed stays there for the next step. On leaving, the free memory goes
+    back to the kernel (``malloc_trim``) and the trim threshold is left at twice the mmap
+    threshold: the state glibc's adaptive rule itself reaches after freeing a 32 MiB block.
     """
     global _retained_heap_depth
     lib = _glibc() if _retained_heap_depth == 0 else None
