@@ -153,11 +153,12 @@
 #' per-gene factor for the difference between the platforms. The genes the spots share with
 #' the reference are used (an error gives their count when there are fewer than 10).
 #'
-#' The proportions (non-negative, summing to 1 over the cell types in each spot) become
-#' metadata columns `prop.<cell type>` and an assay `assay.name` (cell types x spots; the
-#' assay's feature names have dashes for underscores, as Seurat wants), so that
-#' `Seurat::SpatialFeaturePlot()`, `Seurat::FeaturePlot()` or [plot_proportions()] can draw
-#' them. The two models are saved to `model_dir` (`reference/`, `spatial/`) and recorded in
+#' The proportions (non-negative, summing to 1 over the cell types in each spot; shares of the
+#' spot's cells: each type's share of the counts divided by its mean count per cell in the
+#' reference) become metadata columns `prop.<cell type>` and an assay `assay.name` (cell
+#' types x spots; the assay's feature names have dashes for underscores, as Seurat wants), so
+#' that `Seurat::SpatialFeaturePlot()`, `Seurat::FeaturePlot()` or [plot_proportions()] can
+#' draw them. The two models are saved to `model_dir` (`reference/`, `spatial/`) and recorded in
 #' `Misc(object, "cellvi")$destvi`; load them with [load_cellvi_model()] to ask DestVI for more
 #' (`get_gamma()`: each type's state in each spot; `get_scale_for_ct()`: a type's expression
 #' in each spot).
@@ -251,15 +252,17 @@ runDestVI <- function(x, reference, labels_key, assay.type = "counts",
 #' Stereoscope (Andersson et al. 2020) learns each cell type's negative-binomial parameters
 #' from a labelled single-cell reference (RNAStereoscope), then each spot's loadings on them
 #' (SpatialStereoscope): a spot's counts are those of a sum of cells, with a per-gene platform
-#' factor and a noise profile. The results are written as by [RunDestVI()] (metadata columns
-#' `prop.<cell type>`, an assay `assay.name`); the models are recorded in
-#' `Misc(object, "cellvi")$stereoscope`.
+#' factor and a noise profile. The proportions are each type's share of the spot's counts (as
+#' in the Stereoscope paper; [RunDestVI()]'s are shares of cells). They are written as by
+#' [RunDestVI()] (metadata columns `prop.<cell type>`, an assay `assay.name`); the models are
+#' recorded in `Misc(object, "cellvi")$stereoscope`.
 #'
 #' @param max_epochs SpatialStereoscope's training epochs (400 as in scvi-tools).
 #' @param reference_max_epochs RNAStereoscope's training epochs (100: it starts at each type's
 #'   mean expression).
 #' @param batch_size Spots per minibatch.
-#' @param lr The learning rate of both models' training.
+#' @param lr SpatialStereoscope's learning rate (the reference trains at its own default,
+#'   0.01).
 #' @param prior_weight `"n_obs"`: the prior of the noise profile counts once per data set;
 #'   `"minibatch"`: once per minibatch.
 #' @inheritParams RunDestVI
@@ -321,8 +324,19 @@ runStereoscope <- function(x, reference, labels_key, assay.type = "counts",
   cells <- rownames(meta)
   pick <- function(m, what) {
     m <- as.data.frame(m)
+    # SeuratObject 5's image coordinates name their spots in a column `cell`
+    if ("cell" %in% colnames(m) && !anyDuplicated(m$cell)) {
+      rownames(m) <- as.character(m$cell)
+      m$cell <- NULL
+    }
     if (ncol(m) < 2) stop(what, " must have two columns (x, y)", call. = FALSE)
-    if (is.null(rownames(m)) || !all(cells %in% rownames(m))) {
+    if (!all(cells %in% rownames(m))) {
+      # Rows are taken in the spots' order only when nothing names them (automatic row
+      # names); rows named otherwise would be matched to the wrong spots.
+      if (.row_names_info(m) > 0) {
+        stop(what, " has row names that are not the spots' names (missing: ",
+             .show_some(setdiff(cells, rownames(m))), ")", call. = FALSE)
+      }
       if (nrow(m) != length(cells)) {
         stop(what, " must have a row per spot (", length(cells), "), named by spot", call. = FALSE)
       }
@@ -340,7 +354,10 @@ runStereoscope <- function(x, reference, labels_key, assay.type = "counts",
   }
   if (!is.null(coords)) return(pick(coords, "`coords`"))
   if (inherits(object, "Seurat") && length(SeuratObject::Images(object))) {
-    tissue <- SeuratObject::GetTissueCoordinates(object)
+    # every image's spots (an object of several slices has one image per slice)
+    tissue <- do.call(rbind, lapply(SeuratObject::Images(object), function(image) {
+      as.data.frame(SeuratObject::GetTissueCoordinates(object, image = image))
+    }))
     # Visium images: columns imagerow, imagecol; the row grows downwards.
     if (all(c("imagerow", "imagecol") %in% colnames(tissue))) {
       return(pick(data.frame(tissue$imagecol, -tissue$imagerow, row.names = rownames(tissue)),

@@ -124,3 +124,25 @@ test_that("deconvolution verbs give clear errors", {
     "fewer than 50 spots")
   expect_error(plot_proportions(spots), "no metadata columns starting with 'prop.'")
 })
+
+test_that("plot_proportions matches coordinates to spots by name, never silently by position", {
+  skip_if_no_core()
+  skip_if_not_installed("ggplot2")
+  spots <- cellvi_dataset("lymphnode_visium_small")[, 1:20]
+  spots$prop.B <- seq(0, 1, length.out = 20)
+  spots$prop.T <- 1 - spots$prop.B
+  # SeuratObject 5's image coordinates: x, y and the spot in a column `cell`, any order
+  xy <- data.frame(x = spots$x, y = spots$y, cell = colnames(spots))[20:1, ]
+  rownames(xy) <- NULL
+  b <- plot_proportions(spots, coords = xy)$data
+  b <- b[b$cell_type == "B", ]
+  expect_equal(b$x, unname(spots$x))
+  expect_equal(b$proportion, unname(spots$prop.B))
+  # rows named, but not by spot: an error, not a guess
+  named <- data.frame(x = spots$x, y = spots$y, row.names = paste0("spot", 1:20))
+  expect_error(plot_proportions(spots, coords = named), "row names that are not the spots' names")
+  # unnamed rows, one per spot: taken in the spots' order
+  plain <- cbind(spots$x, spots$y)
+  b <- plot_proportions(spots, coords = plain)$data
+  expect_equal(b$y[b$cell_type == "T"], unname(spots$y))
+})

@@ -10,3 +10,14 @@ test_that("the Python core is found and answers", {
   cv <- cellvi_python_module()
   expect_match(cv$`__version__`, "^[0-9]+\\.[0-9]+")
 })
+
+test_that("the slow-BLAS warning names R's reference BLAS only when that is what R loaded", {
+  expect_true(cellvi:::.tuned_blas("/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"))
+  expect_true(cellvi:::.tuned_blas("/opt/intel/mkl/lib/libmkl_rt.so"))
+  expect_true(cellvi:::.tuned_blas(
+    "/System/Library/Frameworks/Accelerate.framework/Versions/A/Frameworks/vecLib.framework/libBLAS.dylib"))
+  expect_false(cellvi:::.tuned_blas("/usr/lib/x86_64-linux-gnu/blas/libblas.so.3.11.0"))
+  expect_false(cellvi:::.tuned_blas("/usr/lib/R/lib/libRblas.so"))
+  expect_false(cellvi:::.tuned_blas(""))
+  expect_false(cellvi:::.tuned_blas(NULL))
+})

@@ -274,7 +274,15 @@ class SpatialStereoscope(BaseModel):
                              plan_kwargs=plan_kwargs, **kwargs)
 
     def get_proportions(self, keep_noise: bool = False, indices=None) -> pd.DataFrame:
-        """Each spot's cell-type proportions.
+        """Each spot's cell-type proportions: the loadings normalised, i.e. each type's share
+        of the spot's counts (as in scvi-tools and the Stereoscope paper).
+
+        Unlike DestVI's (:meth:`cellvi.DestVI.get_proportions`), they are not turned into
+        shares of cells by dividing each type by its mean count per cell in the reference: on
+        pseudo-spots with known fractions of cells that division made Stereoscope's
+        proportions slightly worse (MERFISH, seeds 0-2: RMSE 0.0891, 0.0843, 0.0867 against
+        0.0886, 0.0844, 0.0862, per-spot Pearson 0.698-0.732 against 0.709-0.741; lymph node,
+        seeds 0-1: RMSE 0.0886, 0.0916 against 0.0872, 0.0910).
 
         Parameters
         ----------
