@@ -121,7 +121,7 @@
 
 .destvi_verb <- .verb(
   "DestVI",
-  model_args = list(vamp_prior_p = .arg_count(), l1_reg = .arg_number(0),
+  model_args = list(vamp_prior_p = .arg_count(null_ok = TRUE), l1_reg = .arg_number(0),
                     amortization = .arg_choice("both", "latent", "proportion", "none")),
   train_args = list(max_epochs = .arg_count(), batch_size = .arg_count(null_ok = TRUE),
                     lr = .arg_number(0), device = .train_spec$device,
@@ -139,7 +139,9 @@
 # CondSCVI's network settings, from the verb's arguments (checked).
 .condscvi_args <- function(a) {
   list(n_latent = .as_count(a$n_latent, "n_latent"), n_hidden = .as_count(a$n_hidden, "n_hidden"),
-       n_layers = .as_count(a$n_layers, "n_layers"))
+       n_layers = .as_count(a$n_layers, "n_layers"),
+       prior = .as_choice(a$reference_prior, "reference_prior", c("normal", "mog")),
+       weight_obs = .as_flag(a$weight_obs, "weight_obs"))
 }
 
 # ---- verbs ---------------------------------------------------------------------------------------
@@ -178,12 +180,17 @@
 #' @param features Genes of the spots to use (default: all; those shared with the reference are
 #'   used).
 #' @param vamp_prior_p Components per cell type of the prior of the states (k-means clusters of
-#'   the reference's cells).
+#'   the reference's cells); `NULL`: a standard normal prior.
 #' @param l1_reg Weight of an L1 penalty on the loadings (larger: sparser proportions).
 #' @param amortization `"both"` (proportions and states from networks of each spot's
 #'   expression), `"latent"`, `"proportion"` or `"none"` (free parameters per spot).
 #' @param n_latent,n_hidden,n_layers The CondSCVI reference's latent dimensions, hidden units
 #'   and hidden layers.
+#' @param reference_prior The CondSCVI reference's prior of its latent space: `"normal"` (a
+#'   standard normal) or `"mog"` (a learned mixture of Gaussians per cell type, which then
+#'   serves as DestVI's prior of the states in place of `vamp_prior_p` clusters).
+#' @param weight_obs Whether CondSCVI weighs each cell by the inverse of its type's frequency
+#'   (rare types count as much as common ones).
 #' @param max_epochs DestVI's training epochs (2000 as in scvi-tools).
 #' @param reference_max_epochs The reference model's training epochs (CondSCVI: 300).
 #' @param batch_size Spots per minibatch (`NULL`: a tenth of the spots, between 1 and 128).
@@ -206,9 +213,10 @@
 #' @export
 RunDestVI <- function(object, reference, labels_key, assay = NULL, reference_assay = NULL,
                       features = NULL, vamp_prior_p = 15, l1_reg = 0, amortization = "both",
-                      n_latent = 5, n_hidden = 128, n_layers = 2, max_epochs = 2000,
-                      reference_max_epochs = 300, batch_size = NULL, lr = 3e-3, device = "auto",
-                      assay.name = "proportions", seed = NULL, model_dir = NULL, verbose = TRUE) {
+                      n_latent = 5, n_hidden = 128, n_layers = 2, reference_prior = "normal",
+                      weight_obs = FALSE, max_epochs = 2000, reference_max_epochs = 300,
+                      batch_size = NULL, lr = 3e-3, device = "auto", assay.name = "proportions",
+                      seed = NULL, model_dir = NULL, verbose = TRUE) {
   .run_verb(.seurat, object, .destvi_verb, environment())
 }
 
@@ -241,9 +249,10 @@ RunDestVI <- function(object, reference, labels_key, assay = NULL, reference_ass
 runDestVI <- function(x, reference, labels_key, assay.type = "counts",
                       reference_assay.type = "counts", features = NULL, vamp_prior_p = 15,
                       l1_reg = 0, amortization = "both", n_latent = 5, n_hidden = 128,
-                      n_layers = 2, max_epochs = 2000, reference_max_epochs = 300,
-                      batch_size = NULL, lr = 3e-3, device = "auto", name = "proportions",
-                      seed = NULL, model_dir = NULL, verbose = TRUE) {
+                      n_layers = 2, reference_prior = "normal", weight_obs = FALSE,
+                      max_epochs = 2000, reference_max_epochs = 300, batch_size = NULL, lr = 3e-3,
+                      device = "auto", name = "proportions", seed = NULL, model_dir = NULL,
+                      verbose = TRUE) {
   .run_verb(.sce, x, .destvi_verb, environment())
 }
 

@@ -146,3 +146,26 @@ test_that("plot_proportions matches coordinates to spots by name, never silently
   b <- plot_proportions(spots, coords = plain)$data
   expect_equal(b$y[b$cell_type == "T"], unname(spots$y))
 })
+
+test_that("RunDestVI passes the reference's prior and cell weights to CondSCVI", {
+  skip_if_no_core()
+  reference <- cellvi_dataset("lymphnode_reference_small")
+  spots <- cellvi_dataset("lymphnode_visium_small")[, 1:60]
+  expect_error(RunDestVI(spots, reference, labels_key = "cell_type", reference_prior = "gauss",
+                         verbose = FALSE), "`reference_prior` must be one of \"normal\", \"mog\"")
+  expect_error(RunDestVI(spots, reference, labels_key = "cell_type", weight_obs = NA,
+                         verbose = FALSE), "`weight_obs` must be TRUE or FALSE")
+  out <- RunDestVI(spots, reference, labels_key = "cell_type", reference_prior = "mog",
+                   weight_obs = TRUE, max_epochs = 2, reference_max_epochs = 2, seed = 0,
+                   verbose = FALSE, model_dir = file.path(tempdir(), "destvi_mog"))
+  record <- SeuratObject::Misc(out, "cellvi")$destvi
+  settings <- reticulate::py_to_r(load_cellvi_model(record$reference_model_dir)$init_kwargs)
+  expect_equal(settings$prior, "mog")
+  expect_true(settings$weight_obs)
+  # vamp_prior_p = NULL: a standard normal prior of the states
+  out <- RunDestVI(spots, reference, labels_key = "cell_type", vamp_prior_p = NULL,
+                   max_epochs = 2, reference_max_epochs = 2, seed = 0, verbose = FALSE,
+                   model_dir = file.path(tempdir(), "destvi_normal"))
+  types <- sort(unique(as.character(reference$cell_type)))
+  expect_equal(unname(rowSums(prop_matrix(out[[]], types))), rep(1, ncol(out)), tolerance = 1e-6)
+})
