@@ -417,7 +417,7 @@ class CellAssign(BaseModel):
         Returns
         -------
         A DataFrame (cells x cell types, rows summing to 1, indexed by cell names), or with
-        ``soft=False`` an array of cell-type names.
+        ``soft=False`` a Series of cell-type names indexed by cell names.
 
         Examples
         --------
@@ -430,6 +430,8 @@ class CellAssign(BaseModel):
             gen = self.module.generative(**self.module.generative_inputs(tensors, {}))
             log_joint.append(gen["log_joint"].cpu())
         probs = torch.softmax(torch.cat(log_joint).double(), dim=-1).numpy()
+        names = self._obs_names(adata, indices)
         if not soft:
-            return np.asarray(self.cell_types, dtype=object)[probs.argmax(axis=1)]
-        return pd.DataFrame(probs, index=self._obs_names(adata, indices), columns=self.cell_types)
+            return pd.Series(np.asarray(self.cell_types, dtype=object)[probs.argmax(axis=1)], index=names,
+                             name="cell_type")
+        return pd.DataFrame(probs, index=names, columns=self.cell_types)
