@@ -281,3 +281,25 @@ test_that("the other models' Seurat verbs run on split v5 objects", {
   expect_s4_class(gimvi[["imputed"]], "Assay5")
   expect_equal(colnames(gimvi[["imputed"]]), colnames(spatial))
 })
+
+test_that("plot_proportions reads the coordinates of every image, matched to spots by name", {
+  skip_unless_v5(core = FALSE)
+  skip_if_not_installed("ggplot2")
+  counts <- matrix(1, 6, 10, dimnames = list(paste0("g", 1:6), paste0("s", 1:10)))
+  spots <- suppressWarnings(SeuratObject::CreateSeuratObject(methods::as(counts, "dgCMatrix")))
+  spots$prop.B <- seq(0, 0.9, by = 0.1)
+  spots$prop.T <- 1 - spots$prop.B
+  # two slices, each image listing its spots in reverse order (x, y and a column `cell`)
+  slice <- function(cells, key) {
+    SeuratObject::CreateFOV(data.frame(x = match(cells, colnames(spots)), y = 0, cell = rev(cells)),
+                            type = "centroids", assay = "RNA", key = key)
+  }
+  suppressWarnings({
+    spots[["slice1"]] <- slice(paste0("s", 1:5), "a_")
+    spots[["slice2"]] <- slice(paste0("s", 6:10), "b_")
+  })
+  b <- plot_proportions(spots, cell_types = "B")$data
+  # spot s_i sits at x = 6 - i (slice 1) or 16 - i (slice 2) in the images above
+  expect_equal(b$x, c(5:1, 10:6))
+  expect_equal(b$proportion, unname(spots$prop.B))
+})
