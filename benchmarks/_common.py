@@ -130,14 +130,16 @@ def update_summary(rows: list[str], keys: tuple[str, ...]) -> None:
 
 
 def scvi_for_worker(seed: int, threads: int):
-    """scvi-tools, imported for a worker: its warnings and logger quiet, seed and threads set."""
+    """scvi-tools, imported for a worker: its warnings and loggers (and Lightning's) quiet,
+    seed and threads set."""
     import logging
     import warnings
 
     import scvi
 
     warnings.filterwarnings("ignore")
-    logging.getLogger("scvi").setLevel(logging.ERROR)
+    for name in ("scvi", "lightning", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     scvi.settings.seed = seed
     scvi.settings.num_threads = threads
     return scvi

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_result, record_section, run_worker  # noqa: E402
+from _common import emit_result, record_section, run_worker, scvi_for_worker  # noqa: E402
 
 SUMMARY_KEYS = ("backed 1M x 2,000",)
 
@@ -94,16 +94,7 @@ def worker(mode: str, path: str, epochs: int, batch_size: int, threads: int, win
     torch.set_num_threads(threads)
     scvi_tools = mode.startswith("scvi-")
     if scvi_tools:
-        import logging
-        import warnings
-
-        import scvi
-
-        warnings.filterwarnings("ignore")
-        logging.getLogger("lightning").setLevel(logging.ERROR)
-        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-        scvi.settings.seed = 0
-        scvi.settings.num_threads = threads
+        scvi = scvi_for_worker(0, threads)
         model_class, version = scvi.model.SCVI, scvi.__version__
         train_kwargs = {"accelerator": "cpu", "devices": 1, "early_stopping": False, "enable_progress_bar": False}
     else:
