@@ -173,6 +173,7 @@
   on.exit(.cellvi_env$caller <- NULL, add = TRUE)
   eco$check(object)
   args <- .verb_args(verb, a)
+  .check_model_dir(a$model_dir)
   .set_progress_style()
   plan <- list(model = verb$model, input = eco$input(object, a, verb$proteins),
                features = a$features, columns = args$columns, setup = args$setup)
@@ -181,13 +182,24 @@
     object <- ready$object; plan <- ready$plan; args <- ready$args
   }
   if (!is.null(verb$plan)) plan <- verb$plan(plan, eco, object, a, args)
+  if (!is.null(eco$check_outputs)) eco$check_outputs(plan, a)
   verbose <- isTRUE(a$verbose)
   if (is.null(plan$model)) {
     found <- .recorded_model(eco, object, a[[eco$model_arg]], verb)
     model <- found$model
     plan$input <- found$input
     record <- found$record
-    adata <- eco$anndata(object, plan$input, .model_genes(model), .model_obs_columns(model))
+    adata <- tryCatch(
+      eco$anndata(object, plan$input, .model_genes(model), .model_obs_columns(model)),
+      error = function(e) {
+        # The genes are the model's, not requested by the user: say so.
+        lack <- regmatches(conditionMessage(e), regexec(
+          "^(\\d+) of (\\d+) requested feature\\(s\\) not found: (.*); available", conditionMessage(e)))[[1]]
+        if (!length(lack)) stop(e)
+        stop("the object lacks ", lack[[2]], " of the ", lack[[3]], " genes the model was trained on (",
+             lack[[4]], "); the model needs all of them: use the object it was trained on (a subset of ",
+             "its cells is fine, not of its genes)", call. = FALSE)
+      })
   } else {
     adata <- eco$anndata(object, plan$input, plan$features, plan$columns)
     if (!is.null(plan$adapt)) adata <- plan$adapt(adata)
@@ -244,6 +256,10 @@
   seurat <- caller$eco == "seurat"
   if (protein) {
     arg <- if (seurat) "protein_assay" else "protein_altexp"
+    if (!has(arg)) {  # a query verb: the protein counts the model was trained on
+      return(paste0(fn, " reads the protein counts of the ", if (seurat) "assay" else "altExp",
+                    " the model was trained on, which must hold the raw antibody (ADT) counts."))
+    }
     return(paste0(fn, " reads the protein counts of `", arg, "`: pass ", arg, " = the ",
                   if (seurat) "assay" else "altExp", " holding the raw antibody (ADT) counts."))
   }
@@ -290,6 +306,31 @@
   # tempfile() makes its suffix without R's random-number stream: a user's set.seed() before
   # each verb neither repeats a directory (one model overwriting another) nor is disturbed.
   tempfile(paste0(model_class, "-", stamp, "-"), tmpdir = .session_models_root())
+}
+
+# A `model_dir` of the user's, checked before any training: saving a model replaces its
+# folder, so a folder holding anything but cellvi models (a model's own files, or the
+# sub-folders of models that the deconvolution and Solo verbs save) is refused.
+.check_model_dir <- function(path) {
+  if (is.null(path)) return(invisible())
+  if (!is.character(path) || length(path) != 1L || is.na(path) || !nzchar(path)) {
+    stop("`model_dir` must be NULL or the path of a folder (one string)", call. = FALSE)
+  }
+  if (!file.exists(path)) return(invisible())
+  if (!dir.exists(path)) {
+    stop("`model_dir` '", path, "' is a file; give the path of a folder for the model", call. = FALSE)
+  }
+  entries <- list.files(path, all.files = TRUE, no.. = TRUE)
+  # (the files of python/cellvi/models/_base.py's _SAVED_MODEL_FILES)
+  is_model <- entries %in% c("model.json", "weights.npz", "arguments.npz", "split.npz", ".DS_Store") |
+    file.exists(file.path(path, entries, "model.json"))
+  if (any(!is_model)) {
+    stop("`model_dir` '", path, "' holds files that are not a cellvi model (",
+         .show_some(entries[!is_model], 5), "); saving the model replaces its folder, so choose ",
+         "a new or empty folder, e.g. model_dir = \"", file.path(path, "cellvi_model"), "\"",
+         call. = FALSE)
+  }
+  invisible()
 }
 
 # Whether `path` is `root` or lies under it (both normalized).
@@ -535,6 +576,17 @@ load_cellvi_model <- function(model_dir, name = NULL) {
   reductions = function(object) SeuratObject::Reductions(object),
   embedding = function(object, name) SeuratObject::Embeddings(object, name),
   prepare = function(object, plan, args, verb, a) .seurat5_split_batch(object, plan, args, verb, a),
+  # Before any work: a result assay must not replace the counts it is computed from.
+  check_outputs = function(plan, a) {
+    inputs <- c(plan$input$counts, plan$input$proteins)
+    for (arg in c("assay.name", "protein.assay.name")) {
+      name <- get0(arg, envir = a, inherits = FALSE)
+      if (!is.null(name) && name %in% inputs) {
+        stop("`", arg, " = \"", name, "\"` would replace the assay of counts that the model reads; ",
+             "choose another name for the result (e.g. the default)", call. = FALSE)
+      }
+    }
+  },
   write = function(object, results, record, plan, a, verbose) {
     if (!is.null(results$latent)) {
       name <- .or_default(plan$latent_name, a$reduction.name)
@@ -564,8 +616,11 @@ load_cellvi_model <- function(model_dir, name = NULL) {
       object[[plan$input$counts]] <- assay
     }
     for (name in names(results$cell_matrices)) {
-      # Keys are alphanumeric plus "_"; Seurat would otherwise warn and make one.
-      object <- .seurat_add_assay(object, t(results$cell_matrices[[name]]), name,
+      # Keys are alphanumeric plus "_", and feature names have no "_" (as for the proportions
+      # assay): Seurat would otherwise warn and change them itself.
+      data <- t(results$cell_matrices[[name]])
+      rownames(data) <- gsub("_", "-", rownames(data))
+      object <- .seurat_add_assay(object, data, name,
                                   key = paste0(gsub("[^[:alnum:]]", "", name), "_"),
                                   like = plan$input$counts)
     }
@@ -607,6 +662,11 @@ load_cellvi_model <- function(model_dir, name = NULL) {
     if (!methods::is(object, "SingleCellExperiment")) {
       stop("`x` must be a SingleCellExperiment", call. = FALSE)
     }
+    # Results are matched to cells and genes by name.
+    .check_unique_names(colnames(object), "cell", "colnames(x)",
+                        "colnames(x) <- paste0(\"cell\", seq_len(ncol(x)))")
+    .check_unique_names(rownames(object), "gene", "rownames(x)",
+                        "rownames(x) <- rowData(x)$<the column of gene names>")
   },
   input = function(object, a, proteins) {
     list(counts = a$assay.type, proteins = if (proteins) a$protein_altexp)
@@ -663,11 +723,26 @@ load_cellvi_model <- function(model_dir, name = NULL) {
       SummarizedExperiment::colData(x)[[name]] <- results$cell_matrices[[name]]
     }
     for (kind in names(results$assays)) {
-      x <- .sce_add_assay(x, results$assays[[kind]], kind, a$name, plan$input$proteins, verbose)
+      x <- .sce_add_assay(x, results$assays[[kind]], kind, a$name, plan$input$proteins, verbose,
+                          counts_assay = plan$input$counts)
     }
     x
   }
 )
+
+# Names that results are matched by: present and unique.
+.check_unique_names <- function(names, what, accessor, example) {
+  if (is.null(names)) {
+    stop("the SingleCellExperiment has no ", what, " names (", accessor, " is NULL); name them ",
+         "first, e.g. ", example, call. = FALSE)
+  }
+  dup <- unique(names[duplicated(names)])
+  if (length(dup)) {
+    stop(length(dup), " ", what, " names are duplicated (", .show_some(dup, 5), "); make them ",
+         "unique first: ", accessor, " <- make.unique(", accessor, ")", call. = FALSE)
+  }
+  invisible()
+}
 
 # Column `name` of a per-feature result, named and in the order of `features` (NA where the
 # result has no row).
@@ -685,10 +760,15 @@ load_cellvi_model <- function(model_dir, name = NULL) {
 # Normalized expression into an SCE: genes as an assay of `x` (all genes, in its order) or else
 # an altExp `name`; proteins as an assay of the protein altExp (all its proteins) or else an
 # altExp `<name>_<altexp>`.
-.sce_add_assay <- function(x, result, kind, name, protein_altexp, verbose) {
+.sce_add_assay <- function(x, result, kind, name, protein_altexp, verbose, counts_assay = NULL) {
   data <- result$data
+  if (isTRUE(result$log1p)) data <- log1p(data)
   if (kind == "rna") {
     if (isTRUE(result$whole) && identical(rownames(data), rownames(x))) {
+      if (identical(name, counts_assay)) {
+        stop("`name = \"", name, "\"` would replace the assay of counts that the model reads; ",
+             "choose another name for the result (e.g. the default)", call. = FALSE)
+      }
       SummarizedExperiment::assay(x, name) <- data
     } else {
       # The altExp's assay is named by the result (default "normalized": expression).
@@ -703,6 +783,10 @@ load_cellvi_model <- function(model_dir, name = NULL) {
     SingleCellExperiment::altExp(x, protein_altexp)
   }
   if (isTRUE(result$whole) && !is.null(alt) && identical(rownames(data), rownames(alt))) {
+    if (identical(name, "counts")) {
+      stop("`name = \"counts\"` would replace the protein counts of altExp '", protein_altexp,
+           "'; choose another name for the result (e.g. the default)", call. = FALSE)
+    }
     dimnames(data) <- dimnames(alt)
     SummarizedExperiment::assay(alt, name) <- data
     SingleCellExperiment::altExp(x, protein_altexp) <- alt

@@ -212,7 +212,13 @@ tune_randint <- function(low, high) {
                                      run_dir = .py_value(res$run_dir),
                                      best_params = best, trials = trials))
       if (!isTRUE(a$fit_best)) {
-        return(list(model = res$model, dir = .py_value(res$model_dir), record = record))
+        # A table is returned, no object: nothing to store. The best trial's model stays in
+        # the run directory (attr(, "run_dir")).
+        if (!is.null(model_dir)) {
+          warning("`model_dir` is not used with fit_best = FALSE: the trials' models are in the ",
+                  "run directory, attr(result, \"run_dir\")", call. = FALSE)
+        }
+        return(list(model = res$model, dir = NULL, record = record))
       }
       # The best settings, trained on every cell of the object.
       best_args <- args

@@ -82,7 +82,9 @@
 #'   (a few MB for most models), so `saveRDS()`/`readRDS()` carries it and later verbs work
 #'   in any session; see [cellvi_models()]. A directory: the model is saved there and the
 #'   object records its path only (for large models; the folder must then travel with the
-#'   object).
+#'   object). The folder is replaced when the model is saved, so one that exists must be
+#'   empty or hold only cellvi models (a rerun replaces them); any other folder is refused
+#'   before training.
 #' @param model_kwargs Named list of further model settings passed to Python as they are
 #'   (e.g. `list(use_observed_lib_size = FALSE)`).
 #' @param plan_kwargs Named list of further training settings (the Python core's
@@ -92,7 +94,9 @@
 #' @param name Name of the new reducedDim.
 #' @param reduction The reduction whose model to use.
 #' @param dimred The reducedDim whose model to use.
-#' @param verbose Show progress and messages (`FALSE`: silent). Training shows the planned
+#' @param verbose Show progress and messages (`FALSE`: no progress; a message that announces a
+#'   choice made for you, such as Seurat v5 split counts taken as the batch or a group skipped
+#'   for too few cells, still shows: `suppressMessages()` silences it). Training shows the planned
 #'   epochs and an estimate of the whole run after the first epoch, then a bar in a terminal,
 #'   or, when R's output is not a terminal (`Rscript` into a log, a knitted document), a plain
 #'   line every ~10% of the epochs (epoch, ELBO, elapsed and remaining time). When the

@@ -369,8 +369,13 @@
                "' not found; available assays: ", .show_some(assays),
                ". Pass protein_assay = the assay of the antibody-derived tag (ADT) counts.")
   }
-  .protein_matrix(.seurat_matrix(object, protein_assay, "counts"), cells,
-                  paste0("protein assay '", protein_assay, "'"))
+  m <- .seurat_matrix(object, protein_assay, "counts")
+  if (!length(m)) {
+    .stop_kind("KeyError", "protein assay '", protein_assay, "' holds no raw counts (its ",
+               "'counts' is empty). Pass protein_assay = the assay of the raw antibody-derived ",
+               "tag (ADT) counts.")
+  }
+  .protein_matrix(m, cells, paste0("protein assay '", protein_assay, "'"))
 }
 
 # Protein counts from the "counts" assay of a SingleCellExperiment's altExp.
@@ -425,8 +430,13 @@
   }
   counts <- .seurat_matrix(object, assay, slot)
   if (!length(counts)) {
+    normalized_only <- slot == "counts" &&
+      length(tryCatch(.seurat_matrix(object, assay, "data"), error = function(e) NULL)) > 0
     .stop_kind("KeyError", "assay '", assay, "' holds no ", slot, " (its '", slot,
-               "' is empty)")
+               "' is empty)", if (normalized_only) {
+                 paste0("; it holds normalized values ('data') only, and the models need the raw ",
+                        "counts: pass assay = an assay whose counts hold them, or restore them")
+               })
   }
   parts <- .parts(counts, what = paste0("Seurat assay '", assay, "' (", slot, ")"),
                   hint = "Pass the raw counts: slot = \"counts\"")

@@ -336,9 +336,10 @@ findMarkersSCVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "s
   .run_verb(.sce, x, .markers_scvi_verb, environment())
 }
 
-# 1-based indices of the cells of `ident.1` and of `ident.2` (or of the rest).
+# 1-based indices of the cells of `ident.1` and of `ident.2` (or of the rest: cells without a
+# group, NA, are in neither, as in Seurat).
 .group_cells <- function(groups, ident.1, ident.2) {
-  present <- unique(groups)
+  present <- unique(groups[!is.na(groups)])
   for (g in c(ident.1, ident.2)) {
     if (!g %in% present) {
       stop("group '", g, "' not found; groups: ", .show_some(sort(present), 20),
@@ -346,7 +347,7 @@ findMarkersSCVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "s
     }
   }
   idx1 <- which(groups %in% ident.1)
-  idx2 <- if (is.null(ident.2)) which(!groups %in% ident.1) else which(groups %in% ident.2)
+  idx2 <- if (is.null(ident.2)) which(!is.na(groups) & !groups %in% ident.1) else which(groups %in% ident.2)
   if (length(intersect(ident.1, ident.2))) stop("ident.1 and ident.2 overlap", call. = FALSE)
   if (!length(idx2)) stop("no cells to compare with", call. = FALSE)
   list(idx1 = idx1, idx2 = idx2)

@@ -110,7 +110,9 @@
 #'   `n_latent`, `n_hidden`, `n_layers`, `dropout_rate`, `gene_likelihood`, `dispersion` and
 #'   `model_kwargs` are then the scVI model's). `NULL` trains from scratch.
 #' @param classification_ratio Weight of the labelled cells' classification loss.
-#' @param probabilities Also store every label's probability.
+#' @param probabilities Also store every label's probability: in a Seurat object as an assay
+#'   `prediction.score.<labels_key>` (labels x cells; a "_" in a label becomes "-", as
+#'   Seurat requires), in a SingleCellExperiment as a matrix column of `colData`.
 #' @inheritParams cellvi-params
 #' @return The Seurat object with the reduction and the prediction columns added.
 #' @examples

@@ -17,7 +17,7 @@
 .tune_ldvae_verb <- .tune_verb(.ldvae_verb)
 
 .normalize_scvi_verb <- .verb(
-  options = list(library_size = .arg_number(0), n_samples = .arg_count()),
+  options = list(library_size = .arg_number(0), n_samples = .arg_count(), log = .arg_flag),
   outputs = list(function(model, adata, a, plan, cells) {
     expr <- .normalized_expression(model, adata, a$features, a$library_size, a$n_samples,
                                    a$transform_batch)
@@ -282,12 +282,15 @@ tuneLinearSCVI <- function(x, assay.type = "counts", features = NULL, batch_key 
 
 #' scVI-normalized expression into a SingleCellExperiment assay
 #'
-#' With all genes of the model the result is a new assay; with chosen `features` it is an
-#' alternative experiment (`altExp(x, name)`) holding those genes only.
+#' When the model's genes are the genes of `x` (in its order) and no `features` are chosen,
+#' the result is a new assay; otherwise it is an alternative experiment (`altExp(x, name)`)
+#' holding the model's (or the chosen) genes only.
 #'
 #' @param x A SingleCellExperiment on which [runSCVI()] or [runLinearSCVI()] has run (or
 #'   [runSCANVI()], [runAUTOZI()]: name its reducedDim).
 #' @param name Name of the new assay (or altExp).
+#' @param log `FALSE` (default): the linear values (expression per `library_size`); `TRUE`:
+#'   their `log1p()` (natural log, like `logcounts`).
 #' @inheritParams NormalizeSCVI
 #' @inheritParams cellvi-params
 #' @return `x` with the normalized expression added.
@@ -303,6 +306,6 @@ tuneLinearSCVI <- function(x, assay.type = "counts", features = NULL, batch_key 
 #' @export
 normalizeSCVI <- function(x, dimred = "scVI", features = NULL, name = "scVI_normalized",
                           library_size = 1e4, n_samples = 1, transform_batch = NULL,
-                          verbose = TRUE) {
+                          log = FALSE, verbose = TRUE) {
   .run_verb(.sce, x, .normalize_scvi_verb, environment())
 }

@@ -39,7 +39,7 @@
   dimnames(proteins) <- list(.or_default(a$proteins, unlist(.py_value(model$protein_names))),
                              cells)
   assays <- list()
-  logged <- .as_flag(.or_default(a$log, FALSE), "log")  # Seurat only: NormalizeTOTALVI(log =)
+  logged <- .as_flag(.or_default(a$log, FALSE), "log")
   if (nrow(rna)) assays$rna <- list(data = rna, whole = is.null(a$features), log1p = logged)
   if (nrow(proteins)) {
     assays$protein <- list(data = proteins, whole = is.null(a$proteins), log1p = logged)
@@ -49,7 +49,7 @@
 
 .normalize_totalvi_verb <- .verb(
   options = list(library_size = .arg_number(0), n_samples = .arg_count(),
-                 include_protein_background = .arg_flag),
+                 include_protein_background = .arg_flag, log = .arg_flag),
   outputs = list(.out_totalvi_normalized), accepts = "TOTALVI", fit_by = .totalvi_fit_by)
 
 .markers_totalvi_verb <- .verb(
@@ -298,6 +298,8 @@ tuneTOTALVI <- function(x, protein_altexp = "ADT", assay.type = "counts", featur
 #'
 #' @param x A SingleCellExperiment on which [runTOTALVI()] has run.
 #' @param name Name of the new assays.
+#' @param log `FALSE` (default): the linear denoised values; `TRUE`: their `log1p()`
+#'   (natural log, like `logcounts`).
 #' @inheritParams NormalizeTOTALVI
 #' @inheritParams cellvi-params
 #' @return `x` with the denoised expression added.
@@ -314,7 +316,7 @@ tuneTOTALVI <- function(x, protein_altexp = "ADT", assay.type = "counts", featur
 normalizeTOTALVI <- function(x, dimred = "totalVI", features = NULL, proteins = NULL,
                              name = "totalVI_normalized", library_size = 1e4, n_samples = 1,
                              transform_batch = NULL, include_protein_background = FALSE,
-                             verbose = TRUE) {
+                             log = FALSE, verbose = TRUE) {
   .run_verb(.sce, x, .normalize_totalvi_verb, environment())
 }
 

@@ -96,6 +96,15 @@
   }
   msg <- gsub("(\\w+)\\.obs\\['([^']+)'\\] = 'query_' \\+ \\1\\.obs\\['\\2'\\]\\.astype\\(str\\)",
               "\\1$\\2 <- paste0(\"query_\", \\1$\\2)", msg, perl = TRUE)
+  empty <- regmatches(msg, regexec(paste0("^\\S+(?: '[^']*')? has (\\d+) cells with zero total counts ",
+                                           "\\((.*)\\); remove them first, e\\.g\\..*$"), msg, perl = TRUE))[[1]]
+  if (length(empty)) {
+    seurat <- identical(.cellvi_env$caller$eco, "seurat")
+    msg <- paste0(empty[[2]], " cells have no counts in the genes used (", empty[[3]], "); remove them ",
+                  "first, e.g. ", if (seurat) "object <- subset(object, nCount_RNA > 0)" else
+                    "x <- x[, Matrix::colSums(counts(x)) > 0]",
+                  " (with `features`, count over those genes only, or choose more features)")
+  }
   msg <- gsub("(\\w+)\\.obs\\['([^']+)'\\]", "\\1$\\2", msg, perl = TRUE)
   msg <- gsub("\\bobs column", "metadata column", msg, perl = TRUE)
   msg

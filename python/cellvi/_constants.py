@@ -24,5 +24,6 @@ def nz_keys(field: str) -> tuple[str, str]:
 WEIGHTS_FILE = "weights.npz"
 MODEL_JSON_FILE = "model.json"
 ARGUMENTS_FILE = "arguments.npz"  # array and table arguments of a model
+SPLIT_FILE = "split.npz"  # the training and validation cells of the last train()
 # 2: the registry is a list of fields (format 1, a flat dict of the scVI setup, still loads).
 SAVE_FORMAT_VERSION = 2

@@ -115,3 +115,10 @@ test_that("findMarkersSCVI runs one-vs-rest on a SingleCellExperiment", {
   expect_equal(nrow(one), nrow(sce))
   expect_error(findMarkersSCVI(sce, "cluster"), "colData column 'cluster' not found")
 })
+
+test_that("one-vs-rest leaves cells without a group (NA) out of the rest, as Seurat does", {
+  idx <- cellvi:::.group_cells(c("a", NA, "b", "a", NA), "a", NULL)
+  expect_equal(idx$idx1, c(1L, 4L))
+  expect_equal(idx$idx2, 3L)
+  expect_error(cellvi:::.group_cells(c("a", NA), "b", NULL), "group 'b' not found; groups: a$")
+})

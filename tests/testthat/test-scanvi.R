@@ -1,20 +1,23 @@
 test_that("RunSCANVI writes the latent, the predictions and, if asked, every probability", {
   skip_if_no_core()
   pbmc <- pbmc_with_labels()
+  # labels with "_": Seurat's feature names cannot hold one, so the probabilities' assay says "-"
+  pbmc$labels <- ifelse(pbmc$labels == "Unknown", "Unknown", paste0("type_", pbmc$labels))
   dir <- file.path(tempdir(), "pbmc_scanvi")
-  out <- RunSCANVI(pbmc, labels_key = "labels", batch_key = "groups", max_epochs = 30, seed = 0,
-                   model_dir = dir, probabilities = TRUE, verbose = FALSE)
+  expect_silent(out <- RunSCANVI(pbmc, labels_key = "labels", batch_key = "groups", max_epochs = 30,
+                                 seed = 0, model_dir = dir, probabilities = TRUE, verbose = FALSE))
   emb <- SeuratObject::Embeddings(out[["scanvi"]])
   expect_equal(dim(emb), c(80L, 10L))
   expect_equal(rownames(emb), colnames(pbmc))
   expect_equal(SeuratObject::Misc(out[["scanvi"]])$model_dir, normalizePath(dir))
   predicted <- out$predicted.labels
   expect_s3_class(predicted, "factor")
-  expect_setequal(levels(predicted), c("0", "1", "2"))
+  expect_setequal(levels(predicted), c("type_0", "type_1", "type_2"))
   score <- out$predicted.labels.score
   expect_true(all(score >= 1 / 3 & score <= 1))
   probs <- SeuratObject::GetAssayData(out, assay = "prediction.score.labels", slot = "data")
   expect_equal(dim(probs), c(3L, 80L))
+  expect_setequal(rownames(probs), c("type-0", "type-1", "type-2"))
   expect_equal(unname(colSums(as.matrix(probs))), rep(1, 80), tolerance = 1e-5)
   expect_equal(unname(apply(as.matrix(probs), 2, max)), unname(score), tolerance = 1e-6)
   # The labelled cells' labels are learned.

@@ -89,6 +89,59 @@ test_that("RunLinearSCVI stores loadings; bad input gets a clear message", {
   expect_error(RunSCVI(pbmc, gene_likelihood = "normal", verbose = FALSE), "must be one of")
 })
 
+test_that("nothing of the user's is lost: model_dir, the counts assay, names that results follow", {
+  skip_if_no_core()
+  skip_if_not_installed("SingleCellExperiment")
+  pbmc <- SeuratObject::pbmc_small
+  # A model_dir with the user's files is refused before any training, and kept as it was.
+  notes <- tempfile("notes-")
+  dir.create(notes)
+  writeLines("keep", file.path(notes, "notes.txt"))
+  expect_error(RunSCVI(pbmc, max_epochs = 1, model_dir = notes, verbose = FALSE),
+               "holds files that are not a cellvi model \\(notes.txt\\).*new or empty folder")
+  expect_equal(list.files(notes, all.files = TRUE, no.. = TRUE), "notes.txt")
+  # A folder that holds a model is replaced by a rerun.
+  dir <- tempfile("model-")
+  out <- RunSCVI(pbmc, max_epochs = 1, seed = 0, model_dir = dir, verbose = FALSE)
+  out <- RunSCVI(pbmc, max_epochs = 1, seed = 0, model_dir = dir, verbose = FALSE)
+  expect_true(file.exists(file.path(dir, "model.json")))
+  # A result may not replace the counts it is computed from.
+  expect_error(NormalizeSCVI(out, assay.name = "RNA", verbose = FALSE),
+               "would replace the assay of counts that the model reads")
+  sce <- SingleCellExperiment::SingleCellExperiment(
+    list(counts = SeuratObject::GetAssayData(pbmc, slot = "counts")))
+  sce <- runSCVI(sce, max_epochs = 1, seed = 0, verbose = FALSE)
+  expect_error(normalizeSCVI(sce, name = "counts", verbose = FALSE),
+               "would replace the assay of counts")
+  # normalizeSCVI: linear by default (expression per library_size), log1p on request
+  linear <- SummarizedExperiment::assay(normalizeSCVI(sce, verbose = FALSE), "scVI_normalized")
+  logged <- SummarizedExperiment::assay(normalizeSCVI(sce, log = TRUE, verbose = FALSE),
+                                        "scVI_normalized")
+  expect_equal(unname(colSums(linear)), rep(1e4, ncol(sce)), tolerance = 1e-4)
+  expect_equal(unname(colSums(expm1(logged))), rep(1e4, ncol(sce)), tolerance = 1e-4)
+  # Results are matched to cells and genes by name: missing or repeated names are refused.
+  unnamed <- sce
+  colnames(unnamed) <- NULL
+  expect_error(runSCVI(unnamed, max_epochs = 1, verbose = FALSE), "no cell names .*colnames\\(x\\)")
+  repeated <- sce
+  colnames(repeated)[2] <- colnames(repeated)[1]
+  expect_error(normalizeSCVI(repeated, verbose = FALSE), "1 cell names are duplicated .*make.unique")
+  rownames(repeated) <- rep(rownames(sce)[1:115], 2)
+  colnames(repeated) <- colnames(sce)
+  expect_error(runSCVI(repeated, max_epochs = 1, verbose = FALSE), "115 gene names are duplicated")
+  # Advice in R's terms: a cell without counts, an assay with normalized values only.
+  counts <- SeuratObject::GetAssayData(pbmc, slot = "counts")
+  counts[, 3] <- 0
+  empty <- SeuratObject::CreateSeuratObject(counts = counts)
+  expect_error(RunSCVI(empty, max_epochs = 1, verbose = FALSE),
+               "1 cells have no counts .*subset\\(object, nCount_RNA > 0\\)")
+  normalized <- pbmc
+  normalized[["LOG"]] <- SeuratObject::CreateAssayObject(
+    data = SeuratObject::GetAssayData(pbmc, slot = "data"))
+  expect_error(RunSCVI(normalized, assay = "LOG", max_epochs = 1, verbose = FALSE),
+               "normalized values \\('data'\\) only")
+})
+
 test_that("verbose = FALSE is silent", {
   skip_if_no_core()
   expect_silent(RunSCVI(SeuratObject::pbmc_small, max_epochs = 1, verbose = FALSE,

@@ -54,17 +54,20 @@ class PosteriorMixin:
     @staticmethod
     def _feature_mask(names: Sequence[str] | None, available: Sequence[str], what: str = "gene_list"
                       ) -> np.ndarray | None:
-        """Positions of ``names`` among ``available`` (None: all)."""
+        """Positions of ``names`` among ``available`` (None: all); a name that ``available``
+        holds more than once (totalVI: a protein named as its gene, e.g. CD4) gives each."""
         if names is None:
             return None
         if isinstance(names, str):
             names = [names]
-        lookup = {g: i for i, g in enumerate(available)}
+        lookup: dict = {}
+        for i, g in enumerate(available):
+            lookup.setdefault(g, []).append(i)
         missing = [g for g in names if g not in lookup]
         if missing:
             shown = ", ".join(map(str, missing[:10]))
             raise KeyError(f"{len(missing)} names of {what} are not in the model: {shown}")
-        return np.array([lookup[g] for g in names], dtype=np.int64)
+        return np.array([i for g in names for i in lookup[g]], dtype=np.int64)
 
     # -- what differential testing compares (a model with more features overrides these) -----
     def _de_feature_names(self) -> list[str]:

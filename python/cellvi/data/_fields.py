@@ -500,8 +500,9 @@ class ObsmField(Field):
     """A dense cells x columns matrix from ``adata.obsm[obsm_key]`` (e.g. protein counts).
 
     Column names come from a DataFrame's columns, else from ``adata.uns[names_uns_key]``, else
-    ``<obsm_key>_<i>``; they are recorded and new data must have the same ones (a DataFrame
-    may hold them in another order). ``values`` as for :class:`LayerField`; ``min_columns``
+    ``<obsm_key>_<i>``; they are recorded and new data must have the same ones (matched by
+    name, so in any order, where the new data names them; an unnamed array must have the
+    model's columns in its order). ``values`` as for :class:`LayerField`; ``min_columns``
     refuses too few columns.
     """
 
@@ -523,7 +524,10 @@ class ObsmField(Field):
         have = query.obsm.get(self.obsm_key)
         if have is not None and not isinstance(have, pd.DataFrame):
             values = have.toarray() if sp.issparse(have) else np.asarray(have)
-            names = self.column_names if values.shape[1] == len(self.column_names) else self._names(query, values)
+            if self._has_uns_names(query) or values.shape[1] != len(self.column_names):
+                names = self._names(query, values)
+            else:  # no names: the model's columns, in its order
+                names = self.column_names
             have = pd.DataFrame(values, index=query.obs_names, columns=names)
         table = pd.DataFrame(0.0, index=query.obs_names, columns=self.column_names, dtype=np.float32)
         missing = list(self.column_names)
@@ -565,6 +569,20 @@ class ObsmField(Field):
             return names
         return [f"{self.obsm_key}_{i}" for i in range(n)]
 
+    def _has_uns_names(self, adata) -> bool:
+        return self.names_uns_key is not None and self.names_uns_key in adata.uns
+
+    def _model_order(self, names: list[str], source: str) -> list[int] | None:
+        """Positions in ``names`` of the model's columns (None: already the model's order)."""
+        if names == self.column_names:
+            return None
+        position = {n: i for i, n in enumerate(names)}
+        missing = [c for c in self.column_names if c not in position]
+        if missing:
+            raise ValueError(f"{source} lacks the model's columns {preview(missing)}; "
+                             f"model columns: {preview(self.column_names, 30)}")
+        return [position[c] for c in self.column_names]
+
     def setup(self, adata, fields) -> None:
         raw = self._raw(adata)
         names = self._names(adata, raw)
@@ -583,13 +601,9 @@ class ObsmField(Field):
             raise ValueError(f"{source} has {raw.shape[0]} rows for {adata.n_obs} cells; it must be "
                              "aligned with the cells (one row per cell, in obs order)")
         if isinstance(raw, pd.DataFrame):
-            names = [str(c) for c in raw.columns]
-            if names != self.column_names:
-                missing = [c for c in self.column_names if c not in set(names)]
-                if missing:
-                    raise ValueError(f"{source} lacks the model's columns {preview(missing)}; "
-                                     f"model columns: {preview(self.column_names, 30)}")
-                raw = raw[self.column_names]
+            order = self._model_order([str(c) for c in raw.columns], source)
+            if order is not None:
+                raw = raw.iloc[:, order]
             if not raw.index.astype(str).equals(adata.obs_names.astype(str)):
                 raise ValueError(f"the rows of {source} (a DataFrame) are not the cells of the AnnData "
                                  "(index differs from obs_names); reindex it: "
@@ -597,7 +611,11 @@ class ObsmField(Field):
             values = raw.to_numpy()
         else:
             values = raw.toarray() if sp.issparse(raw) else np.asarray(raw)
-            if values.ndim != 2 or values.shape[1] != len(self.column_names):
+            if values.ndim == 2 and self._has_uns_names(adata):  # matched by name, as a DataFrame's
+                order = self._model_order(self._names(adata, values), source)
+                if order is not None:
+                    values = values[:, order]
+            elif values.ndim != 2 or values.shape[1] != len(self.column_names):
                 raise ValueError(f"{source} has shape {values.shape}; the model expects "
                                  f"{len(self.column_names)} columns")
         if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
@@ -781,7 +799,30 @@ class NumericalJointObsField(Field):
 
 
 class CellIndexField(Field):
-    """Each cell's position in its AnnData (int64), for models with per-cell parameters."""
+    """Each cell's position in its AnnData (int64), for models with per-cell parameters.
+
+    Those parameters belong to the cells the model was set up on, so their names are recorded
+    (and saved: a model loaded without its AnnData still names its cells) and any other
+    AnnData is refused unless it holds the same cells in the same order.
+    """
+
+    _state_attrs = ("key", "obs_names")
+    obs_names = None  # saved before the names were recorded: not checked
+
+    def setup(self, adata, fields) -> None:
+        self.obs_names = [str(n) for n in adata.obs_names]
 
     def array(self, adata, fields) -> np.ndarray:
+        if self.obs_names is not None:
+            names = np.asarray(adata.obs_names, dtype=str)
+            own = np.asarray(self.obs_names, dtype=str)
+            if len(names) != len(own) or not np.array_equal(names, own):
+                found = f"{len(names)} cells"
+                if len(names) == len(own):
+                    found += (f" of which {int((names != own).sum())} differ from the model's, position by position "
+                              f"(the model's first cells: {preview(own[:3])}; this AnnData's: {preview(names[:3])})")
+                raise ValueError(
+                    f"this model has parameters for each of the {len(own)} cells it was set up on, and the AnnData "
+                    f"given holds {found}. Pass the AnnData the model was trained on (the same cells in the same "
+                    "order), or build and train a model for these cells")
         return np.arange(adata.n_obs, dtype=np.int64)

@@ -152,6 +152,11 @@ class AUTOZI(VAEMixin, ExpressionMixin, BaseModel):
                    continuous_covariate_keys=continuous_covariate_keys)
 
     def _build_module(self) -> AUTOZIVAE:
+        needed = {"gene-batch": ("batch_key", self.registry.batch_key),
+                  "gene-label": ("labels_key", self.registry.labels_key)}.get(self.init_kwargs["zero_inflation"])
+        if needed is not None and needed[1] is None:
+            raise ValueError(f"zero_inflation={self.init_kwargs['zero_inflation']!r} needs groups of cells: pass "
+                             f"{needed[0]}= to AUTOZI.setup_anndata (or use zero_inflation='gene')")
         return AUTOZIVAE(**vae_arguments(self))
 
     def train(self, max_epochs: int | None = None, device: str = "auto", train_size: float = 0.9,

@@ -87,6 +87,9 @@ class BaseModel:
         self.module.eval()
         self.is_trained = False
         self._history: list[dict] = []
+        # Set by train(): positions of the training and validation cells (a list of arrays,
+        # one per data set, for a model of several); saved.
+        self.train_indices = self.validation_indices = None
         # Set by MappingMixin.load_query_data: which weights the query may train (saved).
         self._query: dict | None = None
 
@@ -167,6 +170,12 @@ class BaseModel:
         return max(16, min(1024, 2**21 // max(1, values_per_cell)))
 
     def _obs_names(self, adata, indices) -> pd.Index:
+        """Names of the chosen cells of ``adata`` (default: the model's own cells, which a
+        model with per-cell parameters knows even when loaded without its AnnData)."""
+        if adata is None and self.adata is None:
+            own = getattr(self.registry.fields.get(C.CELL_INDEX_KEY), "obs_names", None)
+            if own is not None:
+                return pd.Index(own)[cell_indices(len(own), indices)]
         adata = self._anndata(adata)
         return adata.obs_names[cell_indices(adata.n_obs, indices)]
 
@@ -307,9 +316,20 @@ class BaseModel:
     def save(self, dir_path: str, overwrite: bool = False) -> None:
         """Save weights (``weights.npz``) and setup, settings and history (``model.json``);
         array and table arguments of the model (e.g. a marker matrix) go to
-        ``arguments.npz``, their names and labels to ``model.json``.
+        ``arguments.npz``, their names and labels to ``model.json``, the training and
+        validation cells of the last :meth:`train` (``train_indices``,
+        ``validation_indices``) to ``split.npz``.
 
         No pickle is written; the directory loads in Python or R without the AnnData.
+
+        Parameters
+        ----------
+        dir_path
+            The directory to write (created). Saving replaces the whole directory, so an
+            existing one must be empty, or hold a saved model and ``overwrite`` be True; a
+            directory with other files is refused.
+        overwrite
+            Replace a model saved in ``dir_path``.
 
         Examples
         --------
@@ -320,9 +340,9 @@ class BaseModel:
         if is_secondary_rank():  # data-parallel training: rank 0 holds the same model and writes it
             logger.info("save(%r) skipped on this rank: only rank 0 writes", dir_path)
             return
-        if os.path.exists(dir_path) and os.listdir(dir_path) and not overwrite:
-            raise FileExistsError(f"'{dir_path}' exists and is not empty; pass overwrite=True to replace it")
-        tmp = f"{dir_path.rstrip(os.sep)}.tmp-cellvi"
+        _check_save_target(dir_path, overwrite)
+        dir_path = os.path.abspath(dir_path)
+        tmp = f"{dir_path}.tmp-cellvi"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         state = {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
@@ -330,6 +350,9 @@ class BaseModel:
         init_kwargs, arrays = _encode_arguments(self.init_kwargs)
         if arrays:
             np.savez(os.path.join(tmp, C.ARGUMENTS_FILE), **arrays)
+        split = _split_arrays(self.train_indices, self.validation_indices)
+        if split:
+            np.savez(os.path.join(tmp, C.SPLIT_FILE), **split)
         meta = {
             "format_version": C.SAVE_FORMAT_VERSION,
             "cellvi_version": _version(),
@@ -401,11 +424,43 @@ class BaseModel:
         model.module.eval()
         model.is_trained = meta["is_trained"]
         model._history = meta["history"]
+        split_path = os.path.join(dir_path, C.SPLIT_FILE)
+        if os.path.exists(split_path):
+            with np.load(split_path, allow_pickle=False) as split:
+                model.train_indices, model.validation_indices = _split_from_arrays(dict(split))
         if meta.get("query") is not None:  # only models with MappingMixin save one
             model._query = meta["query"]
             model._query["grown"] = {k: tuple(v) for k, v in model._query["grown"].items()}
             model._apply_query_freeze()
         return model
+
+
+# What a saved model's directory may hold (and a file a file browser leaves there).
+_SAVED_MODEL_FILES = frozenset({C.MODEL_JSON_FILE, C.WEIGHTS_FILE, C.ARGUMENTS_FILE, C.SPLIT_FILE, ".DS_Store"})
+
+
+def _check_save_target(dir_path: str, overwrite: bool) -> None:
+    """Refuse to save where files would be lost: over a file, into a non-empty directory
+    without ``overwrite``, or (even with it) into a directory holding anything but a saved
+    model's files, since saving replaces the whole directory. (R's .check_model_dir applies
+    the same rule to a verb's model_dir.)"""
+    if not os.path.exists(dir_path):
+        return
+    if not os.path.isdir(dir_path):
+        raise FileExistsError(f"'{dir_path}' is a file; give the path of a directory to save the model in")
+    entries = os.listdir(dir_path)
+    if not entries:
+        return
+    if not overwrite:
+        raise FileExistsError(f"'{dir_path}' exists and is not empty; pass overwrite=True to replace the model "
+                              "saved there, or choose another directory")
+    foreign = sorted(e for e in entries if e not in _SAVED_MODEL_FILES)
+    if foreign:
+        raise FileExistsError(
+            f"'{dir_path}' holds files that are not a saved cellvi model's ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}); saving replaces the whole directory, so it is refused even "
+            f"with overwrite=True. Save into a new or empty directory, e.g. "
+            f"'{os.path.join(dir_path, 'cellvi_model')}'")
 
 
 def _read_model_json(dir_path: str) -> dict:
@@ -472,6 +527,30 @@ def _short(value) -> str:
     if isinstance(value, (np.ndarray, pd.DataFrame)):
         return f"<{type(value).__name__} {'x'.join(map(str, value.shape))}>"
     return repr(value)
+
+
+def _split_arrays(train, validation) -> dict:
+    """The split as arrays for ``split.npz`` (int32 where positions fit): ``train`` and
+    ``validation``, or ``train_<k>`` and ``validation_<k>`` per data set of a joint model."""
+    if train is None or validation is None:
+        return {}
+    def small(a):
+        a = np.asarray(a, dtype=np.int64)
+        return a.astype(np.int32) if a.size == 0 or a.max() < 2**31 else a
+    if isinstance(train, (list, tuple)):
+        out = {}
+        for k, (t, v) in enumerate(zip(train, validation)):
+            out[f"train_{k}"], out[f"validation_{k}"] = small(t), small(v)
+        return out
+    return {"train": small(train), "validation": small(validation)}
+
+
+def _split_from_arrays(arrays: dict):
+    if "train" in arrays:
+        return arrays["train"].astype(np.int64), arrays["validation"].astype(np.int64)
+    n = len([k for k in arrays if k.startswith("train_")])
+    return ([arrays[f"train_{k}"].astype(np.int64) for k in range(n)],
+            [arrays[f"validation_{k}"].astype(np.int64) for k in range(n)])
 
 
 def _json_default(value: Any):

@@ -16,8 +16,8 @@ from ..modules._vae import check_choice
 from ..train import as_count
 from ._base import BaseModel
 from ._condscvi import CondSCVI
-from ._spatial import (MIN_SHARED_GENES, MIN_SPOTS, is_set_up, proportions_frame, shared_setup, spatial_fields,
-                       type_code)
+from ._spatial import (MIN_SHARED_GENES, MIN_SPOTS, ensure_spatial_setup, proportions_frame, shared_setup,
+                       spatial_fields, type_code)
 
 MAX_BATCH_SIZE = 128
 
@@ -179,14 +179,18 @@ class DestVI(BaseModel):
             raise TypeError(f"sc_model must be a trained cellvi.CondSCVI, got {type(sc_model).__name__}")
         if not sc_model.is_trained:
             raise ValueError("the CondSCVI reference is not trained; train it first (sc_model.train())")
-        if not is_set_up(st_adata, cls.__name__):
-            cls.setup_anndata(st_adata, layer=layer)
+        ensure_spatial_setup(cls, st_adata, layer)
         reference_genes = sc_model.var_names
         registry, tensors = shared_setup(st_adata, cls.__name__, reference_genes, min_shared_genes)
         shared = registry.var_names
         genes = torch.as_tensor([reference_genes.index(g) for g in shared], dtype=torch.long)
         sc = sc_model.module
         if sc.prior == "mog" or vamp_prior_p is not None:
+            if sc.prior != "mog" and sc_model.adata is None:
+                raise ValueError(
+                    "the CondSCVI reference holds no AnnData (it was loaded without one), and the states' prior "
+                    "is drawn from its cells (vamp_prior_p): load it with its data, "
+                    "cellvi.CondSCVI.load(dir, sc_adata), or pass vamp_prior_p=None for a standard normal prior")
             prior = sc_model.get_vamp_prior(p=15 if vamp_prior_p is None else vamp_prior_p)
         else:
             k = sc_model.registry.n_labels
@@ -264,14 +268,11 @@ class DestVI(BaseModel):
                              n_epochs_kl_warmup=n_epochs_kl_warmup, plan_kwargs=plan_kwargs, **kwargs)
 
     # -- queries -------------------------------------------------------------------------------
-    def _check_adata(self, adata) -> None:
-        if adata is not None and adata is not self.adata:
-            raise ValueError("DestVI answers for the spots it was trained on (per-spot parameters); "
-                             "pass adata=None, or build a DestVI for the other spots")
-
     @torch.no_grad()
-    def _inference(self, indices=None, batch_size=None):
-        for tensors in self._minibatches(None, indices, batch_size):
+    def _inference(self, adata, indices=None, batch_size=None):
+        # Another AnnData is accepted only when it holds the model's own spots, in order
+        # (checked by the registry's CellIndexField): the parameters are per spot.
+        for tensors in self._minibatches(adata, indices, batch_size):
             yield self.module.inference(**self.module.inference_inputs(tensors))
 
     def get_proportions(self, keep_noise: bool = False, indices=None, batch_size: int | None = None,
@@ -296,6 +297,9 @@ class DestVI(BaseModel):
             Spots to return (integers or a boolean mask); default: all.
         batch_size
             Spots per minibatch.
+        adata
+            The model's spots (needed when it was loaded without them); an AnnData of other
+            spots, or of the same spots in another order, is refused.
         share_of
             ``"cells"`` (default): shares of the spot's cells; ``"counts"``: shares of its
             counts (the loadings as they are, what scvi-tools reports).
@@ -311,15 +315,14 @@ class DestVI(BaseModel):
         >>> st_adata.obs[[f"prop.{c}" for c in props]] = props.to_numpy()
         """
         check_choice("share_of", share_of, ("cells", "counts"))
-        self._check_adata(adata)
-        v = torch.cat([out["v"].cpu() for out in self._inference(indices, batch_size)]).double().numpy()
+        v = torch.cat([out["v"].cpu() for out in self._inference(adata, indices, batch_size)]).double().numpy()
         k = len(self.cell_types)
         counts = v / v.sum(1, keepdims=True)  # shares of the spot's counts, noise included
         types = counts[:, :k]
         if share_of == "cells":
             cells = types / self.module.type_counts.cpu().double().numpy()
             types = cells / cells.sum(1, keepdims=True) * types.sum(1, keepdims=True)
-        return proportions_frame(types, self._obs_names(None, indices), self.cell_types,
+        return proportions_frame(types, self._obs_names(adata, indices), self.cell_types,
                                  noise=counts[:, k] if keep_noise else None)
 
     def get_gamma(self, indices=None, batch_size: int | None = None, return_numpy: bool = False, adata=None):
@@ -333,6 +336,9 @@ class DestVI(BaseModel):
             Spots per minibatch.
         return_numpy
             Return an array spots x n_latent x cell types instead of a dict.
+        adata
+            The model's spots (needed when it was loaded without them); an AnnData of other
+            spots, or of the same spots in another order, is refused.
 
         Returns
         -------
@@ -344,12 +350,11 @@ class DestVI(BaseModel):
         >>> gamma = st_model.get_gamma()
         >>> gamma["B"].head()
         """
-        self._check_adata(adata)
-        gamma = torch.cat([out["gamma"].cpu() for out in self._inference(indices, batch_size)]).numpy()
+        gamma = torch.cat([out["gamma"].cpu() for out in self._inference(adata, indices, batch_size)]).numpy()
         gamma = np.transpose(gamma, (0, 2, 1))  # spots x n_latent x types
         if return_numpy:
             return gamma
-        index = pd.Index([str(i) for i in self._obs_names(None, indices)])
+        index = pd.Index([str(i) for i in self._obs_names(adata, indices)])
         columns = [str(i) for i in range(gamma.shape[1])]
         return {ct: pd.DataFrame(gamma[:, :, i], index=index, columns=columns)
                 for i, ct in enumerate(self.cell_types)}
@@ -367,6 +372,9 @@ class DestVI(BaseModel):
             Spots to return; default: all.
         batch_size
             Spots per minibatch.
+        adata
+            The model's spots (needed when it was loaded without them); an AnnData of other
+            spots, or of the same spots in another order, is refused.
 
         Returns
         -------
@@ -377,11 +385,10 @@ class DestVI(BaseModel):
         >>> b = st_model.get_scale_for_ct("B")
         >>> b["CD19"].sort_values().tail()      # spots where B cells express CD19 most
         """
-        self._check_adata(adata)
         c = type_code(cell_type, self.cell_types)
         out = []
-        for inf in self._inference(indices, batch_size):
+        for inf in self._inference(adata, indices, batch_size):
             out.append(self.module.type_profiles(inf["gamma"])[:, c].cpu())
         values = torch.cat(out).double().numpy()
-        return pd.DataFrame(values, index=pd.Index([str(i) for i in self._obs_names(None, indices)]),
+        return pd.DataFrame(values, index=pd.Index([str(i) for i in self._obs_names(adata, indices)]),
                             columns=self.var_names)

@@ -149,7 +149,7 @@ class MappingMixin:
 
         Returns
         -------
-        A new AnnData (obs and obsm copied) ready for :meth:`load_query_data`, in memory: a
+        A new AnnData (obs, obsm and uns copied) ready for :meth:`load_query_data`, in memory: a
         backed query (``read_h5ad(path, backed="r")``) is read block by block, keeping only
         the shared genes. A backed query whose genes already are the reference's, in its
         order, needs no preparing: pass it to :meth:`load_query_data` and it stays on disk.
@@ -196,6 +196,7 @@ class MappingMixin:
             var=pd.DataFrame(index=pd.Index(registry.var_names)),
             layers={registry.layer: counts} if registry.layer is not None else None,
             obsm={k: v for k, v in adata.obsm.items()},
+            uns=dict(adata.uns),  # e.g. the names of an obsm matrix's columns
         )
         for field in registry.fields.values():  # e.g. a missing protein panel filled with zeros
             field.prepare_query(query)

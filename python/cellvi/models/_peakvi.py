@@ -1,6 +1,7 @@
 """PeakVI: a latent space and denoised accessibility of single-cell ATAC-seq (Ashuach et al. 2022)."""
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import numpy as np
@@ -311,7 +312,8 @@ class PEAKVI(VAEMixin, PosteriorMixin, MappingMixin, BaseModel):
         >>> acc = model.get_normalized_accessibility(region_list=model.region_names[:100])
         >>> open_calls = model.get_normalized_accessibility(threshold=0.5, return_numpy=True)
         """
-        if threshold is not None and not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
+        if threshold is not None and not (isinstance(threshold, numbers.Real) and not isinstance(threshold, bool)
+                                          and 0 <= threshold <= 1):
             raise ValueError(f"threshold must be a number between 0 and 1 (or None), got {threshold!r}")
         if normalize_regions and self.module.region_factors is None:
             raise ValueError("normalize_regions needs region factors, and this model was built with "

@@ -50,6 +50,13 @@ def is_set_up(adata, model: str) -> bool:
     return entry is not None and entry[0].model == model
 
 
+def ensure_spatial_setup(model_cls, st_adata, layer: str | None) -> None:
+    """Set the spots up for ``model_cls`` unless they already are; a ``layer`` given here
+    always sets them up again (it must not be lost to an earlier setup of ``adata.X``)."""
+    if layer is not None or not is_set_up(st_adata, model_cls.__name__):
+        model_cls.setup_anndata(st_adata, layer=layer)
+
+
 def shared_setup(st_adata, model: str, reference_genes: Sequence[str], min_shared_genes: int = MIN_SHARED_GENES
                  ) -> tuple[Registry, AnnTensors]:
     """The spatial setup narrowed to the reference's genes present in the spots (in the

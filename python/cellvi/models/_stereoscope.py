@@ -16,7 +16,7 @@ from ..data._backed import row_blocks
 from ..modules import RNAStereoscopeModule, SpatialStereoscopeModule
 from ..modules._destvae import inverse_softplus
 from ._base import BaseModel
-from ._spatial import (MIN_SHARED_GENES, check_reference_labels, is_set_up, proportions_frame, shared_setup,
+from ._spatial import (MIN_SHARED_GENES, check_reference_labels, ensure_spatial_setup, proportions_frame, shared_setup,
                        spatial_fields, type_code)
 
 
@@ -226,8 +226,7 @@ class SpatialStereoscope(BaseModel):
             raise TypeError(f"sc_model must be a trained cellvi.RNAStereoscope, got {type(sc_model).__name__}")
         if not sc_model.is_trained:
             raise ValueError("the RNAStereoscope reference is not trained; train it first (sc_model.train())")
-        if not is_set_up(st_adata, cls.__name__):
-            cls.setup_anndata(st_adata, layer=layer)
+        ensure_spatial_setup(cls, st_adata, layer)
         registry, tensors = shared_setup(st_adata, cls.__name__, sc_model.var_names, min_shared_genes)
         genes = [sc_model.var_names.index(g) for g in registry.var_names]
         w, o = sc_model.get_params()
@@ -306,7 +305,7 @@ class SpatialStereoscope(BaseModel):
         idx = cell_indices(v.shape[0], indices)
         v = v[idx]
         k = len(self.cell_types)
-        names = self._obs_names(None, idx) if self.adata is not None else pd.Index([str(i) for i in idx])
+        names = self._obs_names(None, idx)
         return proportions_frame(v[:, :k], names, self.cell_types, noise=v[:, k] if keep_noise else None)
 
     @torch.no_grad()
@@ -335,6 +334,6 @@ class SpatialStereoscope(BaseModel):
         module = self.module
         mean = (module.type_rates()[:, c] * torch.exp(module.px_o)).double().cpu().numpy()
         idx = cell_indices(module.n_spots, indices)
-        names = self._obs_names(None, idx) if self.adata is not None else pd.Index([str(i) for i in idx])
+        names = self._obs_names(None, idx)
         return pd.DataFrame(np.tile(mean / mean.sum(), (len(idx), 1)), index=pd.Index([str(i) for i in names]),
                             columns=self.var_names)

@@ -567,7 +567,8 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         proteins (denoised, background removed, plus ``protein_prior_count``), with
         scvi-tools' totalVI defaults (``mode="change"``, ``delta=0.25``,
         ``pseudocounts=1e-5``; ``None`` estimates them as SCVI does). ``gene_list`` may name
-        genes and proteins; the column ``feature_type`` says which row is which.
+        genes and proteins (a name that a gene and a protein share gives both rows); the
+        column ``feature_type`` says which row is which.
 
         Examples
         --------

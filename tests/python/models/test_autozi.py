@@ -290,6 +290,9 @@ def test_errors_name_the_problem(sim):
         cellvi.AUTOZI(sim, minimal_dropout=-0.1)
     with pytest.raises(TypeError, match="no gene_likelihood"):
         cellvi.AUTOZI(sim, gene_likelihood="nb")
+    for mode, key in (("gene-batch", "batch_key"), ("gene-label", "labels_key")):
+        with pytest.raises(ValueError, match=f"needs groups of cells: pass {key}="):
+            cellvi.AUTOZI(sim, zero_inflation=mode)
     model = cellvi.AUTOZI(sim)
     with pytest.raises(ValueError, match="threshold must be a number strictly between 0 and 1"):
         model.get_zero_inflation(threshold=1.0)

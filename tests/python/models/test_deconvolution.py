@@ -161,6 +161,30 @@ def test_destvi_save_load(destvi, tmp_path):
     pd.testing.assert_frame_equal(loaded.get_proportions(), destvi.get_proportions())
     loaded_any = cellvi.load_model(tmp_path / "destvi", destvi.adata)
     assert isinstance(loaded_any, cellvi.DestVI) and loaded_any.cell_types == destvi.cell_types
+    # Loaded without its spots, it answers when given them (and names them either way).
+    bare = cellvi.DestVI.load(tmp_path / "destvi")
+    pd.testing.assert_frame_equal(bare.get_proportions(adata=destvi.adata), destvi.get_proportions())
+    gamma = bare.get_gamma(adata=destvi.adata.copy(), indices=[0, 5])
+    assert list(gamma[destvi.cell_types[0]].index) == list(destvi.adata.obs_names[[0, 5]])
+
+
+def test_per_spot_models_refuse_other_spots(destvi, stereoscope, tmp_path):
+    """The parameters are per spot: loading onto (or querying) other spots, or the same spots
+    in another order, is refused; the spot names survive a load without data (Stereoscope
+    answers without it; DestVI reads the spots' counts)."""
+    for model, name in ((destvi, "d"), (stereoscope, "s")):
+        model.save(tmp_path / name)
+        cls = type(model)
+        if cls is cellvi.SpatialStereoscope:
+            bare = cls.load(tmp_path / name)
+            assert list(bare.get_proportions().index) == list(model.adata.obs_names)
+            assert list(bare.get_scale_for_ct(0, indices=[3]).index) == [model.adata.obs_names[3]]
+        with pytest.raises(ValueError, match="holds 50 cells"):
+            cls.load(tmp_path / name, model.adata[:50].copy())
+        with pytest.raises(ValueError, match="of which 200 differ from the model's"):
+            cls.load(tmp_path / name, model.adata[::-1].copy())
+    with pytest.raises(ValueError, match="the same cells in the same order"):
+        destvi.get_proportions(adata=destvi.adata[::-1].copy())
 
 
 @pytest.mark.parametrize("amortization", ["none", "latent", "proportion"])
@@ -351,6 +375,25 @@ def test_spatial_errors(merfish, condscvi, rna_stereoscope):
     empty.X = X.tocsr()
     with pytest.raises(ValueError, match="1 spots have no counts"):
         cellvi.DestVI.from_rna_model(empty, condscvi)
+
+
+def test_spatial_layer_given_again_is_used(merfish, rna_stereoscope, condscvi, tmp_path):
+    """A ``layer`` passed to from_rna_model sets the spots up again, even after an earlier
+    setup of X; a CondSCVI loaded without its cells says how to build a DestVI."""
+    spots = merfish[1][:60].copy()
+    spots.layers["counts"] = spots.X.copy()
+    spots.X = spots.X * 0.5  # not counts
+    with pytest.warns(UserWarning, match="non-integer"):
+        cellvi.SpatialStereoscope.from_rna_model(spots, rna_stereoscope)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the counts layer is read: nothing to warn about
+        for cls, ref in ((cellvi.SpatialStereoscope, rna_stereoscope), (cellvi.DestVI, condscvi)):
+            model = cls.from_rna_model(spots, ref, layer="counts")
+            assert model.registry.layer == "counts"
+    condscvi.save(tmp_path / "ref")
+    bare_ref = cellvi.CondSCVI.load(tmp_path / "ref")
+    with pytest.raises(ValueError, match="load it with its data.*or pass vamp_prior_p=None"):
+        cellvi.DestVI.from_rna_model(spots, bare_ref, layer="counts")
 
 
 # -- real Visium data ------------------------------------------------------------------------------

@@ -301,7 +301,8 @@ def test_accessibility_in_chunks_dense_and_thresholded(trained, granja):
     # Another chunking gives the same numbers, and the thresholded output is the dense one cut.
     again = trained.get_normalized_accessibility(indices=cells, batch_size=64, return_numpy=True)
     np.testing.assert_allclose(again, values, rtol=1e-5, atol=1e-6)
-    cut = trained.get_normalized_accessibility(indices=cells, threshold=0.3, batch_size=50, return_numpy=True)
+    cut = trained.get_normalized_accessibility(indices=cells, threshold=np.float32(0.3), batch_size=50,
+                                               return_numpy=True)  # any real number, NumPy's too
     assert sp.isspmatrix_csr(cut)
     expected = np.where(values >= 0.3, values, 0)
     np.testing.assert_allclose(cut.toarray(), expected, rtol=1e-5, atol=1e-6)

@@ -287,6 +287,28 @@ def test_save_load_gives_identical_outputs(sim_trained, tmp_path):
         bare.get_latent_representation()
     with pytest.raises(ValueError, match="pass adata"):
         bare.get_normalized_expression()
+    # The training and validation cells are saved too.
+    np.testing.assert_array_equal(bare.train_indices, model.train_indices)
+    np.testing.assert_array_equal(bare.validation_indices, model.validation_indices)
+    assert len(bare.validation_indices) > 0
+
+
+def test_save_never_deletes_other_files(sim_trained, tmp_path):
+    """Saving replaces the directory, so a directory with files that are not a saved model
+    is refused even with overwrite=True (and a file path too); an empty one is used."""
+    _, model = sim_trained
+    notes = tmp_path / "analysis"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"not a saved cellvi model's \(notes.txt\).*refused even with"):
+        model.save(notes, overwrite=True)
+    assert (notes / "notes.txt").read_text() == "keep me" and sorted(p.name for p in notes.iterdir()) == ["notes.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        model.save(tmp_path / "file", overwrite=True)
+    (tmp_path / "empty").mkdir()
+    model.save(tmp_path / "empty")
+    assert (tmp_path / "empty" / "model.json").exists()
 
 
 def test_load_refuses_other_genes(sim_trained, tmp_path):

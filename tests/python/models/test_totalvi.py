@@ -58,7 +58,43 @@ def test_array_proteins_with_names_in_uns():
     adata.obsm["prot"] = adata.obsm.pop("protein_expression").to_numpy()
     adata.uns["prot_names"] = np.array([f"p{j}" for j in range(N_PROTEINS)])
     cellvi.TOTALVI.setup_anndata(adata, protein_expression_obsm_key="prot", protein_names_uns_key="prot_names")
-    assert small_totalvi(adata).protein_names == [f"p{j}" for j in range(N_PROTEINS)]
+    model = small_totalvi(adata)
+    assert model.protein_names == [f"p{j}" for j in range(N_PROTEINS)]
+    fields = model.registry.fields
+    own = fields[C.PROTEIN_KEY].array(adata, fields)
+    # New data whose array (and names) come in another order are read by name ...
+    order = np.random.default_rng(0).permutation(N_PROTEINS)
+    new = adata.copy()
+    new.obsm["prot"] = adata.obsm["prot"][:, order]
+    new.uns["prot_names"] = adata.uns["prot_names"][order]
+    np.testing.assert_array_equal(fields[C.PROTEIN_KEY].array(new, fields), own)
+    # ... and so is a query being prepared, with a smaller panel filled with zeros.
+    query = adata[:50].copy()
+    query.obsm["prot"] = adata.obsm["prot"][:50][:, order[:4]]
+    query.uns["prot_names"] = adata.uns["prot_names"][order[:4]]
+    with pytest.warns(UserWarning, match="lacks 2 of the model's 6 columns"):
+        prepared = cellvi.TOTALVI.prepare_query_anndata(query, model)
+    table = prepared.obsm["prot"]
+    for j in order[:4]:
+        np.testing.assert_array_equal(table[f"p{j}"].to_numpy(), adata.obsm["prot"][:50, j])
+    assert (table[[f"p{j}" for j in order[4:]]].to_numpy() == 0).all()
+    missing = adata.copy()
+    missing.uns["prot_names"] = np.array(["p0", "p1", "p2", "p3", "p4", "other"])
+    with pytest.raises(ValueError, match="lacks the model's columns p5"):
+        fields[C.PROTEIN_KEY].array(missing, fields)
+
+
+def test_de_gene_list_name_shared_by_a_gene_and_a_protein():
+    """A name that a gene and a protein share (e.g. CD4) asks for both rows."""
+    cellvi.settings.seed = 0
+    adata = simulate_cite(n_cells=120)
+    adata.var_names = ["prot2" if g == "gene5" else g for g in adata.var_names]
+    cellvi.TOTALVI.setup_anndata(adata)
+    model = small_totalvi(adata)  # untrained: only which rows come back is checked
+    de = model.differential_expression(idx1=np.arange(60), idx2=np.arange(60, 120), n_samples=20,
+                                       gene_list=["prot2", "gene0"])
+    assert list(de.index).count("prot2") == 2 and len(de) == 3
+    assert sorted(de.loc["prot2", "feature_type"]) == ["gene", "protein"]
 
 
 def with_proteins(adata, values):
