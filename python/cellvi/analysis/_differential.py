@@ -55,32 +55,50 @@ def _comparisons(adata, groupby, group1, group2, idx1, idx2) -> list[tuple[str, 
     if groupby not in adata.obs.columns:
         raise KeyError(f"obs column '{groupby}' not found; available: {', '.join(map(str, adata.obs.columns[:30]))}")
     column = adata.obs[groupby]
+    # Groups are named as strings; in a numeric column by value (1, 1.0 and "1" are one group).
+    # Cells with a missing value (NaN, None) are in no group, nor in "the rest".
+    numeric = pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype)
+
+    def key(value) -> str:
+        if numeric and not isinstance(column.dtype, pd.CategoricalDtype):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                return str(value)
+            return str(int(number)) if number.is_integer() else str(number)
+        return str(value)
+
     if isinstance(column.dtype, pd.CategoricalDtype):  # codes: no string per cell
         names, codes = np.array([str(c) for c in column.cat.categories], dtype=object), column.cat.codes.to_numpy()
     else:
-        names, codes = np.unique(column.astype(str).to_numpy(), return_inverse=True)
+        present = ~column.isna().to_numpy()
+        values = column.to_numpy()[present]
+        unique, inverse = np.unique(values if numeric else values.astype(str), return_inverse=True)
+        names = np.array([key(v) for v in unique], dtype=object)
+        codes = np.full(n, -1, dtype=np.int64)
+        codes[present] = inverse
     counts = np.bincount(codes[codes >= 0], minlength=len(names))
     order = [str(n) for n, count in zip(names, counts) if count]  # category order, or sorted
     code_of = {name: i for i, name in enumerate(map(str, names)) if counts[i]}
 
     def cells_of(group) -> np.ndarray:
-        group = str(group)
+        group = key(group)
         if group not in code_of:
             raise ValueError(f"group '{group}' not found in obs column '{groupby}'; groups: {', '.join(order[:30])}")
         return np.flatnonzero(codes == code_of[group])
 
     if np.isscalar(group1):
         group1 = [group1]
-    firsts = order if group1 is None else [str(g) for g in group1]
+    firsts = order if group1 is None else [key(g) for g in group1]
     out = []
     for g1 in firsts:
         i1 = cells_of(g1)
         if group2 is None:
-            i2 = np.flatnonzero(codes != code_of[g1])
+            i2 = np.flatnonzero((codes >= 0) & (codes != code_of[g1]))
             g2 = "rest"
         else:
             i2 = cells_of(group2)
-            g2 = str(group2)
+            g2 = key(group2)
             if g2 == g1:
                 raise ValueError(f"group1 and group2 are both '{g1}'")
         if i2.size == 0:
@@ -115,24 +133,25 @@ def _sample_scales(model, adata, cells: np.ndarray, batches, n_samples: int, fea
     was generated in ("": the cell's own).
 
     With ``batches`` (batch correction) the samples are pooled over those batches: an equal
-    share of the ``n_samples`` draws is generated as if in each batch, laid out batch after
-    batch.
+    share of the ``n_samples`` draws (the remainder one more each to the first batches, so
+    that groups generated in different numbers of batches still draw ``n_samples`` each) is
+    generated as if in each batch, laid out batch after batch.
     """
     choices = [None] if batches is None else list(batches)
-    per_batch = max(1, n_samples // len(choices))
+    shares = [max(1, n_samples // len(choices) + (i < n_samples % len(choices))) for i in range(len(choices))]
     n_features = len(model._de_feature_names()) if features is None else len(features)
     # NumPy asks the kernel for huge pages for an array this size, so it faults in few pages;
     # a fresh torch buffer this large spends longer in page faults than in being filled.
-    by_feature = torch.from_numpy(np.empty((n_features, per_batch * len(choices)), dtype=np.float32))
-    for position, batch in enumerate(choices):
-        drawn = np.sort(rng.choice(cells, size=per_batch, replace=True))
-        offset = position * per_batch
+    by_feature = torch.from_numpy(np.empty((n_features, sum(shares)), dtype=np.float32))
+    offsets = [int(o) for o in np.concatenate([[0], np.cumsum(shares)[:-1]])]
+    for batch, share, offset in zip(choices, shares, offsets):
+        drawn = np.sort(rng.choice(cells, size=share, replace=True))
         for rows, values in model._de_chunks(adata, drawn, None if batch is None else [batch], features,
                                              **chunk_kwargs):
             rows = (slice(rows.start + offset, rows.stop + offset) if isinstance(rows, slice)
                     else rows + offset)
             by_feature[:, rows] = values.cpu()
-    return by_feature, np.repeat(np.array(["" if b is None else b for b in choices], dtype=object), per_batch)
+    return by_feature, np.repeat(np.array(["" if b is None else b for b in choices], dtype=object), shares)
 
 
 def _pairs(batch1: np.ndarray, batch2: np.ndarray, m_permutation: int | None, generator: torch.Generator
@@ -155,10 +174,11 @@ def _pairs(batch1: np.ndarray, batch2: np.ndarray, m_permutation: int | None, ge
             # One to one in random order: the samples are stored sorted by cell, and pairing
             # them in that order would match cells by their position in the AnnData (often by
             # sample) rather than at random, which narrows the LFC distribution.
-            if len(in1) != len(in2):
-                raise ValueError("one-to-one pairs need as many samples in both groups")
-            firsts.append(in1)
-            seconds.append(in2[torch.randperm(len(in2), generator=generator)])
+            # (The groups draw as many samples, except with fewer samples than batches, where
+            # each batch still gets one: the larger group then pairs a random part of its own.)
+            n = min(len(in1), len(in2))
+            firsts.append(in1 if len(in1) == n else in1[torch.randperm(len(in1), generator=generator)[:n]])
+            seconds.append(in2[torch.randperm(len(in2), generator=generator)[:n]])
         else:
             share = max(1, m_permutation // len(strata))
             firsts.append(in1[torch.randint(len(in1), (share,), generator=generator)])

@@ -1025,6 +1025,9 @@ def run_autotune(
         raise ValueError("with n_jobs > 1 the metric function must be importable by the worker processes: define "
                          "it at the top level of a module (not in __main__, not a lambda)")
     train_idx, test_idx = _split(adata.n_obs, test_size, seed)
+    if max_epochs is not None and "max_epochs" in train_kwargs:
+        raise ValueError(f"max_epochs is given twice (max_epochs={max_epochs!r} and train_kwargs['max_epochs']="
+                         f"{train_kwargs['max_epochs']!r}); pass it once")
     if max_epochs is None:
         max_epochs = train_kwargs.pop("max_epochs", None)
     if max_epochs is None:

@@ -240,7 +240,7 @@ def category_strings(values: pd.Series) -> tuple[pd.Series, list[str]]:
     return values.astype(str), categories
 
 
-def obs_column(adata, key: str, role: str) -> pd.Series:
+def obs_column(adata, key: str, role: str, allow_missing: bool = False) -> pd.Series:
     if not isinstance(key, str):
         raise TypeError(f"{role} must be the name of an obs column (a string), got {key!r}")
     if key not in adata.obs.columns:
@@ -248,7 +248,7 @@ def obs_column(adata, key: str, role: str) -> pd.Series:
             f"obs column '{key}' ({role}) not found; available: {preview(adata.obs.columns, 30)}"
         )
     column = adata.obs[key]
-    if column.isna().any():
+    if not allow_missing and column.isna().any():
         raise ValueError(
             f"obs column '{key}' ({role}) has {int(column.isna().sum())} missing values; "
             "fill or drop those cells first"
@@ -625,13 +625,28 @@ class ObsmField(Field):
         return values
 
 
+def _spelled_as_in(value: str, categories: list[str]) -> str:
+    """``value`` as ``categories`` spell it when it is a number written otherwise there
+    ("-1.0" for a column of integers holding -1, or "-1" for one of floats), else ``value``."""
+    if value in categories:
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    spellings = [str(number)] + ([str(int(number))] if number.is_integer() else [])
+    return next((s for s in spellings if s in categories), value)
+
+
 class CategoricalObsField(Field):
     """Codes of one categorical obs column (``obs_key=None``: one category, every cell 0).
 
     ``query``: what a query's categories may be (``"new"``: only unseen ones, appended, as
     batches must be; ``"append"``: unseen ones are appended; ``"known"``: only known ones).
-    With ``unlabeled_category``, cells with that value get the code ``n_categories`` (one past
-    the categories) and an AnnData without the column is all unlabelled.
+    With ``unlabeled_category``, cells with that value or with none (NaN) get the code
+    ``n_categories`` (one past the categories) and an AnnData without the column is all
+    unlabelled; a number given as the category matches the column's own spelling of it (-1
+    and -1.0 alike: numbers from R arrive as floats).
     """
 
     _state_attrs = ("key", "obs_key", "role", "query", "categories", "unlabeled_category")
@@ -652,13 +667,14 @@ class CategoricalObsField(Field):
             if self.unlabeled_category is not None:
                 raise ValueError(f"unlabeled_category needs {self.role} (the obs column of the labels)")
             return
-        column = obs_column(adata, self.obs_key, self.role)
+        column = obs_column(adata, self.obs_key, self.role, allow_missing=self.unlabeled_category is not None)
         check_grouping(column, self.obs_key, self.role)
         categories = category_strings(column)[1]
         if self.unlabeled_category is not None:
+            self.unlabeled_category = _spelled_as_in(self.unlabeled_category, categories)
             if self.unlabeled_category in categories:
                 categories.remove(self.unlabeled_category)
-            else:
+            elif not column.isna().any():  # (cells with no value are unlabelled)
                 warnings.warn(
                     f"unlabeled_category '{self.unlabeled_category}' does not occur in obs column "
                     f"'{self.obs_key}': every cell is labelled, and training is fully supervised",
@@ -679,7 +695,20 @@ class CategoricalObsField(Field):
             return category_codes(adata, self.obs_key, self.role, self.categories)
         if self.obs_key not in adata.obs.columns:  # new data to classify: no labels yet
             return np.full(n, len(self.categories), dtype=np.int64)
-        return category_codes(adata, self.obs_key, self.role, self.categories + [self.unlabeled_category])
+        known = self.categories + [self.unlabeled_category]
+        column = obs_column(adata, self.obs_key, self.role, allow_missing=True)
+        values = column.astype(str)
+        codes = pd.Categorical(values, categories=known).codes.astype(np.int64)
+        unknown = (codes < 0) & ~column.isna().to_numpy()
+        if unknown.any():
+            # New data with labels of its own (e.g. to compare predictions with): only the
+            # model's labels are used; the others are read as no label.
+            warnings.warn(f"{int(unknown.sum())} cells have labels the model does not know "
+                          f"({preview(pd.unique(values[unknown]))}) in obs column '{self.obs_key}'; they are "
+                          f"read as unlabelled. The model's labels: {preview(self.categories, 30)}",
+                          UserWarning, stacklevel=5)
+        codes[codes < 0] = len(self.categories)  # no label (NaN) or an unknown one
+        return codes
 
     def codes_of(self, values) -> np.ndarray:
         """Codes of category names (e.g. a ``transform_batch``)."""
@@ -697,7 +726,8 @@ class CategoricalObsField(Field):
         field = copy.deepcopy(self)
         if self.obs_key is None or self.obs_key not in adata.obs.columns and self.query != "new":
             return field
-        query = category_strings(obs_column(adata, self.obs_key, self.role))[1]
+        query = category_strings(obs_column(adata, self.obs_key, self.role,
+                                            allow_missing=self.unlabeled_category is not None))[1]
         if self.query == "new":
             shared = [c for c in query if c in self.categories]
             if shared:

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 
@@ -195,8 +196,10 @@ class MappingMixin:
             X=counts if registry.layer is None else None, obs=adata.obs.copy(),
             var=pd.DataFrame(index=pd.Index(registry.var_names)),
             layers={registry.layer: counts} if registry.layer is not None else None,
-            obsm={k: v for k, v in adata.obsm.items()},
-            uns=dict(adata.uns),  # e.g. the names of an obsm matrix's columns
+            # copies: preparing (e.g. a protein panel's columns renamed or filled) must not
+            # reach the user's AnnData
+            obsm={k: v.copy() for k, v in adata.obsm.items()},
+            uns=copy.deepcopy(dict(adata.uns)),  # e.g. the names of an obsm matrix's columns
         )
         for field in registry.fields.values():  # e.g. a missing protein panel filled with zeros
             field.prepare_query(query)

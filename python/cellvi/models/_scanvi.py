@@ -89,8 +89,9 @@ class SCANVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         labels_key
             obs column of the cell labels.
         unlabeled_category
-            The value of that column that marks a cell without a label (e.g. ``"Unknown"``).
-            If no cell has it, training is fully supervised (with a warning).
+            The value of that column that marks a cell without a label (e.g. ``"Unknown"``);
+            cells with no value (NaN) are unlabelled too. If no cell is unlabelled, training
+            is fully supervised (with a warning).
         layer, batch_key, size_factor_key, categorical_covariate_keys, continuous_covariate_keys
             As for :meth:`cellvi.SCVI.setup_anndata`.
 

@@ -395,6 +395,9 @@ class Trainer:
         self.validation_indices = validation_indices
         self.max_epochs = as_count(max_epochs, "max_epochs")
         self.batch_size = as_count(batch_size, "batch_size")
+        if self.batch_size < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+            raise ValueError("batch_size must be at least 2: the network's batch normalisation needs two cells "
+                             "per minibatch (128, the default, is a good choice)")
         self.n_train = data.n_cells(train_indices)
         if self.n_train < 2:
             raise ValueError(f"training needs at least 2 cells, got {self.n_train}")

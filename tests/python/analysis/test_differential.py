@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import cellvi
-from cellvi.analysis._differential import _pair_statistics, _pairs, fdr_calls
+from cellvi.analysis._differential import _comparisons, _pair_statistics, _pairs, fdr_calls
 from conftest import shared_data
+from helpers import simulate_counts
 
 ISGS = ["ISG15", "IFI6", "IFIT1", "IFIT3", "MX1", "ISG20", "IFIT2", "LY6E", "IFITM3", "OAS1"]
 
@@ -224,3 +225,37 @@ def test_markers_on_kang_normalized_expression_and_batch_corrected_de():
     null = model.differential_expression(idx1=cells[:half], idx2=cells[half:], batch_correction=True,
                                          n_samples=2000, mode="change")
     assert null["is_de_fdr_0.05"].mean() <= 0.01
+
+
+def test_groups_by_value_missing_values_and_unequal_batch_sets(sim_trained):
+    """Numeric group columns match by value (1, 1.0, "1"); cells without a group are in no
+    group nor in "the rest"; batch correction over different numbers of batches per group
+    draws as many samples for both."""
+    adata, model = sim_trained
+    data = adata.copy()
+    codes = pd.Categorical(data.obs["cell_type"]).codes.astype(float)
+    codes[:20] = np.nan
+    data.obs["type_number"] = codes  # 0.0, 1.0, 2.0 and NaN
+    de = model.differential_expression(data, groupby="type_number", gene_list=["gene0"], n_samples=50)
+    assert list(de["group1"]) == ["0", "1", "2"]
+    one = model.differential_expression(data, groupby="type_number", group1=1, gene_list=["gene0"], n_samples=50)
+    again = model.differential_expression(data, groupby="type_number", group1="1.0", gene_list=["gene0"],
+                                          n_samples=50)
+    assert one["group1"].iloc[0] == again["group1"].iloc[0] == "1"
+    (_, _, in1, rest), = _comparisons(data, "type_number", 1, None, None, None)
+    assert not np.isin(np.arange(20), np.concatenate([in1, rest])).any()  # NaN cells: neither side
+    assert len(in1) + len(rest) == data.n_obs - 20
+    data.obs["tag"] = pd.Series(np.where(np.arange(data.n_obs) % 3 == 0, None, "x"), index=data.obs_names,
+                                dtype=object)
+    with pytest.raises(ValueError, match="no cells outside group 'x'"):  # None is no group, not the rest
+        _comparisons(data, "tag", None, None, None, None)
+    # batch correction, one group generated in 1 batch and the other in 2 (a confounded design;
+    # an untrained model: only the sampling's bookkeeping is checked)
+    three = simulate_counts(n_cells=150, n_batches=3)
+    cellvi.SCVI.setup_anndata(three, batch_key="batch")
+    untrained = cellvi.SCVI(three, n_latent=3, n_hidden=16)
+    batches = list(untrained.registry.batch_categories)
+    corrected = untrained.differential_expression(groupby="cell_type", group1="type0", group2="type1",
+                                                  batch_correction=True, batchid1=batches[:1],
+                                                  batchid2=batches[1:], n_samples=101, gene_list=["gene0", "gene1"])
+    assert len(corrected) == 2 and corrected["proba_m1"].between(0, 1).all()

@@ -162,6 +162,8 @@ def test_bad_input_is_refused_before_anything_starts(adata, tmp_path):
         run_autotune(cellvi.SCVI, adata, storage="redis://localhost", **kw)
     with pytest.raises(ValueError, match="importable"):
         run_autotune(cellvi.SCVI, adata, metric=lambda m, a: 0.0, n_jobs=2, **kw)
+    with pytest.raises(ValueError, match="max_epochs is given twice"):
+        run_autotune(cellvi.SCVI, adata, train_kwargs={"max_epochs": 5}, **kw)
     assert not os.path.exists(save)  # nothing was started
 
 

@@ -121,6 +121,8 @@ def test_prepare_query_reorders_fills_and_reports(sim_reference):
     genes = list(query.var_names)
     shuffled = query[:, genes[::-1][:90] + []].copy()  # reversed, and 10 genes missing
     shuffled.var_names = [g for g in genes[::-1][:90]]
+    shuffled.obsm["embedding"] = np.zeros((shuffled.n_obs, 2))
+    shuffled.uns["notes"] = {"kept": [1, 2]}
     original = shuffled.copy()
     with pytest.warns(UserWarning, match="10 of the reference's 100 genes are missing"):
         prepared = cellvi.SCVI.prepare_query_anndata(shuffled, model)
@@ -131,7 +133,10 @@ def test_prepare_query_reorders_fills_and_reports(sim_reference):
     np.testing.assert_array_equal(X[:, present], Q[:, present])
     absent = sorted(set(range(100)) - set(present))
     assert (X[:, absent] == 0).all()
-    # The user's object is untouched.
+    # The user's object is untouched, also through the prepared copy's obsm and uns.
+    prepared.obsm["embedding"][0, 0] = 99.0
+    prepared.uns["notes"]["kept"].append(3)
+    assert shuffled.obsm["embedding"][0, 0] == 0.0 and shuffled.uns["notes"]["kept"] == [1, 2]
     assert list(shuffled.var_names) == list(original.var_names)
     np.testing.assert_array_equal(shuffled.X.toarray(), original.X.toarray())
     assert "cellvi_query" not in shuffled.uns

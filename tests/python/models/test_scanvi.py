@@ -3,6 +3,7 @@ and label recovery on real data."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -54,10 +55,14 @@ def test_predict_names_probabilities_indices_and_new_data(sim_scanvi):
     np.testing.assert_array_equal(soft.idxmax(axis=1).to_numpy(), labels)
     picked = model.predict(indices=[3, 1], soft=True)
     assert list(picked.index) == [adata.obs_names[3], adata.obs_names[1]]
-    # New cells need no labels column.
+    # New cells need no labels column; labels of their own that the model does not know, or
+    # none (NaN), are read as unlabelled (with a warning for the unknown ones).
     new = adata[:50].copy()
     del new.obs["labels"]
     np.testing.assert_array_equal(model.predict(new), labels[:50])
+    new.obs["labels"] = pd.Categorical(["their_own_type"] * 25 + [np.nan] * 25)
+    with pytest.warns(UserWarning, match="25 cells have labels the model does not know .*their_own_type"):
+        np.testing.assert_array_equal(model.predict(new), labels[:50])
 
 
 def test_every_scvi_query_works(sim_scanvi):
@@ -161,6 +166,21 @@ def test_setup_errors_and_warnings():
     cellvi.SCANVI.setup_anndata(adata, labels_key="cell_type", unlabeled_category="type0")
     with pytest.raises(ValueError, match="gene-label"):
         cellvi.SCANVI(adata, dispersion="gene-label")
+    # Cells without a value (NaN) are unlabelled; a number matches the column's own spelling
+    # of it (-1.0 from R for a column of integers holding -1).
+    adata.obs["partial"] = pd.Categorical(np.where(np.arange(100) % 2 == 0, adata.obs["cell_type"], None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # half the cells are unlabelled: not "fully supervised"
+        cellvi.SCANVI.setup_anndata(adata, labels_key="partial", unlabeled_category="Unknown")
+    model = cellvi.SCANVI(adata)
+    assert model.registry.label_categories == ["type0", "type1", "type2"]
+    assert (model._tensors().labels[1::2] == 3).all() and (model._tensors().labels[::2] < 3).all()
+    adata.obs["coded"] = np.where(np.arange(100) % 2 == 0, pd.Categorical(adata.obs["cell_type"]).codes, -1)
+    cellvi.SCANVI.setup_anndata(adata, labels_key="coded", unlabeled_category=-1.0)
+    model = cellvi.SCANVI(adata)
+    assert "-1" not in model.registry.label_categories and (model._tensors().labels[1::2] == 3).all()
+    with pytest.raises(ValueError, match="batch_size must be at least 2"):
+        model.train(max_epochs=1, batch_size=1)
 
 
 def test_kang_labels_recovered_from_ten_percent():
