@@ -677,16 +677,20 @@ load_cellvi_model <- function(model_dir, name = NULL) {
                protein_altexp = input$proteins)
   },
   recorded = function(x, dimred, fit_by) {
-    record <- S4Vectors::metadata(x)$cellvi[[dimred]]
+    records <- S4Vectors::metadata(x)$cellvi
+    record <- records[[dimred]]
     if (is.null(record)) {
       stop("no cellvi model recorded for reducedDim '", dimred, "'; run ", fit_by, " first",
-           call. = FALSE)
+           if (length(records)) {
+             paste0(" (models recorded on this object, under the name their verb gave them even ",
+                    "if the reducedDim was renamed since: ", .show_some(names(records), 10), ")")
+           }, call. = FALSE)
     }
     list(record = record, input = list(counts = record$assay.type,
                                        proteins = record$protein_altexp))
   },
   columns = function(x) colnames(SummarizedExperiment::colData(x)),
-  metadata = function(x) as.data.frame(SummarizedExperiment::colData(x)),
+  metadata = function(x) as.data.frame(SummarizedExperiment::colData(x), optional = TRUE),
   reductions = function(x) .sce_reduced_dim_names(x),
   embedding = function(x, name) SingleCellExperiment::reducedDim(x, name),
   write = function(x, results, record, plan, a, verbose) {

@@ -215,6 +215,7 @@
   py <- .cellvi_py()
   np_copy <- function(x, dtype) reticulate::np_array(x, dtype = dtype)$copy()
   if (is.factor(v)) {
+    if (anyNA(levels(v))) v <- factor(v, levels = levels(v)[!is.na(levels(v))])  # addNA(): NA is missing
     codes <- as.integer(v) - 1L
     codes[is.na(codes)] <- -1L
     return(py$pd$Categorical$from_codes(np_copy(codes, "int32"),
@@ -329,11 +330,33 @@
 
 .parts <- function(counts, obs = list(), var = list(), reductions = list(), proteins = NULL,
                    layers = list(), what = "the count matrix", hint = "Pass the raw counts") {
-  list(counts = counts,
-       cells = .or_default(colnames(counts), as.character(seq_len(ncol(counts)))),
-       features = .or_default(rownames(counts), as.character(seq_len(nrow(counts)))),
+  cells <- .or_default(colnames(counts), as.character(seq_len(ncol(counts))))
+  features <- .or_default(rownames(counts), as.character(seq_len(nrow(counts))))
+  # Reductions, proteins and results are matched to cells by name.
+  for (x in list(list(cells, "cell", "colnames"), list(features, "feature", "rownames"))) {
+    dup <- unique(x[[1]][duplicated(x[[1]])])
+    if (length(dup)) {
+      stop(length(dup), " ", x[[2]], " names are duplicated (", .show_some(dup), "); make them ",
+           "unique first, e.g. ", x[[3]], "(object) <- make.unique(", x[[3]], "(object))",
+           call. = FALSE)
+    }
+  }
+  list(counts = counts, cells = cells, features = features,
        obs = obs, var = var, reductions = reductions, proteins = proteins, layers = layers,
        what = what, hint = hint)
+}
+
+# A data.frame given for the cells (or features) of a matrix, in the matrix's order: by its row
+# names when it has its own (not 1, 2, ...), which must then name every cell (feature).
+.aligned_table <- function(table, names, what, names_of) {
+  if (!is.data.frame(table) || .row_names_info(table) <= 0 || is.null(names)) return(table)
+  idx <- match(names, rownames(table))
+  if (anyNA(idx)) {
+    stop("the row names of `", what, "` are not the matrix's ", names_of, ": ", sum(is.na(idx)),
+         " missing (e.g. ", .show_some(names[is.na(idx)], 3), "); give `", what, "` one row per ",
+         "name, or no row names (rows in the matrix's order)", call. = FALSE)
+  }
+  table[idx, , drop = FALSE]
 }
 
 # Protein counts (proteins x cells, any matrix class) -> dense double matrix with columns in
@@ -833,6 +856,8 @@ as_anndata.SingleCellExperiment <- as_anndata.SummarizedExperiment
 as_anndata.Matrix <- function(object, features = NULL, obs = NULL, var = NULL,
                               allow_non_counts = FALSE, ...) {
   .no_dots(...)
+  obs <- .aligned_table(obs, colnames(object), "obs", "colnames")
+  var <- .aligned_table(var, rownames(object), "var", "rownames")
   obs_cols <- if (is.null(obs)) list() else .metadata_columns(obs, TRUE, "obs")
   var_cols <- if (is.null(var)) list() else .metadata_columns(var, TRUE, "var")
   for (x in list(list(obs_cols, ncol(object), "obs", "columns"),

@@ -53,7 +53,8 @@
          call. = FALSE)
   }
   groups <- as.character(groups)
-  firsts <- if (is.null(a$group1)) sort(unique(groups)) else a$group1
+  # every group (but group2, when given: each other group against it), or group1
+  firsts <- if (is.null(a$group1)) setdiff(sort(unique(groups)), a$group2) else a$group1
   plan$comparisons <- lapply(firsts, function(g) {
     idx <- .group_cells(groups, g, a$group2)
     idx$group <- g
@@ -142,8 +143,8 @@
   if (!nrow(table)) return(table)
   evidence <- if (!is.null(table$proba_de)) {
     table$proba_de
-  } else if (!is.null(table$prob_da)) {
-    table$prob_da  # PeakVI's differential accessibility
+  } else if (!is.null(table$prob_da) && !all(is.na(table$is_da_fdr))) {
+    table$prob_da  # PeakVI's differential accessibility (change mode; vanilla: P(y1 > y2))
   } else if (!is.null(table$bayes_factor)) {
     abs(table$bayes_factor)
   } else {
@@ -348,7 +349,9 @@ findMarkersSCVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "s
   }
   idx1 <- which(groups %in% ident.1)
   idx2 <- if (is.null(ident.2)) which(!is.na(groups) & !groups %in% ident.1) else which(groups %in% ident.2)
-  if (length(intersect(ident.1, ident.2))) stop("ident.1 and ident.2 overlap", call. = FALSE)
+  if (length(intersect(ident.1, ident.2))) {
+    stop("the two groups overlap (", .show_some(intersect(ident.1, ident.2)), ")", call. = FALSE)
+  }
   if (!length(idx2)) stop("no cells to compare with", call. = FALSE)
   list(idx1 = idx1, idx2 = idx2)
 }

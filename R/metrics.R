@@ -64,7 +64,7 @@ IntegrationScores <- function(object, reduction = NULL, batch, labels = NULL, se
            call. = FALSE)
     }
   }
-  as_py <- function(v) if (is.null(v)) NULL else reticulate::r_to_py(as.character(v))
+  as_py <- function(v) if (is.null(v)) NULL else .py_str_array(v)  # NA -> None: left out
   scores <- .py_call(.core()$metrics$integration_scores(
     .cellvi_py()$np$asarray(unname(as.matrix(embedding)), dtype = "float64"), as_py(batch), as_py(labels),
     seed = as.integer(seed)))

@@ -169,6 +169,23 @@ test_that("bad counts and bad names give clear errors", {
   expect_error(as_anndata(seu, assay = "ADT"), "assay 'ADT' not found; available: RNA")
   expect_error(as_anndata(seu, metadata = "donor"), "metadata column\\(s\\) 'donor' not found")
   expect_error(as_anndata(list()), "does not know objects of class 'list'")
+  # names that cells and genes are matched by must be unique
+  dup <- m
+  colnames(dup)[2] <- colnames(dup)[1]
+  expect_error(as_anndata(dup), "1 cell names are duplicated .*make.unique\\(colnames")
+  rownames(dup) <- rep(rownames(m)[1], nrow(m))
+  colnames(dup) <- colnames(m)
+  expect_error(as_anndata(dup), "1 feature names are duplicated")
+  # a table with row names of its own is matched by them, not taken in row order
+  obs <- data.frame(who = rev(colnames(m)), row.names = rev(colnames(m)))
+  ad <- as_anndata(m, obs = obs)
+  expect_equal(reticulate::py_to_r(ad$obs$who$tolist()), colnames(m))
+  expect_error(as_anndata(m, obs = obs[-1, , drop = FALSE]), "row names of `obs` are not the matrix's colnames")
+  # a factor with an NA level (addNA()) travels with its NA as missing
+  fac <- data.frame(f = addNA(factor(c("a", NA, rep("b", ncol(m) - 2)))))
+  ad <- as_anndata(m, obs = fac)
+  expect_equal(reticulate::py_to_r(ad$obs$f$cat$categories$tolist()), c("a", "b"))
+  expect_true(reticulate::py_to_r(ad$obs$f$isna()$tolist())[[2]])
   expect_error(as_sce(list()), "expected a Python AnnData")
   expect_error(read_h5ad(file.path(tempdir(), "no-such-file.h5ad")), "file not found")
 })

@@ -113,6 +113,10 @@ test_that("findMarkersSCVI runs one-vs-rest on a SingleCellExperiment", {
   one <- findMarkersSCVI(sce, sce$RNA_snn_res.1, group1 = "2", group2 = "0", n_samples = 200,
                          verbose = FALSE)
   expect_equal(nrow(one), nrow(sce))
+  # group2 alone: every other group against it
+  vs0 <- findMarkersSCVI(sce, "RNA_snn_res.1", group2 = "0", features = "CD3E", n_samples = 100,
+                         verbose = FALSE)
+  expect_equal(sort(unique(vs0$group)), c("1", "2"))
   expect_error(findMarkersSCVI(sce, "cluster"), "colData column 'cluster' not found")
 })
 
@@ -121,4 +125,12 @@ test_that("one-vs-rest leaves cells without a group (NA) out of the rest, as Seu
   expect_equal(idx$idx1, c(1L, 4L))
   expect_equal(idx$idx2, 3L)
   expect_error(cellvi:::.group_cells(c("a", NA), "b", NULL), "group 'b' not found; groups: a$")
+})
+
+test_that("PeakVI's vanilla tables are sorted by |bayes_factor| (prob_da is then P(y1 > y2))", {
+  vanilla <- data.frame(prob_da = c(0.5, 0.01, 0.99), bayes_factor = c(0, -4.6, 4.6),
+                        row.names = c("flat", "open_in_2", "open_in_1"))
+  expect_equal(rownames(cellvi:::.sort_markers(vanilla))[3], "flat")
+  change <- cbind(vanilla, is_da_fdr = c(FALSE, FALSE, TRUE))
+  expect_equal(rownames(cellvi:::.sort_markers(change)), c("open_in_1", "flat", "open_in_2"))
 })

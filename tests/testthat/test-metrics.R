@@ -37,11 +37,18 @@ test_that("IntegrationScores reads a Seurat reduction and an SCE reducedDim alik
     assays = list(counts = Matrix::Matrix(0, 1, ncol(kang), sparse = TRUE)),
     colData = kang[[]], reducedDims = list(mixed = mixed))
   expect_equal(IntegrationScores(sce, reduction = "mixed", batch = "donor", labels = "cell_type"), good)
+  # colData names are used as they are (as.data.frame would turn "cell type" into "cell.type")
+  SummarizedExperiment::colData(sce)[["cell type"]] <- kang$cell_type
+  expect_equal(IntegrationScores(sce, reduction = "mixed", batch = "donor", labels = "cell type"), good)
 
   # unknown types (NA) are left out of the label scores; no labels: only iLISI
   partial <- kang$cell_type
   partial[seq(1, length(partial), by = 3)] <- NA
-  expect_true(is.finite(IntegrationScores(mixed, batch = kang$donor, labels = partial)[["nmi"]]))
+  left_out <- IntegrationScores(mixed, batch = kang$donor, labels = partial)
+  expect_true(is.finite(left_out[["nmi"]]))
+  # (reticulate alone would make NA a label named "NA")
+  as_label <- IntegrationScores(mixed, batch = kang$donor, labels = ifelse(is.na(partial), "NA", partial))
+  expect_false(isTRUE(all.equal(left_out[["nmi"]], as_label[["nmi"]])))
   only_batch <- IntegrationScores(mixed, batch = kang$donor)
   expect_true(is.na(only_batch[["total"]]) && is.finite(only_batch[["ilisi"]]))
 
