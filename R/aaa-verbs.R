@@ -212,7 +212,8 @@
     model <- fit$model
     record <- list(model = plan$model, model_dir = fit$dir, setup = plan$setup,
                    model_args = args$model_args, train_args = args$train_args,
-                   cellvi_version = .py_value(.core()$`__version__`))
+                   cellvi_version = .py_value(.core()$`__version__`),
+                   save_id = .save_id(fit$dir))
     # The plan's and the fit's entries add to these, or replace them (a tune verb's fit
     # records the settings it chose).
     extra <- c(plan$record, fit$record)
@@ -487,6 +488,14 @@ load_cellvi_model <- function(model_dir, name = NULL) {
          "`model_dir`). Restore that directory, or run ", verb$fit_by[[eco$name]],
          " again (without `model_dir` the model is kept inside the object)", call. = FALSE)
   }
+  saved <- .save_id(dir)
+  if (!is.null(found$record$save_id) && !identical(saved, found$record$save_id)) {
+    stop(eco$what, " '", where, "' records a model saved in the directory\n  ", dir,
+         "\nwhich now holds another model (saved there later, e.g. by a verb on another object ",
+         "with the same `model_dir`). Run ", verb$fit_by[[eco$name]], " again, and give each ",
+         "object its own `model_dir` (or none: the model is then kept inside the object)",
+         call. = FALSE)
+  }
   found$model <- load_cellvi_model(dir)
   if (length(verb$accepts)) {
     cls <- .model_class(found$model)
@@ -500,6 +509,16 @@ load_cellvi_model <- function(model_dir, name = NULL) {
 }
 
 .model_class <- function(model) .py_value(model$`__class__`$`__name__`)
+
+# The id a save wrote into `dir`'s model.json (NULL: none, e.g. a folder of several models, or
+# a model saved by an older cellvi), read without Python.
+.save_id <- function(dir) {
+  path <- file.path(.or_default(dir, ""), "model.json")
+  if (!length(dir) || !file.exists(path)) return(NULL)
+  lines <- readLines(path, warn = FALSE)
+  hit <- regmatches(lines, regexpr('"save_id": *"[0-9a-f]+"', lines))
+  if (!length(hit)) NULL else sub('.*"([0-9a-f]+)"$', "\\1", hit[[1]])
+}
 
 .model_genes <- function(model) unlist(.py_value(model$var_names))
 

@@ -100,11 +100,15 @@ test_that("nothing of the user's is lost: model_dir, the counts assay, names tha
   expect_error(RunSCVI(pbmc, max_epochs = 1, model_dir = notes, verbose = FALSE),
                "holds files that are not a cellvi model \\(notes.txt\\).*new or empty folder")
   expect_equal(list.files(notes, all.files = TRUE, no.. = TRUE), "notes.txt")
-  # A folder that holds a model is replaced by a rerun.
+  # A folder that holds a model is replaced by a rerun; an object whose model was replaced
+  # there says so instead of answering with the other model.
   dir <- tempfile("model-")
-  out <- RunSCVI(pbmc, max_epochs = 1, seed = 0, model_dir = dir, verbose = FALSE)
+  first <- RunSCVI(pbmc, max_epochs = 1, seed = 0, model_dir = dir, verbose = FALSE)
   out <- RunSCVI(pbmc, max_epochs = 1, seed = 0, model_dir = dir, verbose = FALSE)
   expect_true(file.exists(file.path(dir, "model.json")))
+  expect_error(NormalizeSCVI(first, features = "CD3E", verbose = FALSE),
+               "now holds another model .*own `model_dir`")
+  expect_no_error(NormalizeSCVI(out, features = "CD3E", verbose = FALSE))
   # A result may not replace the counts it is computed from.
   expect_error(NormalizeSCVI(out, assay.name = "RNA", verbose = FALSE),
                "would replace the assay of counts that the model reads")

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 import warnings
 from typing import Any, Iterator, Sequence
 
@@ -314,7 +315,8 @@ class BaseModel:
 
     # -- save / load ---------------------------------------------------------------------------
     def save(self, dir_path: str, overwrite: bool = False) -> None:
-        """Save weights (``weights.npz``) and setup, settings and history (``model.json``);
+        """Save weights (``weights.npz``) and setup, settings, history and an id of this save
+        (``model.json``);
         array and table arguments of the model (e.g. a marker matrix) go to
         ``arguments.npz``, their names and labels to ``model.json``, the training and
         validation cells of the last :meth:`train` (``train_indices``,
@@ -362,6 +364,8 @@ class BaseModel:
             "is_trained": self.is_trained,
             "history": self._history,
             "query": self._query,
+            # Tells this save from a later one into the same directory (R records it).
+            "save_id": uuid.uuid4().hex,
             **self._saved_extra(),
         }
         with open(os.path.join(tmp, C.MODEL_JSON_FILE), "w") as f:

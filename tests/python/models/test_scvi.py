@@ -2,6 +2,8 @@
 determinism, save/load."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -309,6 +311,10 @@ def test_save_never_deletes_other_files(sim_trained, tmp_path):
     (tmp_path / "empty").mkdir()
     model.save(tmp_path / "empty")
     assert (tmp_path / "empty" / "model.json").exists()
+    # Each save has its own id (R's records tell a model from a later one saved over it).
+    first = json.loads((tmp_path / "empty" / "model.json").read_text())["save_id"]
+    model.save(tmp_path / "empty", overwrite=True)
+    assert json.loads((tmp_path / "empty" / "model.json").read_text())["save_id"] != first
 
 
 def test_load_refuses_other_genes(sim_trained, tmp_path):
