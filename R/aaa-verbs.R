@@ -513,8 +513,9 @@ load_cellvi_model <- function(model_dir, name = NULL) {
 # The id a save wrote into `dir`'s model.json (NULL: none, e.g. a folder of several models, or
 # a model saved by an older cellvi), read without Python.
 .save_id <- function(dir) {
-  path <- file.path(.or_default(dir, ""), "model.json")
-  if (!length(dir) || !file.exists(path)) return(NULL)
+  if (!length(dir)) return(NULL)
+  path <- file.path(dir, "model.json")
+  if (!file.exists(path)) return(NULL)
   lines <- readLines(path, warn = FALSE)
   hit <- regmatches(lines, regexpr('"save_id": *"[0-9a-f]+"', lines))
   if (!length(hit)) NULL else sub('.*"([0-9a-f]+)"$', "\\1", hit[[1]])
@@ -759,12 +760,7 @@ load_cellvi_model <- function(model_dir, name = NULL) {
     stop("the SingleCellExperiment has no ", what, " names (", accessor, " is NULL); name them ",
          "first, e.g. ", example, call. = FALSE)
   }
-  dup <- unique(names[duplicated(names)])
-  if (length(dup)) {
-    stop(length(dup), " ", what, " names are duplicated (", .show_some(dup, 5), "); make them ",
-         "unique first: ", accessor, " <- make.unique(", accessor, ")", call. = FALSE)
-  }
-  invisible()
+  .refuse_duplicated(names, what, accessor)
 }
 
 # Column `name` of a per-feature result, named and in the order of `features` (NA where the

@@ -333,17 +333,22 @@
   cells <- .or_default(colnames(counts), as.character(seq_len(ncol(counts))))
   features <- .or_default(rownames(counts), as.character(seq_len(nrow(counts))))
   # Reductions, proteins and results are matched to cells by name.
-  for (x in list(list(cells, "cell", "colnames"), list(features, "feature", "rownames"))) {
-    dup <- unique(x[[1]][duplicated(x[[1]])])
-    if (length(dup)) {
-      stop(length(dup), " ", x[[2]], " names are duplicated (", .show_some(dup), "); make them ",
-           "unique first, e.g. ", x[[3]], "(object) <- make.unique(", x[[3]], "(object))",
-           call. = FALSE)
-    }
-  }
+  .refuse_duplicated(cells, "cell", "colnames(object)")
+  .refuse_duplicated(features, "feature", "rownames(object)")
   list(counts = counts, cells = cells, features = features,
        obs = obs, var = var, reductions = reductions, proteins = proteins, layers = layers,
        what = what, hint = hint)
+}
+
+# Names that cells and features are matched by must be unique (`accessor`: how the user sets
+# them, for the fix).
+.refuse_duplicated <- function(names, what, accessor) {
+  dup <- unique(names[duplicated(names)])
+  if (length(dup)) {
+    stop(length(dup), " ", what, " names are duplicated (", .show_some(dup, 5), "); make them ",
+         "unique first, e.g. ", accessor, " <- make.unique(", accessor, ")", call. = FALSE)
+  }
+  invisible()
 }
 
 # A data.frame given for the cells (or features) of a matrix, in the matrix's order: by its row

@@ -55,12 +55,13 @@ def _comparisons(adata, groupby, group1, group2, idx1, idx2) -> list[tuple[str, 
     if groupby not in adata.obs.columns:
         raise KeyError(f"obs column '{groupby}' not found; available: {', '.join(map(str, adata.obs.columns[:30]))}")
     column = adata.obs[groupby]
-    # Groups are named as strings; in a numeric column by value (1, 1.0 and "1" are one group).
+    # Groups are named as strings; in a numeric column by value (1, 1.0 and "1" are one group;
+    # a categorical column is not numeric, its categories are its names).
     # Cells with a missing value (NaN, None) are in no group, nor in "the rest".
     numeric = pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype)
 
     def key(value) -> str:
-        if numeric and not isinstance(column.dtype, pd.CategoricalDtype):
+        if numeric:
             try:
                 number = float(value)
             except (TypeError, ValueError):
