@@ -174,6 +174,8 @@
     gene_list = if (is.null(a$features)) NULL else as.list(a$features))
   if (!is.null(a$protein_prior_count)) {
     args$protein_prior_count <- .as_number(a$protein_prior_count, "protein_prior_count", 0)
+    args$include_protein_background <- .as_flag(a$include_protein_background,
+                                                "include_protein_background")
   }
   de <- .py_call(do.call(model$differential_expression, args))
   # Models of genes and proteins (totalVI): a protein may share its name with a gene.

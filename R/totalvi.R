@@ -53,7 +53,7 @@
   outputs = list(.out_totalvi_normalized), accepts = "TOTALVI", fit_by = .totalvi_fit_by)
 
 .markers_totalvi_verb <- .verb(
-  options = list(protein_prior_count = .arg_number(0)),
+  options = list(protein_prior_count = .arg_number(0), include_protein_background = .arg_flag),
   plan = .markers_plan, outputs = list(.out_markers), accepts = "TOTALVI",
   fit_by = .totalvi_fit_by)
 
@@ -191,13 +191,15 @@ NormalizeTOTALVI <- function(object, reduction = "totalvi", features = NULL, pro
 #' Differentially expressed genes and proteins with totalVI (Seurat)
 #'
 #' As [FindMarkersSCVI()], from the totalVI model stored by [RunTOTALVI()], over the genes
-#' and the proteins together (denoised proteins, background removed, plus
-#' `protein_prior_count`). The table has FindMarkersSCVI's columns and `feature_type`
-#' (`"gene"` or `"protein"`).
+#' and the proteins together (denoised proteins, background removed unless
+#' `include_protein_background = TRUE`, plus `protein_prior_count`). The table has
+#' FindMarkersSCVI's columns and `feature_type` (`"gene"` or `"protein"`).
 #'
 #' @param object A Seurat object on which [RunTOTALVI()] has run.
 #' @param features Genes and proteins to test (default: all of the model's).
 #' @param protein_prior_count Added to the protein expression before fold changes.
+#' @param include_protein_background Test the proteins' whole expected counts, background
+#'   included, instead of the foreground alone.
 #' @inheritParams FindMarkersSCVI
 #' @return A data.frame, one row per gene or protein (rownames), sorted by evidence.
 #' @examples
@@ -215,7 +217,8 @@ FindMarkersTOTALVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL,
                                reduction = "totalvi", features = NULL, mode = "change",
                                delta = 0.25, fdr_target = 0.05, batch_correction = FALSE,
                                batchid1 = NULL, batchid2 = NULL, n_samples = 5000,
-                               protein_prior_count = 0.1, verbose = TRUE) {
+                               protein_prior_count = 0.1, include_protein_background = FALSE,
+                               verbose = TRUE) {
   .run_verb(.seurat, object, .markers_totalvi_verb, environment())
 }
 
@@ -346,6 +349,6 @@ findMarkersTOTALVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred =
                                features = NULL, mode = "change", delta = 0.25,
                                fdr_target = 0.05, batch_correction = FALSE, batchid1 = NULL,
                                batchid2 = NULL, n_samples = 5000, protein_prior_count = 0.1,
-                               verbose = TRUE) {
+                               include_protein_background = FALSE, verbose = TRUE) {
   .run_verb(.sce, x, .markers_totalvi_verb, environment())
 }

@@ -56,6 +56,8 @@ run() {
                --threads 16 --device cuda)
   step tests 90 python3 -m pytest -q -x -p no:cacheprovider tests/python/data tests/python/train \
     tests/python/models/test_scvi.py
+  # strategy="ddp" on NCCL (one rank: the device has one GPU): the tests above run gloo only
+  step ddp_nccl_1gpu 60 python3 -m torch.distributed.run --standalone --nproc_per_node=1 python/examples/train_ddp.py
   step synthetic_100k_b128 70 "${bench[@]}" --synthetic 100000,2000 --epochs 2 --batch-size 128
   # 1M x 2,000 with ~100M non-zeros (bench_backed's generator, written once, ~1 GB): the
   # in-memory simulation of bench_scvi would take minutes at this size

@@ -252,18 +252,28 @@ class ExpressionMixin(PosteriorMixin):
         """Parameters of the count distribution per cell and gene.
 
         Returns a dict with ``mean`` (the NB/Poisson mean), and where the likelihood has them
-        ``dispersions`` (theta) and ``dropout`` (zero-inflation logits). With ``n_samples`` > 1
-        and not ``give_mean``, arrays are samples x cells x genes.
+        ``dispersions`` (theta) and ``dropout`` (the zero-inflation probability, as in
+        scvi-tools; for AUTOZI that of its ZINB component, before the per-gene mixture with
+        the NB). With ``n_samples`` > 1 and not ``give_mean``, arrays are samples x cells x
+        genes; ``give_mean`` averages over the samples.
+
+        Examples
+        --------
+        >>> params = model.get_likelihood_parameters(n_samples=10, give_mean=True)
+        >>> params["mean"].shape, params["dropout"].max() <= 1
         """
         n_samples = as_count(n_samples, "n_samples")
         parts: dict[str, list] = {}
         for tensors in self._minibatches(adata, indices, batch_size):
-            dist = self._generate(tensors, self._infer(tensors, n_samples))["dist"]
+            generated = self._generate(tensors, self._infer(tensors, n_samples))
+            dist = generated["dist"]
             values = {"mean": dist.mu}
             if hasattr(dist, "theta"):
                 values["dispersions"] = dist.theta.expand_as(dist.mu)
-            if hasattr(dist, "zi_logits"):
-                values["dropout"] = dist.zi_logits
+            if "dropout" in generated:  # a module whose likelihood mixes it with something else
+                values["dropout"] = generated["dropout"]
+            elif hasattr(dist, "zi_logits"):
+                values["dropout"] = torch.sigmoid(dist.zi_logits)
             for key, value in values.items():
                 if n_samples > 1 and give_mean:
                     value = value.mean(0)

@@ -1009,6 +1009,7 @@ def run_autotune(
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be 'asha', 'median' or None, got {scheduler!r}")
+    from ..models._base import default_max_epochs
     from ..train import as_count
 
     registry, tensors = recall_setup(adata, model_cls.__name__)
@@ -1031,10 +1032,7 @@ def run_autotune(
     if max_epochs is None:
         max_epochs = train_kwargs.pop("max_epochs", None)
     if max_epochs is None:
-        default = _train_parameters(model_cls).get("max_epochs")
-        max_epochs = default.default if default is not None and isinstance(default.default, int) else None
-        if max_epochs is None:
-            max_epochs = min(round(20000 / len(train_idx) * 400), 400)
+        max_epochs = default_max_epochs(model_cls, len(train_idx))
     max_epochs = as_count(max_epochs, "max_epochs")
     registry_json = _json_plain(registry.to_dict())
     config = {

@@ -64,7 +64,7 @@ def _digamma(z: torch.Tensor) -> torch.Tensor:
     if z.device.type != "cpu" or z.numel() == 0:
         return torch.digamma(z)
     z_min = float(z.min())
-    if not z_min > 0:  # NaN, or outside the domain: torch's kernel gives the usual inf/NaN
+    if not 0 < z_min < math.inf:  # NaN, inf or outside the domain: torch's kernel gives the usual values
         return torch.digamma(z)
     n_shift = max(0, math.ceil(4.0 - z_min))
     w = z + n_shift if n_shift else z

@@ -4,6 +4,7 @@ queries unique to it."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from .._settings import settings
 from ..data import AnnTensors, DeviceData, Field, ObsmField, Registry, cell_indices
 from ..data._registry import recall_setup, remember_setup
 from ..modules import BaseModule
-from ..train import Trainer, TrainingPlan, as_count, resolve_device, split_indices
+from ..train import Trainer, TrainingError, TrainingPlan, as_count, resolve_device, split_indices
 from ..train._distributed import STRATEGIES, Distributed, is_secondary_rank
 from ..train._trainer import single_threaded_global_openblas
 
@@ -35,6 +36,16 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
+
+
+def default_max_epochs(model_cls, n_cells: int) -> int:
+    """Epochs of ``model_cls.train(max_epochs=None)``: the default its ``train`` declares
+    (e.g. PEAKVI's 500), or, where it declares none, scvi-tools' rule for ``n_cells`` cells,
+    ``min(round(20000 / n_cells * 400), 400)``, at least 1."""
+    declared = inspect.signature(model_cls.train).parameters.get("max_epochs")
+    if declared is not None and type(declared.default) is int:
+        return declared.default
+    return max(1, min(round(20000 / n_cells * 400), 400))
 
 
 class BaseModel:
@@ -204,7 +215,8 @@ class BaseModel:
         Parameters
         ----------
         max_epochs
-            Passes over the training cells; default ``min(round(20000 / n_cells * 400), 400)``.
+            Passes over the training cells; ``None``: the model's default (see
+            :func:`default_max_epochs`), for scVI ``min(round(20000 / n_cells * 400), 400)``.
         device
             ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         train_size, validation_size
@@ -280,17 +292,30 @@ class BaseModel:
             optimizer_params=self._optimizer_params(),
             labelled_indices=self._labelled_indices(train_idx), distributed=distributed,
         )
+        # A run that fails (diverged, a plan watching a metric the history lacks, ...) leaves
+        # the model as it was: weights, split and history; the failed run's history goes with
+        # a TrainingError (``err.history``). An interrupted run (Ctrl-C) keeps what it reached.
+        before = ({k: v.detach().clone() for k, v in self.module.state_dict().items()},
+                  self.train_indices, self.validation_indices, self._history)
         self.train_indices, self.validation_indices = train_idx, val_idx
         self._history = []
         try:
             trainer.fit()
-        finally:
+        except Exception as err:
+            state, self.train_indices, self.validation_indices, self._history = before
+            self.module.load_state_dict(state)
+            if isinstance(err, TrainingError):
+                err.history = pd.DataFrame(trainer.history).set_index("epoch") if trainer.history else None
+            raise
+        except BaseException:
             self._history = trainer.history
+            raise
+        self._history = trainer.history
         self.is_trained = True
         return self
 
     def _default_max_epochs(self) -> int:
-        return min(round(20000 / self.adata.n_obs * 400), 400)
+        return default_max_epochs(type(self), self.adata.n_obs)
 
     def _training_data(self, train_size: float, validation_size: float | None):
         """(data on the module's device, training cells, validation cells): one data set's

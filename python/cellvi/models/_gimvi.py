@@ -113,6 +113,10 @@ class GIMVI(BaseModel):
         self._set_tensors: list[AnnTensors | None] = list(tensors)
         self._set_data: list[DeviceData | None] = [None, None]
         self.gene_indices = _spatial_gene_positions(*self.registries)
+        for name in ("n_hidden", "n_hidden_decoder", "n_layers_encoder_individual", "n_layers_encoder_shared",
+                     "n_layers_decoder_individual", "n_layers_decoder_shared"):
+            if name in module_kwargs:  # (numbers from R arrive as floats)
+                module_kwargs[name] = as_count(module_kwargs[name], name, 0 if "layers" in name else 1)
         generative_distributions = list(generative_distributions or ["zinb", "nb"])
         model_library_size = [bool(v) for v in (model_library_size if model_library_size is not None
                                                 else [True, False])]
@@ -220,9 +224,6 @@ class GIMVI(BaseModel):
         splits = [split_indices(self.adatas[d].n_obs, train_size, validation_size) for d in (SEQ, SPATIAL)]
         data = JointData([self._data_of(SEQ), self._data_of(SPATIAL)])
         return data, tuple(s[0] for s in splits), tuple(s[1] for s in splits)
-
-    def _default_max_epochs(self) -> int:
-        return 200
 
     # -- training ------------------------------------------------------------------------------
     def train(self, max_epochs: int | None = 200, kappa: float = 5.0, device: str = "auto",

@@ -11,7 +11,7 @@ from .._settings import settings
 from ..analysis import ExpressionMixin
 from ..modules import SCANVAE
 from ..train import as_count
-from ._base import BaseModel
+from ._base import BaseModel, default_max_epochs
 from ._mixins import MappingMixin, VAEMixin, _copy_weights
 from ._scvi import SCVI, VAE_TUNE_SPACE, vae_arguments, vae_settings
 
@@ -174,8 +174,7 @@ class SCANVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         >>> model.train(max_epochs=100, n_samples_per_label=100)
         """
         if max_epochs is None and self._from_scvi and self.adata is not None:
-            default = min(round(20000 / self.adata.n_obs * 400), 400)
-            max_epochs = int(min(10, max(2, round(default / 3.0))))
+            max_epochs = int(min(10, max(2, round(default_max_epochs(BaseModel, self.adata.n_obs) / 3.0))))
         self._n_samples_per_label = (as_count(n_samples_per_label, "n_samples_per_label")
                                      if n_samples_per_label is not None else None)
         return super().train(max_epochs, **kwargs)

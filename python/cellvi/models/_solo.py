@@ -290,7 +290,6 @@ class SOLO(BaseModel):
         >>> solo.train()
         >>> solo.history[["reconstruction_loss_train", "reconstruction_loss_validation"]].plot()
         """
-        max_epochs = 400 if max_epochs is None else max_epochs
         return super().train(max_epochs=max_epochs, device=device, train_size=train_size,
                              validation_size=validation_size, batch_size=batch_size,
                              early_stopping=early_stopping, early_stopping_patience=early_stopping_patience,

@@ -146,6 +146,9 @@ class SpatialStereoscope(BaseModel):
     the proportions too even (Jensen-Shannon divergence above scvi-tools'), near-zero eps
     (scvi-tools' equivalent) makes shallow spots too sparse (RMSE above scvi-tools'), 3e-3
     beats scvi-tools on per-spot and per-type Pearson, RMSE and JSD on all of them.
+    :meth:`get_scale_for_ct` gives each type's profile normalised to sum to 1 over the genes,
+    as DestVI's does (scvi-tools: expected counts per unit loading, whose totals differ
+    between types), so it compares genes within a type, and types by their shares of a gene.
 
     Parameters
     ----------

@@ -550,25 +550,32 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         fields = self.registry.fields
         return [self.registry.counts(adata), sp.csr_matrix(fields[C.PROTEIN_KEY].array(adata, fields))]
 
-    def _de_chunks(self, adata, cells, transform_batch, features, protein_prior_count: float = 0.1):
+    def _de_chunks(self, adata, cells, transform_batch, features, protein_prior_count: float = 0.1,
+                   include_protein_background: bool = False, sample_protein_mixing: bool = False,
+                   scale_protein: bool = False):
         for rows, rna, protein in self._joint_chunks(
-                adata, cells, transform_batch, None, None, 1, 1, True, None, False, False, False,
-                genes_major=True):
+                adata, cells, transform_batch, None, None, 1, 1, True, None, include_protein_background,
+                sample_protein_mixing, scale_protein, genes_major=True):
             joint = torch.cat([rna, protein + protein_prior_count], dim=0)
             yield rows, (joint if features is None else joint[torch.as_tensor(features)])
 
     def differential_expression(self, adata=None, groupby: str | None = None, group1=None, group2=None,
                                 idx1=None, idx2=None, mode: str = "change", delta: float = 0.25,
                                 protein_prior_count: float = 0.1, pseudocounts: float | None = 1e-5,
-                                **kwargs) -> pd.DataFrame:
+                                include_protein_background: bool = False, sample_protein_mixing: bool = False,
+                                scale_protein: bool = False, **kwargs) -> pd.DataFrame:
         """Bayesian differential expression of genes and proteins together.
 
         As :meth:`cellvi.SCVI.differential_expression`, over the genes followed by the
-        proteins (denoised, background removed, plus ``protein_prior_count``), with
-        scvi-tools' totalVI defaults (``mode="change"``, ``delta=0.25``,
-        ``pseudocounts=1e-5``; ``None`` estimates them as SCVI does). ``gene_list`` may name
-        genes and proteins (a name that a gene and a protein share gives both rows); the
-        column ``feature_type`` says which row is which.
+        proteins (denoised, plus ``protein_prior_count``), with scvi-tools' totalVI defaults
+        (``mode="change"``, ``delta=0.25``, ``pseudocounts=1e-5``; ``None`` estimates them as
+        SCVI does). ``gene_list`` may name genes and proteins (a name that a gene and a protein
+        share gives both rows; ``gene_list=model.protein_names`` tests the proteins alone);
+        the column ``feature_type`` says which row is which.
+
+        ``include_protein_background``, ``sample_protein_mixing`` and ``scale_protein`` shape
+        the proteins' values as in :meth:`get_normalized_expression` (by default the
+        foreground alone, its expected value, not rescaled).
 
         Examples
         --------
@@ -577,4 +584,7 @@ class TOTALVI(VAEMixin, ExpressionMixin, MappingMixin, BaseModel):
         """
         return ExpressionMixin.differential_expression(
             self, adata, groupby, group1, group2, idx1, idx2, mode=mode, delta=delta, pseudocounts=pseudocounts,
-            chunk_kwargs={"protein_prior_count": float(protein_prior_count)}, **kwargs)
+            chunk_kwargs={"protein_prior_count": float(protein_prior_count),
+                          "include_protein_background": bool(include_protein_background),
+                          "sample_protein_mixing": bool(sample_protein_mixing),
+                          "scale_protein": bool(scale_protein)}, **kwargs)

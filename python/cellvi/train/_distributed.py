@@ -70,7 +70,7 @@ class Distributed:
         inside the model (dropout, sampling) then differ by rank."""
         seed = settings.seed if settings.seed is not None else random.randrange(2**31 - 1)
         shared = torch.tensor([seed], dtype=torch.int64)
-        torch.distributed.broadcast(shared, 0)
+        self._collective(lambda t: torch.distributed.broadcast(t, 0), shared)
         if settings.seed != int(shared):  # (setting it reseeds torch: only when it changes)
             settings.seed = int(shared)
         if self.rank:
@@ -85,14 +85,15 @@ class Distributed:
                 self._collective(lambda t: torch.distributed.broadcast(t, 0), tensor.data)
 
     def _collective(self, op, tensor: torch.Tensor) -> None:
-        """``op`` on ``tensor`` in place; through a host copy when the backend is gloo and the
-        tensor is not on the host (gloo works on host tensors)."""
-        if self.device.type == "cuda" or tensor.device.type == "cpu":
+        """``op`` on ``tensor`` in place, through a copy where the tensor is not where the
+        backend works: NCCL on this rank's GPU, gloo on the host."""
+        target = self.device if self.device.type == "cuda" else torch.device("cpu")
+        if tensor.device == target:
             op(tensor)
             return
-        host = tensor.cpu()
-        op(host)
-        tensor.copy_(host)
+        moved = tensor.to(target)
+        op(moved)
+        tensor.copy_(moved)
 
     def average_gradients(self, params) -> None:
         """Replace each parameter's gradient by its mean over the ranks (one all-reduce). A

@@ -403,7 +403,7 @@ class Trainer:
             raise ValueError(f"training needs at least 2 cells, got {self.n_train}")
         self.limit_train_batches = limit_train_batches
         self.n_batches = self._n_batches(len(self._epoch_steps(None)))
-        if plan.n_steps_kl_warmup:
+        if plan.n_steps_kl_warmup is not None:  # (0: no warm-up)
             self.warmup_epochs = float(plan.n_steps_kl_warmup) / self.n_batches
         else:
             self.warmup_epochs = float(plan.n_epochs_kl_warmup or 0)

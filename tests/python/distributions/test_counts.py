@@ -88,6 +88,8 @@ def test_fast_digamma_and_log_factorial_match_torch():
     fractional = torch.tensor([0.5, 2.25])  # not counts: computed, not looked up
     torch.testing.assert_close(_log_factorial(fractional), torch.lgamma(fractional + 1))
     assert torch.isnan(_digamma(torch.tensor([1.0, float("nan")]))).any()
+    # all infinite (a diverged dispersion): torch's values, not an OverflowError
+    assert torch.equal(_digamma(torch.tensor([float("inf")] * 3)), torch.digamma(torch.tensor([float("inf")] * 3)))
 
 
 def test_zinb_zero_probability_underflow_stays_exact():

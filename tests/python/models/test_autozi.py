@@ -221,6 +221,11 @@ def test_latent_and_expression(trained):
     expr = model.get_normalized_expression(n_samples=2, return_numpy=True)
     assert expr.shape == (adata.n_obs, adata.n_vars)
     np.testing.assert_allclose(expr.sum(1), 1.0, rtol=1e-4)
+    # "dropout" is the ZINB component's probability, so at least minimal_dropout (the
+    # mixture's, (1 - delta) pi, falls below it for genes whose delta is near 1)
+    params = model.get_likelihood_parameters(indices=np.arange(20), n_samples=3, give_mean=True)
+    assert params["dropout"].shape == (20, adata.n_vars)
+    assert (params["dropout"] >= 0.01 - 1e-6).all() and (params["dropout"] <= 1).all()
 
 
 def test_save_load(trained, tmp_path):

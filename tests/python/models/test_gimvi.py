@@ -236,8 +236,10 @@ def test_batches_of_both_data_sets_and_settings():
     spatial = simulate_counts(n_cells=60, n_genes=30, n_batches=2, seed=1)[:, 5:20].copy()
     cellvi.GIMVI.setup_anndata(seq, batch_key="batch")
     cellvi.GIMVI.setup_anndata(spatial, batch_key="batch")
-    model = cellvi.GIMVI(seq, spatial, generative_distributions=["nb", "poisson"], n_latent=4,
-                         n_layers_decoder_individual=1, dispersion="gene")
+    # whole floats (as numbers arrive from R) for the networks' sizes
+    model = cellvi.GIMVI(seq, spatial, generative_distributions=["nb", "poisson"], n_latent=4.0,
+                         n_layers_decoder_individual=1.0, n_hidden=16.0, dispersion="gene")
+    assert model.init_kwargs["n_hidden"] == 16 and type(model.init_kwargs["n_hidden"]) is int
     assert model.module.n_batch == 4 and model.module.decoder_conditioned is not None
     model.train(max_epochs=3, kappa=0, batch_size=32)
     assert "adversarial_classifier_loss_train" not in model.history.columns

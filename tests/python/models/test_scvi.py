@@ -82,6 +82,8 @@ def test_likelihoods_and_dispersions_train(likelihood, dispersion):
     params = model.get_likelihood_parameters(indices=np.arange(10))
     assert params["mean"].shape == (10, 40) and (params["mean"] > 0).all()
     assert ("dropout" in params) == (likelihood == "zinb")
+    if likelihood == "zinb":  # a probability, as in scvi-tools (not the logits)
+        assert ((params["dropout"] >= 0) & (params["dropout"] <= 1)).all()
     assert ("dispersions" in params) == (likelihood != "poisson")
     assert model.get_marginal_ll(indices=np.arange(20), n_mc_samples=20) < 0
 
@@ -219,9 +221,37 @@ def test_nan_loss_stops_with_an_explanation(sim):
     model = cellvi.SCVI(sim)
     with torch.no_grad():
         model.module.px_r.fill_(float("nan"))
-    with pytest.raises(cellvi.TrainingError, match="NaN.*raw counts"):
+    with pytest.raises(cellvi.TrainingError, match="NaN.*raw counts") as failure:
         model.train(max_epochs=3)
-    assert len(model.history) == 1
+    assert len(failure.value.history) == 1  # the failed run's record goes with the error
+    assert model.history.empty and not model.is_trained and model.train_indices is None
+
+
+def test_a_failed_retrain_leaves_the_trained_model_as_it_was(sim):
+    cellvi.settings.seed = 0
+    cellvi.SCVI.setup_anndata(sim)
+    model = cellvi.SCVI(sim, n_latent=4)
+    model.train(max_epochs=2)
+    weights = {k: v.clone() for k, v in model.module.state_dict().items()}
+    history, split = model.history.copy(), model.train_indices.copy()
+    # a plan watching a metric the history lacks is found after the first epoch, when the
+    # weights have moved: they go back
+    with pytest.raises(ValueError, match="elbo_valdation"):
+        model.train(max_epochs=3, plan_kwargs={"monitor": "elbo_valdation"}, train_size=0.5)
+    for k, v in model.module.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    pd.testing.assert_frame_equal(model.history, history)
+    np.testing.assert_array_equal(model.train_indices, split)
+    assert model.is_trained and np.isfinite(model.get_latent_representation()).all()
+
+
+def test_default_epochs_follow_the_model_and_the_data_size():
+    from cellvi.models._base import default_max_epochs
+
+    assert default_max_epochs(cellvi.SCVI, 10_000) == 400 and default_max_epochs(cellvi.SCVI, 40_000) == 200
+    assert default_max_epochs(cellvi.SCVI, 50_000_000) == 1  # never 0, however large the atlas
+    assert default_max_epochs(cellvi.PEAKVI, 10_000) == 500  # train(max_epochs=None): its declared default
+    assert default_max_epochs(cellvi.CondSCVI, 10_000) == 300
 
 
 def test_one_cell_last_minibatch_trains():
@@ -327,3 +357,10 @@ def test_load_refuses_other_genes(sim_trained, tmp_path):
         cellvi.LinearSCVI.load(str(tmp_path / "m"))
     with pytest.raises(FileNotFoundError):
         cellvi.SCVI.load(str(tmp_path / "nothing"))
+
+
+def test_zero_warmup_steps_mean_full_kl_weight_from_the_start(sim):
+    cellvi.SCVI.setup_anndata(sim)
+    model = cellvi.SCVI(sim, n_latent=4)
+    model.train(max_epochs=2, plan_kwargs={"n_steps_kl_warmup": 0})
+    assert (model.history["kl_weight"] == 1.0).all()

@@ -179,6 +179,16 @@ def test_train_queries_and_save_load_round_trip(tmp_path):
     np.testing.assert_allclose(shifted[2.1].loc[proteins, "scale1"] - shifted[0.1].loc[proteins, "scale1"], 2.0,
                                rtol=1e-4)
     np.testing.assert_array_equal(shifted[2.1].loc[genes, "scale1"], shifted[0.1].loc[genes, "scale1"])
+    # the proteins' options reach DE: the background adds to every protein, scaling makes
+    # each cell's proteins sum to one (the same draws again, genes untouched)
+    torch.manual_seed(0)
+    background = model.differential_expression(groupby="cell_type", group1="type0", group2="type1", n_samples=200,
+                                               include_protein_background=True)
+    assert (background.loc[proteins, "scale1"] > shifted[0.1].loc[proteins, "scale1"]).all()
+    np.testing.assert_array_equal(background.loc[genes, "scale1"], shifted[0.1].loc[genes, "scale1"])
+    scaled = model.differential_expression(groupby="cell_type", group1="type0", group2="type1", n_samples=200,
+                                           scale_protein=True, protein_prior_count=0.0)
+    assert scaled.loc[proteins, "scale1"].sum() == pytest.approx(1.0, rel=1e-3)
     model.save(tmp_path / "tv")
     loaded = cellvi.load_model(tmp_path / "tv", adata, device="cpu")
     assert isinstance(loaded, cellvi.TOTALVI) and loaded.protein_names == model.protein_names
