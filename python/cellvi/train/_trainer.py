@@ -52,8 +52,9 @@ def epoch_callback(fn):
 
     ``row`` is the epoch's history entry (``epoch``, ``elbo_train``, ``elbo_validation``, ...);
     ``trainer`` gives access to the module and to :meth:`Trainer.evaluate`. ``fn`` may raise
-    :class:`StopTraining` to end training after this epoch; any other exception propagates
-    out of ``train()``.
+    :class:`StopTraining` to end training after this epoch (the model keeps what it trained);
+    any other exception propagates out of ``train()``, which then leaves the model as it was
+    before the call (as for any failed run).
 
     Examples
     --------

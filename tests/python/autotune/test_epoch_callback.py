@@ -43,7 +43,7 @@ def test_callback_sees_every_epoch_and_may_stop_training():
     assert seen == [0, 1] and len(model.history) == 3
 
 
-def test_other_exceptions_propagate_with_the_history_so_far():
+def test_other_exceptions_propagate_and_leave_the_model_as_it_was():
     model = _model()
 
     class Pruned(Exception):
@@ -54,4 +54,4 @@ def test_other_exceptions_propagate_with_the_history_so_far():
 
     with pytest.raises(Pruned), epoch_callback(cb):
         model.train(max_epochs=4, progress_bar=False)
-    assert len(model.history) == 1
+    assert model.history.empty and not model.is_trained
