@@ -247,6 +247,29 @@ class ExpressionMixin(PosteriorMixin):
     differential_expression = differential_expression
 
     @torch.no_grad()
+    def get_latent_library_size(self, adata=None, indices=None, give_mean: bool = True,
+                                batch_size: int | None = None) -> np.ndarray:
+        """Each cell's library size (RNA total count) as the model uses it (cells x 1).
+
+        The observed total, or, for a model that learns it (``use_observed_lib_size=False``),
+        the mean ``exp(m + v / 2)`` of the log-normal posterior q(l | x) (``give_mean``) or
+        one draw of it.
+
+        Examples
+        --------
+        >>> adata.obs["library_scvi"] = model.get_latent_library_size()[:, 0]
+        """
+        out = []
+        for tensors in self._minibatches(adata, indices, batch_size):
+            inf = self.module.inference(**self.module.inference_inputs(tensors))
+            if give_mean and "ql_mean" in inf:
+                library = torch.exp(inf["ql_mean"] + 0.5 * inf["ql_var"])
+            else:
+                library = torch.exp(inf["library"])
+            out.append(library.cpu())
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
     def get_likelihood_parameters(self, adata=None, indices=None, n_samples: int = 1,
                                   give_mean: bool = False, batch_size: int | None = None) -> dict:
         """Parameters of the count distribution per cell and gene.

@@ -225,7 +225,8 @@ class BaseModel:
             Cells per minibatch.
         early_stopping, early_stopping_patience
             Stop when the watched metric (the validation ELBO) has not improved for this many
-            epochs.
+            epochs; the model keeps the last epoch's weights, not the best epoch's (as
+            scvi-tools does by default).
         lr, weight_decay, eps
             Adam's settings (default: the model's; 1e-3, 1e-6 and 0.01 for scVI).
         n_epochs_kl_warmup

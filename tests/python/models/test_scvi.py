@@ -99,6 +99,19 @@ def test_learned_library_and_covariates_train(sim):
     z = model.get_latent_representation(mc_samples=20)
     np.testing.assert_allclose(z.sum(1), 1.0, rtol=1e-4)  # logistic normal lies on the simplex
     assert model.get_marginal_ll(n_mc_samples=10) > model.get_elbo() - 1  # log p(x) >= ELBO
+    # the learned library: positive, one per cell; its posterior mean tracks the observed
+    # totals (the library encoder is trained to reconstruct them)
+    library = model.get_latent_library_size()
+    assert library.shape == (sim.n_obs, 1) and (library > 0).all()
+    observed = np.asarray(sim.X.sum(1)).ravel()
+    assert np.corrcoef(np.log(library[:, 0]), np.log(observed))[0, 1] > 0.25  # (5 epochs: ~0.4)
+    assert model.get_latent_library_size(give_mean=False).shape == (sim.n_obs, 1)
+
+
+def test_observed_library_size_is_each_cells_total(sim_trained):
+    adata, model = sim_trained
+    library = model.get_latent_library_size(indices=[0, 1, 2])
+    np.testing.assert_allclose(library[:, 0], np.asarray(adata.X[:3].sum(1)).ravel(), rtol=1e-5)
 
 
 def test_queries_shapes_and_new_data(sim_trained):
