@@ -400,8 +400,9 @@ class Trainer:
             raise ValueError("batch_size must be at least 2: the network's batch normalisation needs two cells "
                              "per minibatch (128, the default, is a good choice)")
         self.n_train = data.n_cells(train_indices)
-        if self.n_train < 2:
-            raise ValueError(f"training needs at least 2 cells, got {self.n_train}")
+        if self.n_train < 2 * self.world_size:  # every rank's slice of a step needs 2 cells
+            raise ValueError(f"training needs at least 2 cells{' per process' if self.world_size > 1 else ''}, "
+                             f"got {self.n_train}{f' for {self.world_size} processes' if self.world_size > 1 else ''}")
         self.limit_train_batches = limit_train_batches
         self.n_batches = self._n_batches(len(self._epoch_steps(None)))
         if plan.n_steps_kl_warmup is not None:  # (0: no warm-up)
