@@ -42,6 +42,14 @@
   function(x, name) .as_choice(x, name, choices)
 }
 
+# One non-empty name (of an assay, altExp, ...).
+.arg_name <- function(x, name) {
+  if (!is.character(x) || length(x) != 1L || is.na(x) || !nzchar(x)) {
+    stop("`", name, "` must be one non-empty name, not ", .show(x), call. = FALSE)
+  }
+  x
+}
+
 # One obs column name, or NULL.
 .arg_column <- structure(function(x, name) {
   if (is.null(x)) return(NULL)
@@ -184,52 +192,55 @@
   if (!is.null(verb$plan)) plan <- verb$plan(plan, eco, object, a, args)
   if (!is.null(eco$check_outputs)) eco$check_outputs(plan, a)
   verbose <- isTRUE(a$verbose)
-  if (is.null(plan$model)) {
-    found <- .recorded_model(eco, object, a[[eco$model_arg]], verb)
-    model <- found$model
-    plan$input <- found$input
-    record <- found$record
-    adata <- tryCatch(
-      eco$anndata(object, plan$input, .model_genes(model), .model_obs_columns(model)),
-      error = function(e) {
-        # The genes are the model's, not requested by the user: say so.
-        lack <- regmatches(conditionMessage(e), regexec(
-          "^(\\d+) of (\\d+) requested feature\\(s\\) not found: (.*); available", conditionMessage(e)))[[1]]
-        if (!length(lack)) stop(e)
-        stop("the object lacks ", lack[[2]], " of the ", lack[[3]], " genes the model was trained on (",
-             lack[[4]], "); the model needs all of them: use the object it was trained on (a subset of ",
-             "its cells is fine, not of its genes)", call. = FALSE)
-      })
-  } else {
-    adata <- eco$anndata(object, plan$input, plan$features, plan$columns)
-    if (!is.null(plan$adapt)) adata <- plan$adapt(adata)
-    fit <- if (is.null(plan$fit)) {
-      .fit_model(adata, plan$model, args, a$seed, a$model_dir, verbose, build = plan$build,
-                 train = !isFALSE(plan$train))
+  # The verb's seed holds for this call only (fitting and queries), not for later calls.
+  .with_seed(a$seed, {
+    if (is.null(plan$model)) {
+      found <- .recorded_model(eco, object, a[[eco$model_arg]], verb)
+      model <- found$model
+      plan$input <- found$input
+      record <- found$record
+      adata <- tryCatch(
+        eco$anndata(object, plan$input, .model_genes(model), .model_obs_columns(model)),
+        error = function(e) {
+          # The genes are the model's, not requested by the user: say so.
+          lack <- regmatches(conditionMessage(e), regexec(
+            "^(\\d+) of (\\d+) requested feature\\(s\\) not found: (.*); available", conditionMessage(e)))[[1]]
+          if (!length(lack)) stop(e)
+          stop("the object lacks ", lack[[2]], " of the ", lack[[3]], " genes the model was trained on (",
+               lack[[4]], "); the model needs all of them: use the object it was trained on (a subset of ",
+               "its cells is fine, not of its genes)", call. = FALSE)
+        })
     } else {
-      plan$fit(adata, args, a$seed, a$model_dir, verbose)
-    }
-    model <- fit$model
-    record <- list(model = plan$model, model_dir = fit$dir, setup = plan$setup,
-                   model_args = args$model_args, train_args = args$train_args,
-                   cellvi_version = .py_value(.core()$`__version__`),
-                   save_id = .save_id(fit$dir))
-    # The plan's and the fit's entries add to these, or replace them (a tune verb's fit
-    # records the settings it chose).
-    extra <- c(plan$record, fit$record)
-    record[names(extra)] <- extra
-    # Without a `model_dir` of the user's, the saved model travels inside the object.
-    if (is.null(a$model_dir) && !is.null(fit$dir)) {
-      record <- .store_model(record, fit$dir)
-      if (verbose) {
-        message(sprintf("Model kept inside the object (%.1f MB; see ?cellvi_models)",
-                        .store_size(record) / 2^20))
+      adata <- eco$anndata(object, plan$input, plan$features, plan$columns)
+      if (!is.null(plan$adapt)) adata <- plan$adapt(adata)
+      fit <- if (is.null(plan$fit)) {
+        .fit_model(adata, plan$model, args, a$model_dir, verbose, build = plan$build,
+                   train = !isFALSE(plan$train))
+      } else {
+        plan$fit(adata, args, a$seed, a$model_dir, verbose)
+      }
+      model <- fit$model
+      record <- list(model = plan$model, model_dir = fit$dir, setup = plan$setup,
+                     model_args = args$model_args, train_args = args$train_args,
+                     cellvi_version = .py_value(.core()$`__version__`),
+                     save_id = .save_id(fit$dir))
+      # The plan's and the fit's entries add to these, or replace them (a tune verb's fit
+      # records the settings it chose).
+      extra <- c(plan$record, fit$record)
+      record[names(extra)] <- extra
+      # Without a `model_dir` of the user's, the saved model travels inside the object.
+      if (is.null(a$model_dir) && !is.null(fit$dir)) {
+        record <- .store_model(record, fit$dir)
+        if (verbose) {
+          message(sprintf("Model kept inside the object (%.1f MB; see ?cellvi_models)",
+                          .store_size(record) / 2^20))
+        }
       }
     }
-  }
-  results <- list()
-  cells <- colnames(object)
-  for (output in verb$outputs) results <- c(results, output(model, adata, a, plan, cells))
+    results <- list()
+    cells <- colnames(object)
+    for (output in verb$outputs) results <- c(results, output(model, adata, a, plan, cells))
+  })
   if ("table" %in% names(results)) return(results$table)
   eco$write(object, results, record, plan, a, verbose)
 }
@@ -406,12 +417,26 @@
 # Size in bytes of a record's stored model (0 when it keeps a path only).
 .store_size <- function(record) length(record$model_store$bytes)
 
+# Runs `expr` with the core's seed setting (cellvi.settings.seed) set to `seed` -- which seeds
+# torch, numpy and `random`, and the data splits -- or, with `seed = NULL`, as it is; the
+# setting is put back afterwards, even on an error, so that a verb's seed holds for that verb
+# only (a later verb without one is not seeded). It is put back as Python's own autotune puts
+# it back (the `_seed` attribute): the setter would seed torch again with the old value, and
+# the random draws after the verb would repeat those after that earlier seeding.
+.with_seed <- function(seed, expr) {
+  settings <- .core()$settings
+  old <- reticulate::py_get_attr(settings, "_seed")
+  on.exit(reticulate::py_set_attr(settings, "_seed", old), add = TRUE)
+  if (!is.null(seed)) settings$seed <- .as_count(seed, "seed", minimum = 0L)
+  expr
+}
+
 # Sets up and builds a model on an AnnData handle (or makes it with `build(core, adata)`, e.g.
-# from another model), trains it (unless `train = FALSE`) and saves it; list(model, dir).
-.fit_model <- function(adata, model_class, args, seed, model_dir, verbose, build = NULL,
+# from another model), trains it (unless `train = FALSE`) and saves it; list(model, dir). The
+# verb's seed is set around it (.with_seed() in .run_verb()).
+.fit_model <- function(adata, model_class, args, model_dir, verbose, build = NULL,
                        train = TRUE) {
   cv <- .core()
-  if (!is.null(seed)) cv$settings$seed <- .as_count(seed, "seed", minimum = 0L)
   cls <- cv[[model_class]]
   if (is.null(build) && is.null(cls)) {
     stop("the cellvi Python core (version ", .py_value(cv$`__version__`), ") has no model ",
@@ -827,4 +852,30 @@ load_cellvi_model <- function(model_dir, name = NULL) {
   if (inherits(object, "Seurat")) return(.seurat)
   if (methods::is(object, "SingleCellExperiment")) return(.sce)
   stop(what, " must be a Seurat object or a SingleCellExperiment", call. = FALSE)
+}
+
+# The counts a verb reads from its second object, a reference of either kind (adapter
+# `ref_eco`), named by one argument (`arg`, "reference_assay") whatever the verb's own
+# ecosystem: for a Seurat reference an assay (default: its default assay), for a
+# SingleCellExperiment an assay (default "counts"). Checked before anything is converted;
+# list(counts = the name), the input of ref_eco$anndata().
+.reference_input <- function(ref_eco, reference, assay, arg = "reference_assay") {
+  seurat <- ref_eco$name == "seurat"
+  counts <- if (is.null(assay)) {
+    if (seurat) SeuratObject::DefaultAssay(reference) else "counts"
+  } else {
+    .arg_name(assay, arg)
+  }
+  available <- if (seurat) {
+    SeuratObject::Assays(reference)
+  } else {
+    SummarizedExperiment::assayNames(reference)
+  }
+  if (!counts %in% available) {
+    stop("the reference has no assay '", counts, "' (", arg, "); its assays: ",
+         .show_some(available, 20), ". Pass ", arg, " = the ",
+         if (seurat) "Seurat assay" else "SingleCellExperiment assay",
+         " of the reference's raw counts", call. = FALSE)
+  }
+  list(counts = counts)
 }

@@ -185,7 +185,6 @@ tune_randint <- function(low, high) {
     state <- new.env()
     plan$state <- state
     plan$fit <- function(adata, args, seed, model_dir, verbose) {
-      if (!is.null(seed)) cv$settings$seed <- .as_count(seed, "seed", minimum = 0L)
       .py_call(do.call(cls$setup_anndata, c(list(adata), args$setup)))
       opts <- args$options
       # Arguments given to the verb are fixed for every trial, unless searched.
@@ -228,7 +227,8 @@ tune_randint <- function(low, high) {
                                                      opts$max_epochs)
       best_args$setup <- args$setup
       if (verbose) message("Fitting the best settings on all cells")
-      fit <- .fit_model(adata, plan$model, best_args, seed, model_dir, verbose)
+      # seeded afresh, as the trials were: the fit does not depend on how many trials ran
+      fit <- .with_seed(seed, .fit_model(adata, plan$model, best_args, model_dir, verbose))
       # The record names the settings the model was trained with: the best ones.
       fit$record <- c(record, list(model_args = best_args$model_args,
                                    train_args = best_args$train_args))

@@ -20,22 +20,12 @@
     if (!exists("ident.1", envir = a, inherits = FALSE)) {
       # FindAllMarkersSCVI: every group (in the order of its levels) against all other cells
       firsts <- if (is.factor(groups)) levels(droplevels(groups)) else sort(unique(groups))
-      groups <- as.character(groups)
-      plan$comparisons <- lapply(firsts, function(g) {
-        idx <- .group_cells(groups, g, NULL)
-        idx$group <- g
-        idx$message <- paste0("Group ", g, ": ", length(idx$idx1), " vs ", length(idx$idx2),
-                              " cells")
-        idx
-      })
+      plan$comparisons <- .each_group(as.character(groups), firsts, NULL)
       plan$levels <- firsts
       plan$stack <- "seurat"
       return(plan)
     }
-    idx <- .group_cells(as.character(groups), a$ident.1, a$ident.2)
-    idx$message <- paste0("Comparing ", length(idx$idx1), " cells with ", length(idx$idx2),
-                          " cells")
-    plan$comparisons <- list(idx)
+    plan$comparisons <- .one_comparison(as.character(groups), a$ident.1, a$ident.2)
     plan$stack <- FALSE
     return(plan)
   }
@@ -53,17 +43,36 @@
          call. = FALSE)
   }
   groups <- as.character(groups)
-  # every group (but group2, when given: each other group against it), or group1
-  firsts <- if (is.null(a$group1)) setdiff(sort(unique(groups)), a$group2) else a$group1
-  plan$comparisons <- lapply(firsts, function(g) {
-    idx <- .group_cells(groups, g, a$group2)
+  if (!is.null(a$group1)) {
+    # one comparison, group1's groups pooled (as FindMarkersSCVI pools ident.1's)
+    plan$comparisons <- .one_comparison(groups, a$group1, a$group2)
+    plan$stack <- FALSE
+    return(plan)
+  }
+  # every group (but group2, when given: each other group against it)
+  plan$comparisons <- .each_group(groups, setdiff(sort(unique(groups)), a$group2), a$group2)
+  plan$stack <- "sce"
+  plan
+}
+
+# The comparison (a list of one) of the cells of `first` with those of `second` (NULL: all
+# other cells), each side one group or several pooled.
+.one_comparison <- function(groups, first, second) {
+  idx <- .group_cells(groups, first, second)
+  idx$message <- paste0("Comparing ", length(idx$idx1), " cells with ", length(idx$idx2),
+                        " cells")
+  list(idx)
+}
+
+# A comparison per group of `firsts`, each against `second` (NULL: all other cells).
+.each_group <- function(groups, firsts, second) {
+  lapply(firsts, function(g) {
+    idx <- .group_cells(groups, g, second)
     idx$group <- g
     idx$message <- paste0("Group ", g, ": ", length(idx$idx1), " vs ", length(idx$idx2),
                           " cells")
     idx
   })
-  plan$stack <- if (is.null(a$group1)) "sce" else FALSE
-  plan
 }
 
 # The output of a markers verb whose table for one comparison is
@@ -102,20 +111,11 @@
   list(table = out)
 }
 
-# Runs `expr` with the core seeded by the verb's `seed`, or (NULL, or a verb without one) by a
-# seed drawn from R's random-number stream, so that set.seed() before a call repeats it too;
-# the core's seed setting is put back afterwards.
+# Runs `expr` with the core seeded by the verb's `seed`, or (NULL) by a seed drawn from R's
+# random-number stream, so that set.seed() before a call repeats it too; the core's seed
+# setting is put back afterwards (.with_seed()).
 .with_markers_seed <- function(a, expr) {
-  seed <- if (is.null(a$seed)) {
-    sample.int(.Machine$integer.max, 1L)
-  } else {
-    .as_count(a$seed, "seed", minimum = 0L)
-  }
-  cv <- .core()
-  old <- .py_value(cv$settings$seed)
-  cv$settings$seed <- seed
-  on.exit(cv$settings$seed <- old, add = TRUE)
-  expr
+  .with_seed(.or_default(a$seed, sample.int(.Machine$integer.max, 1L)), expr)
 }
 
 # Seurat's filters, with its meanings, for the verbs that have them (Seurat's FindMarkers and
@@ -288,6 +288,9 @@ FindMarkersSCVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL, re
 #' Seurat does. No p-values: see [FindMarkersSCVI()] for the evidence columns, the sort order
 #' within each cluster and how to draw a volcano plot.
 #'
+#' @param batch_correction Generate every sampled cell, of the group and of the rest, in
+#'   each of the model's batches and average (there is no choice of batches per side here:
+#'   for that, [FindMarkersSCVI()] with `batchid1`, `batchid2`).
 #' @inheritParams FindMarkersSCVI
 #' @return A data.frame, one row per cluster and gene.
 #' @examples
@@ -310,14 +313,18 @@ FindAllMarkersSCVI <- function(object, group.by = NULL, reduction = "scvi", feat
 #' Differentially expressed genes with scVI (SingleCellExperiment)
 #'
 #' As [FindMarkersSCVI()], for a SingleCellExperiment on which [runSCVI()] has run. With
-#' `group1 = NULL`, every group is compared with all other cells (one-vs-rest, as
-#' `scran::findMarkers()` does), and the tables are stacked with `group` and `gene` columns.
-#' Rows are sorted as [FindMarkersSCVI()] sorts them (within each group), and `seed` (or
-#' `set.seed()`) makes the result repeat.
+#' `group1` (one group, or several pooled into one side), one comparison: one table, the
+#' genes as row names. With `group1 = NULL`, every group is compared with all other cells
+#' (one-vs-rest, as `scran::findMarkers()` does; with `group2`, every other group with
+#' `group2`), and the tables are stacked with `group` and `gene` columns. Rows are sorted
+#' as [FindMarkersSCVI()] sorts them (within each group), and `seed` (or `set.seed()`) makes
+#' the result repeat.
 #'
 #' @param x A SingleCellExperiment.
 #' @param groups A vector of group labels, one per cell, or the name of a `colData` column.
-#' @param group1,group2 Groups to compare (`group2 = NULL`: all other cells).
+#' @param group1,group2 Groups to compare, each one group or several pooled into one side
+#'   (as `ident.1` and `ident.2` of [FindMarkersSCVI()]); `group2 = NULL`: all other cells.
+#'   `group1 = NULL`: every group in turn (see Description).
 #' @inheritParams FindMarkersSCVI
 #' @inheritParams cellvi-params
 #' @return A data.frame (rownames = genes for one comparison).

@@ -31,14 +31,17 @@
   invisible(reference)
 }
 
-# The reference as an AnnData with its counts and labels column.
-.reference_anndata <- function(reference, labels_key, assay, assay.type) {
-  if (inherits(reference, "Seurat")) {
-    as_anndata(reference, assay = assay, metadata = labels_key, reductions = FALSE)
-  } else {
-    as_anndata(reference, assay.type = .or_default(assay.type, "counts"), metadata = labels_key,
-               reductions = FALSE)
+# The verb's `reference_assay` (either kind of reference, as RunGIMVI()'s), or the SCE verbs'
+# former name of it, `reference_assay.type`, still taken.
+.deconv_reference_assay <- function(a) {
+  former <- a$reference_assay.type
+  if (is.null(former)) return(a$reference_assay)
+  if (!is.null(a$reference_assay) && !identical(a$reference_assay, former)) {
+    stop("`reference_assay` (", .show(a$reference_assay), ") and `reference_assay.type` (",
+         .show(former), ") both name the reference's assay; give `reference_assay` only ",
+         "(`reference_assay.type` is its former name)", call. = FALSE)
   }
+  former
 }
 
 # ---- declaration -------------------------------------------------------------------------------
@@ -57,18 +60,17 @@
     plan$record_name <- kind
     reference <- a$reference
     labels_key <- a$labels_key
-    ref_assay <- if (eco$name == "seurat") a$reference_assay else NULL
-    ref_assay_type <- if (eco$name == "sce") a$reference_assay.type else NULL
     .check_reference(reference, labels_key)  # before anything is converted or trained
+    ref_eco <- .eco_of(reference, "`reference`")
+    ref_input <- .reference_input(ref_eco, reference, .deconv_reference_assay(a))
     reference_args <- if (kind == "destvi") .condscvi_args(a) else list()
     reference_epochs <- .as_count(a$reference_max_epochs, "reference_max_epochs", null_ok = TRUE)
     plan$fit <- function(adata, args, seed, model_dir, verbose) {
       cv <- .core()
-      if (!is.null(seed)) cv$settings$seed <- .as_count(seed, "seed", minimum = 0L)
       model_dir <- .or_default(model_dir, .new_model_dir(classes[["spatial"]]))
       dir.create(model_dir, recursive = TRUE, showWarnings = FALSE)
       model_dir <- normalizePath(model_dir)
-      ref <- .reference_anndata(reference, labels_key, ref_assay, ref_assay_type)
+      ref <- ref_eco$anndata(reference, ref_input, NULL, labels_key)
       ref_cls <- cv[[classes[["reference"]]]]
       .py_call(ref_cls$setup_anndata(ref, labels_key = labels_key))
       sc <- .py_call(do.call(ref_cls, c(list(ref), reference_args)))
@@ -94,7 +96,8 @@
       if (verbose) message("Models saved in ", model_dir)
       list(model = st, dir = st_dir,
            record = list(reference_model_dir = ref_dir, labels_key = labels_key,
-                         reference_model = classes[["reference"]]))
+                         reference_model = classes[["reference"]],
+                         reference_assay = ref_input$counts))
     }
     plan
   }
@@ -175,8 +178,9 @@
 #'   their cell types (metadata column `labels_key`). Cell types with fewer than 10 cells warn.
 #' @param labels_key The reference's metadata column of cell types.
 #' @param assay The spots' assay of raw counts (default: the default assay).
-#' @param reference_assay The reference's assay of raw counts when it is a Seurat object
-#'   (default: its default assay); for a SingleCellExperiment, its `counts` assay.
+#' @param reference_assay The reference's assay of raw counts, whatever the kind of `object`
+#'   (as in [RunGIMVI()]): for a Seurat reference, its assay (default: its default assay);
+#'   for a SingleCellExperiment reference, its assay name (default `"counts"`).
 #' @param features Genes of the spots to use (default: all; those shared with the reference are
 #'   used).
 #' @param vamp_prior_p Components per cell type of the prior of the states (k-means clusters of
@@ -228,8 +232,7 @@ RunDestVI <- function(object, reference, labels_key, assay = NULL, reference_ass
 #'
 #' @param x A SingleCellExperiment of spots (raw counts in `assay.type`).
 #' @param assay.type The spots' assay of raw counts.
-#' @param reference_assay.type The reference's assay of raw counts when it is a
-#'   SingleCellExperiment.
+#' @param reference_assay.type Former name of `reference_assay`, still accepted.
 #' @param name Name of the altExp of proportions.
 #' @inheritParams RunDestVI
 #' @inheritParams cellvi-params
@@ -247,12 +250,12 @@ RunDestVI <- function(object, reference, labels_key, assay = NULL, reference_ass
 #' @rdname runDestVI-sce
 #' @export
 runDestVI <- function(x, reference, labels_key, assay.type = "counts",
-                      reference_assay.type = "counts", features = NULL, vamp_prior_p = 15,
+                      reference_assay = NULL, features = NULL, vamp_prior_p = 15,
                       l1_reg = 0, amortization = "both", n_latent = 5, n_hidden = 128,
                       n_layers = 2, reference_prior = "normal", weight_obs = FALSE,
                       max_epochs = 2000, reference_max_epochs = 300, batch_size = NULL, lr = 3e-3,
                       device = "auto", name = "proportions", seed = NULL, model_dir = NULL,
-                      verbose = TRUE) {
+                      verbose = TRUE, reference_assay.type = NULL) {
   .run_verb(.sce, x, .destvi_verb, environment())
 }
 
@@ -317,10 +320,11 @@ RunStereoscope <- function(object, reference, labels_key, assay = NULL, referenc
 #' @rdname runStereoscope-sce
 #' @export
 runStereoscope <- function(x, reference, labels_key, assay.type = "counts",
-                           reference_assay.type = "counts", features = NULL,
+                           reference_assay = NULL, features = NULL,
                            prior_weight = "n_obs", max_epochs = 400, reference_max_epochs = 100,
                            batch_size = 128, lr = 0.01, device = "auto", name = "proportions",
-                           seed = NULL, model_dir = NULL, verbose = TRUE) {
+                           seed = NULL, model_dir = NULL, verbose = TRUE,
+                           reference_assay.type = NULL) {
   .run_verb(.sce, x, .stereoscope_verb, environment())
 }
 

@@ -8,24 +8,6 @@
 
 # ---- declaration -------------------------------------------------------------------------------
 
-# The reference's counts: for a Seurat reference its assay (default: the default assay), for a
-# SingleCellExperiment its assay (default "counts").
-.gimvi_reference_input <- function(ref_eco, reference, assay) {
-  if (ref_eco$name == "seurat") {
-    list(counts = .or_default(assay, SeuratObject::DefaultAssay(reference)))
-  } else {
-    list(counts = .or_default(assay, "counts"))
-  }
-}
-
-# One non-empty name (of an assay, altExp, ...).
-.arg_name <- function(x, name) {
-  if (!is.character(x) || length(x) != 1L || is.na(x) || !nzchar(x)) {
-    stop("`", name, "` must be one non-empty name, not ", .show(x), call. = FALSE)
-  }
-  x
-}
-
 .gimvi_genes <- function(eco, object, input) {
   if (eco$name == "seurat") rownames(object[[input$counts]]) else rownames(object)
 }
@@ -34,7 +16,7 @@
   reference <- a$reference
   ref_eco <- .eco_of(reference, "`reference`")
   ref_eco$check(reference)
-  ref_input <- .gimvi_reference_input(ref_eco, reference, a$reference_assay)
+  ref_input <- .reference_input(ref_eco, reference, a$reference_assay)
   ref_batch <- .arg_column(a$reference_batch_key, "reference_batch_key")
   if (!is.null(ref_batch) && !ref_batch %in% ref_eco$columns(reference)) {
     stop("reference metadata column '", ref_batch, "' (reference_batch_key) not found; available: ",

@@ -207,11 +207,25 @@ AccessibilityPEAKVI <- function(object, reduction = "peakvi", features = NULL,
 #' accessibilities, `ident.1` over `ident.2`), `pct.1` and `pct.2` (fractions of the cells
 #' with the region open); then the model's `prob_da`, `bayes_factor`, `effect_size`
 #' (estimated accessibility of group 2 minus group 1, as scvi-tools reports it), `emp_effect`
-#' (the same from the observed fractions), `est_prob1`, `est_prob2` and `is_da_fdr` (called at
-#' posterior expected FDR `fdr_target`).
+#' (the same from the observed fractions), `est_prob1`, `est_prob2` and, in `"change"` mode,
+#' `is_da_fdr` (called at posterior expected FDR `fdr_target`, over all tested regions before
+#' the filters). `features`, `min.pct`, `logfc.threshold` and `only.pos` filter the regions as
+#' they do in Seurat (with Seurat 4's defaults; `logfc.threshold = 0, min.pct = 0` keeps
+#' every region), and `seed` (or `set.seed()`) makes the result repeat, as in
+#' [FindMarkersSCVI()].
 #'
 #' @param object A Seurat object on which [RunPEAKVI()] has run.
 #' @param features Regions to test (default: all regions of the model).
+#' @param logfc.threshold Keep regions whose |`avg_log2FC`| (with `only.pos`: `avg_log2FC`) is
+#'   at least this (as in Seurat; 0: no filter).
+#' @param min.pct Keep regions open in at least this fraction of the cells of either group
+#'   (`pct.1`, `pct.2`; as in Seurat; 0: no filter).
+#' @param only.pos Keep only regions with a positive `avg_log2FC` (more accessible in
+#'   `ident.1`).
+#' @param mode `"change"` (`prob_da`: the posterior probability that the log2 ratio of the
+#'   accessibilities is at least `delta` in size, either way; FDR calls in `is_da_fdr`; rows
+#'   sorted by `prob_da`) or `"vanilla"` (`prob_da`: P(accessibility in group 1 > in group
+#'   2), `bayes_factor` its log odds; no `is_da_fdr`; rows sorted by |`bayes_factor`|).
 #' @param delta Threshold on the log2 ratio in `"change"` mode.
 #' @inheritParams FindMarkersSCVI
 #' @inheritParams cellvi-params
@@ -226,9 +240,10 @@ AccessibilityPEAKVI <- function(object, reduction = "peakvi", features = NULL,
 #' }
 #' @export
 FindMarkersPEAKVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL,
-                              reduction = "peakvi", features = NULL, mode = "change",
+                              reduction = "peakvi", features = NULL, logfc.threshold = 0.25,
+                              min.pct = 0.1, only.pos = FALSE, mode = "change",
                               delta = 0.05, fdr_target = 0.05, batch_correction = FALSE,
-                              batchid1 = NULL, batchid2 = NULL, n_samples = 5000,
+                              batchid1 = NULL, batchid2 = NULL, n_samples = 5000, seed = NULL,
                               verbose = TRUE) {
   .run_verb(.seurat, object, .markers_peakvi_verb, environment())
 }
@@ -332,8 +347,8 @@ accessibilityPEAKVI <- function(x, dimred = "PeakVI", features = NULL,
 #' (region) columns, as [findMarkersSCVI()] does), from the model stored by [runPEAKVI()].
 #'
 #' @param x A SingleCellExperiment on which [runPEAKVI()] has run.
-#' @inheritParams findMarkersSCVI
 #' @inheritParams FindMarkersPEAKVI
+#' @inheritParams findMarkersSCVI
 #' @inheritParams cellvi-params
 #' @return A data.frame (rownames = regions for one comparison).
 #' @examples
@@ -350,6 +365,6 @@ accessibilityPEAKVI <- function(x, dimred = "PeakVI", features = NULL,
 findMarkersPEAKVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred = "PeakVI",
                               features = NULL, mode = "change", delta = 0.05,
                               fdr_target = 0.05, batch_correction = FALSE, batchid1 = NULL,
-                              batchid2 = NULL, n_samples = 5000, verbose = TRUE) {
+                              batchid2 = NULL, n_samples = 5000, seed = NULL, verbose = TRUE) {
   .run_verb(.sce, x, .markers_peakvi_verb, environment())
 }

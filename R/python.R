@@ -34,8 +34,11 @@
 #' @return The environment's Python, invisibly.
 #' @examples
 #' \dontrun{
-#' # the core shipped with this package, CPU build of PyTorch, in the virtualenv "r-cellvi"
+#' # the core shipped with this package, in the virtualenv "r-cellvi", with PyTorch's CUDA
+#' # build when nvidia-smi finds an NVIDIA GPU, else its CPU build (torch = "auto")
 #' install_cellvi()
+#' # the CPU build whatever the machine has
+#' install_cellvi(torch = "cpu")
 #' # with a CUDA build of PyTorch, into another environment
 #' install_cellvi(envname = "r-cellvi-gpu", torch = "cuda")
 #' # from a checkout of the cellvi repository

@@ -110,6 +110,9 @@
 #'   `n_latent`, `n_hidden`, `n_layers`, `dropout_rate`, `gene_likelihood`, `dispersion` and
 #'   `model_kwargs` are then the scVI model's). `NULL` trains from scratch.
 #' @param classification_ratio Weight of the labelled cells' classification loss.
+#' @param max_epochs Training epochs (`NULL`: from scratch,
+#'   `min(round(20000 / cells * 400), 400)`; with `scvi_reduction`, whose scVI model has trained
+#'   already, a third of that, rounded and kept between 2 and 10, as scvi-tools does).
 #' @param probabilities Also store every label's probability: in a Seurat object as an assay
 #'   `prediction.score.<labels_key>` (labels x cells; a "_" in a label becomes "-", as
 #'   Seurat requires), in a SingleCellExperiment as a matrix column of `colData`.
@@ -148,6 +151,9 @@ RunSCANVI <- function(object, labels_key, unlabeled_category = "Unknown", batch_
 #'
 #' @param scvi_dimred A reducedDim made by [runSCVI()] on `x`: scANVI starts from that model,
 #'   with its genes, covariates and network settings (as `scvi_reduction` of [RunSCANVI()]).
+#' @param max_epochs Training epochs (`NULL`: from scratch,
+#'   `min(round(20000 / cells * 400), 400)`; with `scvi_dimred`, whose scVI model has trained
+#'   already, a third of that, rounded and kept between 2 and 10, as scvi-tools does).
 #' @inheritParams RunSCANVI
 #' @inheritParams runSCVI
 #' @inheritParams cellvi-params
@@ -401,6 +407,7 @@ tuneSCANVI <- function(x, labels_key, unlabeled_category = "Unknown", batch_key 
 #' @param reduction.name Name of the query's new reduction / reducedDim (default: that of the
 #'   model class, e.g. "scanvi" / "scANVI").
 #' @param reduction.key Key of the new Seurat reduction.
+#' @param max_epochs Training epochs (`NULL`: `min(round(20000 / cells * 400), 400)`).
 #' @inheritParams RunSCANVI
 #' @return `query` with the latent space and, for a scANVI reference, the transferred labels.
 #' @examples

@@ -78,7 +78,12 @@
 #' `scale.layer` and `groups`. scVI models counts, so it reads the counts layers whatever
 #' `layers` names, and it does not use `orig` (scVI learns its own latent space) beyond
 #' checking its cells. Where it differs from [RunSCVI()]: the batch is the split (or
-#' `groups`), and the result is returned as a list instead of an object.
+#' `groups`), and the result is returned as a list instead of an object. It takes RunSCVI()'s
+#' model and training arguments (`n_latent`, `gene_likelihood`, `max_epochs`, `plan_kwargs`
+#' ...), not those that read the object's metadata (`batch_key`, `labels_key`,
+#' `categorical_covariate_keys`, `continuous_covariate_keys`): IntegrateLayers() passes the
+#' assay alone, without the metadata. Those are refused with an error, not ignored; for
+#' covariates use [RunSCVI()] on the object.
 #'
 #' Seurat v5 (not SeuratObject 5 alone) is needed for IntegrateLayers() itself; the method
 #' needs only SeuratObject 5.
@@ -99,7 +104,10 @@
 #' @param new.reduction Name of the new reduction (default `"integrated.scvi"`).
 #' @param reduction.key Key of the new reduction (default `"integratedscVI_"`).
 #' @inheritParams RunSCVI
-#' @param ... Further arguments IntegrateLayers() passes on; ignored.
+#' @param ... Further arguments IntegrateLayers() passes on (those of other integration
+#'   methods); ignored, except that RunSCVI()'s arguments that scVIIntegration does not take
+#'   (`batch_key`, `labels_key`, the covariate keys, `reduction.name`) are refused with an
+#'   error that says what to do instead.
 #' @return A named list, as IntegrateLayers() expects: the new reduction (a `DimReduc`) under
 #'   `new.reduction`, and a one-column data.frame of each cell's batch (the metadata column
 #'   `"split.layer"`, or `"<new.reduction>.group"` for `groups`), which IntegrateLayers() adds to
@@ -134,7 +142,8 @@ scVIIntegration <- function(object, orig = NULL, layers = NULL, features = NULL,
                             dispersion = "gene", max_epochs = NULL, batch_size = 128,
                             train_size = 0.9, early_stopping = FALSE, lr = 1e-3,
                             device = "auto", seed = NULL, model_dir = NULL,
-                            model_kwargs = list(), verbose = TRUE, ...) {
+                            model_kwargs = list(), plan_kwargs = list(), verbose = TRUE, ...) {
+  .refuse_scvi_args(...names())
   .require_pkg("SeuratObject", "integrate Seurat v5 layers")
   if (!.seuratobject_v5() || !inherits(object, "StdAssay")) {
     stop("scVIIntegration() integrates the layers of a Seurat v5 assay (Assay5); `object` is ",
@@ -172,6 +181,31 @@ scVIIntegration <- function(object, orig = NULL, layers = NULL, features = NULL,
   stats::setNames(list(seurat[[new.reduction]], group), c(new.reduction, batch$column))
 }
 attr(scVIIntegration, "Seurat.method") <- "integration"
+
+# RunSCVI()'s arguments that scVIIntegration() does not take, with what to do instead: an
+# argument of RunSCVI's given to it (through IntegrateLayers()'s `...`) is refused rather than
+# dropped unseen.
+.integration_instead <- c(
+  batch_key = paste0("the batch is the split of the counts layers, or `groups` ",
+                     "(IntegrateLayers(groups = ...))"),
+  reduction.name = "name the new reduction with `new.reduction`",
+  metadata = paste0("IntegrateLayers() passes the assay alone, without the object's metadata, ",
+                    "so there are no metadata columns to read: for covariates or labels, run ",
+                    "RunSCVI(object, batch_key = ..., %s = ...) on the object instead"))
+.integration_metadata_args <- c("labels_key", "categorical_covariate_keys",
+                                "continuous_covariate_keys")
+
+.refuse_scvi_args <- function(given) {
+  refused <- intersect(given, setdiff(names(formals(RunSCVI)), names(formals(scVIIntegration))))
+  if (!length(refused)) return(invisible())
+  why <- vapply(refused, function(arg) {
+    if (arg %in% .integration_metadata_args) return(sprintf(.integration_instead[["metadata"]], arg))
+    if (arg %in% names(.integration_instead)) return(.integration_instead[[arg]])
+    "use RunSCVI() on the object for it"
+  }, character(1))
+  stop("scVIIntegration() does not take RunSCVI()'s ",
+       paste0("`", refused, "` (", why, ")", collapse = "; "), call. = FALSE)
+}
 
 # The batch of scVIIntegration(): list(column, group), group a factor named by cell.
 .integration_groups <- function(seurat, assay, groups, new.reduction) {

@@ -48,7 +48,6 @@
   plan$record_name <- "solo"
   plan$fit <- function(adata, args, seed, model_dir, verbose) {
     cv <- .core()
-    if (!is.null(seed)) cv$settings$seed <- .as_count(seed, "seed", minimum = 0L)
     model_dir <- .or_default(model_dir, .new_model_dir("SOLO"))
     dir.create(model_dir, recursive = TRUE, showWarnings = FALSE)
     model_dir <- normalizePath(model_dir)

@@ -193,7 +193,10 @@ NormalizeTOTALVI <- function(object, reduction = "totalvi", features = NULL, pro
 #' As [FindMarkersSCVI()], from the totalVI model stored by [RunTOTALVI()], over the genes
 #' and the proteins together (denoised proteins, background removed unless
 #' `include_protein_background = TRUE`, plus `protein_prior_count`). The table has
-#' FindMarkersSCVI's columns and `feature_type` (`"gene"` or `"protein"`).
+#' FindMarkersSCVI's columns and `feature_type` (`"gene"` or `"protein"`). `features`,
+#' `min.pct`, `logfc.threshold` and `only.pos` filter genes and proteins alike, as in
+#' [FindMarkersSCVI()] (a protein's `pct.1` and `pct.2` are the fractions of the cells with
+#' any count of it), and `seed` (or `set.seed()`) makes the result repeat.
 #'
 #' @param object A Seurat object on which [RunTOTALVI()] has run.
 #' @param features Genes and proteins to test (default: all of the model's).
@@ -214,11 +217,12 @@ NormalizeTOTALVI <- function(object, reduction = "totalvi", features = NULL, pro
 #' }
 #' @export
 FindMarkersTOTALVI <- function(object, ident.1, ident.2 = NULL, group.by = NULL,
-                               reduction = "totalvi", features = NULL, mode = "change",
+                               reduction = "totalvi", features = NULL, logfc.threshold = 0.25,
+                               min.pct = 0.1, only.pos = FALSE, mode = "change",
                                delta = 0.25, fdr_target = 0.05, batch_correction = FALSE,
                                batchid1 = NULL, batchid2 = NULL, n_samples = 5000,
                                protein_prior_count = 0.1, include_protein_background = FALSE,
-                               verbose = TRUE) {
+                               seed = NULL, verbose = TRUE) {
   .run_verb(.seurat, object, .markers_totalvi_verb, environment())
 }
 
@@ -326,7 +330,8 @@ normalizeTOTALVI <- function(x, dimred = "totalVI", features = NULL, proteins = 
 #' Differentially expressed genes and proteins with totalVI (SingleCellExperiment)
 #'
 #' As [findMarkersSCVI()] (one-vs-rest with `group1 = NULL`), from the totalVI model stored
-#' by [runTOTALVI()], over genes and proteins, with a `feature_type` column.
+#' by [runTOTALVI()], over genes and proteins, with a `feature_type` column; `seed` (or
+#' `set.seed()`) makes the result repeat.
 #'
 #' @param x A SingleCellExperiment on which [runTOTALVI()] has run.
 #' @inheritParams findMarkersSCVI
@@ -349,6 +354,7 @@ findMarkersTOTALVI <- function(x, groups, group1 = NULL, group2 = NULL, dimred =
                                features = NULL, mode = "change", delta = 0.25,
                                fdr_target = 0.05, batch_correction = FALSE, batchid1 = NULL,
                                batchid2 = NULL, n_samples = 5000, protein_prior_count = 0.1,
-                               include_protein_background = FALSE, verbose = TRUE) {
+                               include_protein_background = FALSE, seed = NULL,
+                               verbose = TRUE) {
   .run_verb(.sce, x, .markers_totalvi_verb, environment())
 }

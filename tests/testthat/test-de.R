@@ -120,6 +120,34 @@ test_that("findMarkersSCVI runs one-vs-rest on a SingleCellExperiment", {
   expect_error(findMarkersSCVI(sce, "cluster"), "colData column 'cluster' not found")
 })
 
+test_that("findMarkersSCVI pools several groups of group1 into one side, as FindMarkersSCVI pools ident.1", {
+  skip_if_no_core()
+  skip_if_not_installed("SingleCellExperiment")
+  sce <- as_sce(as_anndata(SeuratObject::pbmc_small))
+  sce <- runSCVI(sce, max_epochs = 2, seed = 0, verbose = FALSE,
+                 model_dir = file.path(tempdir(), "de_sce_pooled"))
+  genes <- c("CD3E", "MS4A1", "NKG7")
+  n01 <- sum(sce$RNA_snn_res.1 %in% c("0", "1"))
+  expect_message(
+    pooled <- findMarkersSCVI(sce, "RNA_snn_res.1", group1 = c("0", "1"), features = genes,
+                              n_samples = 100, seed = 1),
+    paste0("Comparing ", n01, " cells with ", ncol(sce) - n01, " cells"))
+  # one comparison: one row per gene, named by it, no group column
+  expect_setequal(rownames(pooled), genes)
+  expect_false("group" %in% names(pooled))
+  # the same as naming the pooled groups' cells one group
+  sce$pooled <- ifelse(sce$RNA_snn_res.1 %in% c("0", "1"), "01", "rest")
+  one <- findMarkersSCVI(sce, "pooled", group1 = "01", features = genes, n_samples = 100,
+                         seed = 1, verbose = FALSE)
+  expect_identical(pooled, one)
+  # both sides pooled
+  both <- findMarkersSCVI(sce, "RNA_snn_res.1", group1 = "0", group2 = c("1", "2"),
+                          features = genes, n_samples = 100, seed = 1, verbose = FALSE)
+  expect_setequal(rownames(both), genes)
+  expect_error(findMarkersSCVI(sce, "RNA_snn_res.1", group1 = c("0", "9"), verbose = FALSE),
+               "group '9' not found")
+})
+
 test_that("one-vs-rest leaves cells without a group (NA) out of the rest, as Seurat does", {
   idx <- cellvi:::.group_cells(c("a", NA, "b", "a", NA), "a", NULL)
   expect_equal(idx$idx1, c(1L, 4L))

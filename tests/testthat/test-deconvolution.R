@@ -169,3 +169,45 @@ test_that("RunDestVI passes the reference's prior and cell weights to CondSCVI",
   types <- sort(unique(as.character(reference$cell_type)))
   expect_equal(unname(rowSums(prop_matrix(out[[]], types))), rep(1, ncol(out)), tolerance = 1e-6)
 })
+
+test_that("`reference_assay` names the reference's counts whatever the kinds of spots and reference", {
+  skip_if_no_core()
+  skip_if_not_installed("SingleCellExperiment")
+  reference <- cellvi_dataset("lymphnode_reference_small")
+  spots <- cellvi_dataset("lymphnode_visium_small")[, 1:60]
+  spots_sce <- cellvi_dataset("lymphnode_visium_small", as = "SingleCellExperiment")[, 1:60]
+  # a Seurat reference whose counts of 250 genes are in a second assay
+  counts <- SeuratObject::GetAssayData(reference, slot = "counts")
+  reference[["RAW"]] <- SeuratObject::CreateAssayObject(counts = counts[1:250, ])
+  # an SCE reference whose counts are in an assay "raw" (none named "counts")
+  ref_sce <- cellvi_dataset("lymphnode_reference_small", as = "SingleCellExperiment")[1:250, ]
+  SummarizedExperiment::assay(ref_sce, "raw") <- SummarizedExperiment::assay(ref_sce, "counts")
+  SummarizedExperiment::assay(ref_sce, "counts") <- NULL
+  reference_genes <- function(record) {
+    length(reticulate::py_to_r(load_cellvi_model(record$reference_model_dir)$var_names))
+  }
+  fit <- function(verb, spots, ref, ...) {
+    verb(spots, ref, labels_key = "cell_type", max_epochs = 2, reference_max_epochs = 2,
+         seed = 0, verbose = FALSE, model_dir = tempfile("deconv"), ...)
+  }
+  # the SCE verb with a Seurat reference, the Seurat verb with an SCE reference
+  sce <- fit(runStereoscope, spots_sce, reference, reference_assay = "RAW")
+  record <- S4Vectors::metadata(sce)$cellvi$stereoscope
+  expect_equal(record$reference_assay, "RAW")
+  expect_equal(reference_genes(record), 250L)
+  seu <- fit(RunStereoscope, spots, ref_sce, reference_assay = "raw")
+  record <- SeuratObject::Misc(seu, "cellvi")$stereoscope
+  expect_equal(record$reference_assay, "raw")
+  expect_equal(reference_genes(record), 250L)
+  # the SCE verbs' former name still works; both names at once must agree
+  sce <- fit(runStereoscope, spots_sce, ref_sce, reference_assay.type = "raw")
+  expect_equal(S4Vectors::metadata(sce)$cellvi$stereoscope$reference_assay, "raw")
+  expect_error(fit(runDestVI, spots_sce, ref_sce, reference_assay = "raw",
+                   reference_assay.type = "counts"),
+               "`reference_assay` \\(\"raw\"\\) and `reference_assay.type` \\(\"counts\"\\)")
+  # defaults: a Seurat reference's default assay, an SCE reference's "counts"
+  expect_error(fit(RunDestVI, spots, ref_sce),
+               "the reference has no assay 'counts' \\(reference_assay\\); its assays: raw")
+  expect_error(fit(runDestVI, spots_sce, reference, reference_assay = "ADT"),
+               "the reference has no assay 'ADT' \\(reference_assay\\); its assays: RNA, RAW")
+})

@@ -40,7 +40,8 @@ test_that("RunPEAKVI, AccessibilityPEAKVI and FindMarkersPEAKVI on a Seurat obje
   expect_equal(as.matrix(thr) > 0, dense > 0.1)
 
   da <- FindMarkersPEAKVI(out, ident.1 = "B", ident.2 = "CD14.Mono.1", group.by = "cell_type",
-                          n_samples = 200, verbose = FALSE)
+                          n_samples = 200, logfc.threshold = 0, min.pct = 0, seed = 3,
+                          verbose = FALSE)
   expect_s3_class(da, "data.frame")
   expect_equal(nrow(da), 2000L)
   expect_setequal(rownames(da), rownames(atac))
@@ -52,6 +53,19 @@ test_that("RunPEAKVI, AccessibilityPEAKVI and FindMarkersPEAKVI on a Seurat obje
   b <- atac$cell_type == "B"
   expect_equal(da$pct.1, unname(Matrix::rowMeans(counts[rownames(da), b] > 0)), tolerance = 1e-6)
   expect_equal(da$effect_size, da$est_prob2 - da$est_prob1, tolerance = 1e-6)
+  # seed: the call repeats; Seurat's filters (and defaults) on the same draws
+  run <- function(...) FindMarkersPEAKVI(out, ident.1 = "B", ident.2 = "CD14.Mono.1",
+                                         group.by = "cell_type", n_samples = 200, seed = 3,
+                                         verbose = FALSE, ...)
+  expect_identical(run(logfc.threshold = 0, min.pct = 0), da)
+  expect_identical(run(), da[pmax(da$pct.1, da$pct.2) >= 0.1 & abs(da$avg_log2FC) >= 0.25, ])
+  pos <- run(only.pos = TRUE, logfc.threshold = 0.5, min.pct = 0.2)
+  expect_identical(pos, da[pmax(da$pct.1, da$pct.2) >= 0.2 & da$avg_log2FC >= 0.5, ])
+  # vanilla mode: prob_da is P(accessibility 1 > 2), no FDR calls
+  vanilla <- run(mode = "vanilla", features = rownames(atac)[1:20], logfc.threshold = 0,
+                 min.pct = 0)
+  expect_false("is_da_fdr" %in% names(vanilla))
+  expect_true(all(vanilla$prob_da >= 0 & vanilla$prob_da <= 1))
   # the model saved from R is an ordinary cellvi model
   model <- reticulate::import("cellvi")$load_model(dir)
   expect_equal(class(model)[1], "cellvi.models._peakvi.PEAKVI")
@@ -96,8 +110,11 @@ test_that("runPEAKVI, accessibilityPEAKVI and findMarkersPEAKVI on a SingleCellE
   expect_equal(rownames(SingleCellExperiment::altExp(some, "acc")), rownames(sce)[1:3])
 
   da <- findMarkersPEAKVI(sce, "cell_type", group1 = "B", features = rownames(sce)[1:40],
-                          n_samples = 100, verbose = FALSE)
+                          n_samples = 100, seed = 2, verbose = FALSE)
   expect_equal(sort(rownames(da)), sort(rownames(sce)[1:40]))
+  expect_identical(findMarkersPEAKVI(sce, "cell_type", group1 = "B",
+                                     features = rownames(sce)[1:40], n_samples = 100, seed = 2,
+                                     verbose = FALSE), da)
   stacked <- findMarkersPEAKVI(sce, "cell_type", features = rownames(sce)[1:10],
                                n_samples = 50, verbose = FALSE)
   expect_equal(nrow(stacked), 30L)

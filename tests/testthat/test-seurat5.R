@@ -207,6 +207,32 @@ test_that("scVIIntegration works as IntegrateLayers() calls it, on the split lay
                "Seurat v5 assay")
 })
 
+test_that("scVIIntegration refuses RunSCVI()'s arguments it cannot use instead of dropping them", {
+  # before anything else: any SeuratObject, no core needed
+  expect_error(scVIIntegration(NULL, labels_key = "cell_type"),
+               "does not take RunSCVI\\(\\)'s `labels_key` \\(IntegrateLayers\\(\\) passes the assay alone")
+  expect_error(scVIIntegration(NULL, categorical_covariate_keys = "donor", batch_key = "sample"),
+               "`categorical_covariate_keys` \\(IntegrateLayers.*; `batch_key` \\(the batch is the split")
+  expect_error(scVIIntegration(NULL, reduction.name = "x"), "with `new.reduction`")
+  # IntegrateLayers()'s own arguments, and other methods', still pass
+  expect_error(scVIIntegration(NULL, normalization.method = "LogNormalize", dims = 1:30),
+               "integrates the layers of a Seurat v5 assay")
+})
+
+test_that("scVIIntegration passes plan_kwargs to the training plan", {
+  skip_unless_v5()
+  split <- pbmc_split()
+  expect_error(integrate_layers(split, scVIIntegration, features = rownames(split),
+                                scale.layer = NULL, max_epochs = 1,
+                                plan_kwargs = list(no_such_setting = 1), verbose = FALSE),
+               "no_such_setting")
+  out <- integrate_layers(split, scVIIntegration, features = rownames(split), scale.layer = NULL,
+                          max_epochs = 1, plan_kwargs = list(kl_warmup_cap = 0.5), seed = 0,
+                          verbose = FALSE)
+  expect_equal(SeuratObject::Misc(out[["integrated.scvi"]])$train_args$plan_kwargs,
+               list(kl_warmup_cap = 0.5))
+})
+
 test_that("RunSCANVI and MapQuerySCVI on split objects", {
   skip_unless_v5()
   pbmc <- as_v5(pbmc_with_labels(), split = SeuratObject::pbmc_small$groups)

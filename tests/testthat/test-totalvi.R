@@ -50,7 +50,8 @@ test_that("RunTOTALVI, NormalizeTOTALVI and FindMarkersTOTALVI on a Seurat objec
   expect_equal(rownames(some[["tv_adt"]]), "CD3-TotalSeqB")
 
   markers <- FindMarkersTOTALVI(out, ident.1 = "high", ident.2 = "low", group.by = "cd19",
-                                n_samples = 100, verbose = FALSE)
+                                n_samples = 100, logfc.threshold = 0, min.pct = 0, seed = 4,
+                                verbose = FALSE)
   expect_s3_class(markers, "data.frame")
   expect_equal(nrow(markers), 514L)
   expect_true(all(c("avg_log2FC", "pct.1", "pct.2", "proba_de", "bayes_factor", "lfc_std",
@@ -58,6 +59,14 @@ test_that("RunTOTALVI, NormalizeTOTALVI and FindMarkersTOTALVI on a Seurat objec
   expect_equal(as.vector(table(markers$feature_type)[c("gene", "protein")]), c(500L, 14L))
   expect_setequal(rownames(markers)[markers$feature_type == "protein"], rownames(cite[["ADT"]]))
   expect_false(is.unsorted(rev(markers$proba_de)))
+  # seed: the call repeats; Seurat's filters (and defaults) on the same draws
+  run <- function(...) FindMarkersTOTALVI(out, ident.1 = "high", ident.2 = "low",
+                                          group.by = "cd19", n_samples = 100, seed = 4,
+                                          verbose = FALSE, ...)
+  expect_identical(run(logfc.threshold = 0, min.pct = 0), markers)
+  keep <- pmax(markers$pct.1, markers$pct.2) >= 0.1 & abs(markers$avg_log2FC) >= 0.25
+  expect_identical(run(), markers[keep, ])
+  expect_true(all(run(only.pos = TRUE)$avg_log2FC > 0))
   # the model saved from R is an ordinary cellvi model
   model <- reticulate::import("cellvi")$load_model(dir)
   expect_equal(class(model)[1], "cellvi.models._totalvi.TOTALVI")
@@ -108,7 +117,10 @@ test_that("runTOTALVI, normalizeTOTALVI and findMarkersTOTALVI on a SingleCellEx
 
   markers <- findMarkersTOTALVI(sce, "half", group1 = "a",
                                 features = c("CD14", "CD19_TotalSeqB"), n_samples = 100,
-                                verbose = FALSE)
+                                seed = 5, verbose = FALSE)
   expect_equal(sort(rownames(markers)), c("CD14", "CD19_TotalSeqB"))
+  expect_identical(findMarkersTOTALVI(sce, "half", group1 = "a",
+                                      features = c("CD14", "CD19_TotalSeqB"), n_samples = 100,
+                                      seed = 5, verbose = FALSE), markers)
   expect_equal(markers[c("CD14", "CD19_TotalSeqB"), "feature_type"], c("gene", "protein"))
 })
