@@ -417,18 +417,15 @@
 # Size in bytes of a record's stored model (0 when it keeps a path only).
 .store_size <- function(record) length(record$model_store$bytes)
 
-# Runs `expr` with the core's seed setting (cellvi.settings.seed) set to `seed` -- which seeds
-# torch, numpy and `random`, and the data splits -- or, with `seed = NULL`, as it is; the
-# setting is put back afterwards, even on an error, so that a verb's seed holds for that verb
-# only (a later verb without one is not seeded). It is put back as Python's own autotune puts
-# it back (the `_seed` attribute): the setter would seed torch again with the old value, and
-# the random draws after the verb would repeat those after that earlier seeding.
+# Runs `expr` with the core's seed setting (cellvi.settings.seed) set to `seed` for its
+# duration (seeding torch, numpy and `random`, and the data splits); afterwards, even on an
+# error, the setting is put back as it was without seeding anything again (Python's
+# settings.seeded()), so that a verb's seed holds for that verb only. `seed = NULL`: `expr` as
+# it is (no Python needed).
 .with_seed <- function(seed, expr) {
-  settings <- .core()$settings
-  old <- reticulate::py_get_attr(settings, "_seed")
-  on.exit(reticulate::py_set_attr(settings, "_seed", old), add = TRUE)
-  if (!is.null(seed)) settings$seed <- .as_count(seed, "seed", minimum = 0L)
-  expr
+  if (is.null(seed)) return(expr)
+  seed <- .as_count(seed, "seed", minimum = 0L)
+  with(.core()$settings$seeded(seed), expr)
 }
 
 # Sets up and builds a model on an AnnData handle (or makes it with `build(core, adata)`, e.g.

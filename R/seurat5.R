@@ -143,7 +143,7 @@ scVIIntegration <- function(object, orig = NULL, layers = NULL, features = NULL,
                             train_size = 0.9, early_stopping = FALSE, lr = 1e-3,
                             device = "auto", seed = NULL, model_dir = NULL,
                             model_kwargs = list(), plan_kwargs = list(), verbose = TRUE, ...) {
-  .refuse_scvi_args(...names())
+  .refuse_scvi_args(names(match.call(expand.dots = FALSE)$...))
   .require_pkg("SeuratObject", "integrate Seurat v5 layers")
   if (!.seuratobject_v5() || !inherits(object, "StdAssay")) {
     stop("scVIIntegration() integrates the layers of a Seurat v5 assay (Assay5); `object` is ",

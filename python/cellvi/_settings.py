@@ -2,6 +2,7 @@
 ``backed_window_cells``."""
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -49,6 +50,26 @@ class Settings:
             np.random.seed(value % 2**32)
             torch.manual_seed(value)
         self._seed = value
+
+    @contextlib.contextmanager
+    def seeded(self, seed: int | None):
+        """Within the block, ``seed`` is the setting (seeding torch, numpy and ``random`` as
+        setting :attr:`seed` does; ``None``: the setting as it is). Afterwards the setting is
+        put back as it was, without seeding anything again (so the draws after the block do
+        not repeat those after an earlier seeding).
+
+        Examples
+        --------
+        >>> with cellvi.settings.seeded(0):
+        ...     model.train()
+        """
+        before = self._seed
+        if seed is not None:
+            self.seed = seed
+        try:
+            yield self
+        finally:
+            self._seed = before
 
     @property
     def num_threads(self) -> int:

@@ -249,11 +249,12 @@ class ExpressionMixin(PosteriorMixin):
     @torch.no_grad()
     def get_latent_library_size(self, adata=None, indices=None, give_mean: bool = True,
                                 batch_size: int | None = None) -> np.ndarray:
-        """Each cell's library size (RNA total count) as the model uses it (cells x 1).
+        """Each cell's library size (RNA total count) as the encoder sees it (cells x 1).
 
         The observed total, or, for a model that learns it (``use_observed_lib_size=False``),
         the mean ``exp(m + v / 2)`` of the log-normal posterior q(l | x) (``give_mean``) or
-        one draw of it.
+        one draw of it. (A model set up with ``size_factor_key`` decodes with those size
+        factors instead; as in scvi-tools, this returns the library all the same.)
 
         Examples
         --------
@@ -293,8 +294,8 @@ class ExpressionMixin(PosteriorMixin):
             values = {"mean": dist.mu}
             if hasattr(dist, "theta"):
                 values["dispersions"] = dist.theta.expand_as(dist.mu)
-            if "dropout" in generated:  # a module whose likelihood mixes it with something else
-                values["dropout"] = generated["dropout"]
+            if "zi_probs" in generated:  # a module whose likelihood mixes the ZINB with something else
+                values["dropout"] = generated["zi_probs"]
             elif hasattr(dist, "zi_logits"):
                 values["dropout"] = torch.sigmoid(dist.zi_logits)
             for key, value in values.items():

@@ -311,12 +311,8 @@ class _Context:
         # Every trial starts from the same seed: differences come from the parameters, not
         # from the draw of initial weights or minibatch order. (The user's setting is put
         # back afterwards.)
-        user_seed = settings._seed
-        settings.seed = self.config["seed"]
-        try:
+        with settings.seeded(self.config["seed"]):
             return self._train(params, model_kwargs, train_kwargs, report)
-        finally:
-            settings._seed = user_seed
 
     def _train(self, params, model_kwargs, train_kwargs, report):
         import torch

@@ -251,7 +251,10 @@ class BaseModel:
 
         Returns
         -------
-        The model itself.
+        The model itself. A run that fails (an error, e.g. a :class:`cellvi.TrainingError`
+        when the loss turns NaN) leaves the model as it was before the call: weights, split,
+        history; the failed run's history is the error's ``history``. An interrupted run
+        (Ctrl-C) keeps what it reached.
 
         Examples
         --------

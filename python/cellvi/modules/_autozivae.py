@@ -216,7 +216,7 @@ class AUTOZIVAE(VAE):
         out["delta"] = delta
         if not self.training:  # for queries: the ZINB component's zero-inflation probability
             # (reported as "dropout"; the mixture's depends on the random delta)
-            out["dropout"] = self.minimal_dropout + (1 - self.minimal_dropout) * torch.sigmoid(dist.zi_logits)
+            out["zi_probs"] = self.minimal_dropout + (1 - self.minimal_dropout) * torch.sigmoid(dist.zi_logits)
         return out
 
     def loss(self, tensors, inference_out, generative_out, kl_weight: float = 1.0, n_obs: int = 1) -> LossOutput:

@@ -28,7 +28,11 @@ logger = logging.getLogger("cellvi")
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (for example the loss became NaN)."""
+    """Training cannot go on (for example the loss became NaN). Raised from a model's
+    ``train()``, which then leaves the model as it was; ``history`` holds the failed run's
+    per-epoch record (None when it failed before the first epoch ended)."""
+
+    history = None
 
 
 class ConvergenceWarning(UserWarning):

@@ -201,6 +201,21 @@ def test_query_with_unknown_batch_is_refused(sim_trained):
         model.get_latent_representation(other)
 
 
+def test_seeded_block_puts_the_setting_back_without_seeding_again():
+    cellvi.settings.seed = 5
+    after_5 = torch.rand(1).item()
+    cellvi.settings.seed = 5
+    with cellvi.settings.seeded(1):
+        assert cellvi.settings.seed == 1
+    assert cellvi.settings.seed == 5
+    assert torch.rand(1).item() != after_5  # not seeded with 5 again: no repeated draws
+    with pytest.raises(RuntimeError), cellvi.settings.seeded(2):
+        raise RuntimeError
+    assert cellvi.settings.seed == 5
+    with cellvi.settings.seeded(None):
+        assert cellvi.settings.seed == 5
+
+
 def test_seed_makes_cpu_runs_repeat_exactly():
     def run():
         adata = simulate_counts(n_cells=200, n_genes=30)

@@ -291,3 +291,17 @@ def test_rna_only_batch_mixes_with_cite_batch_and_gets_proteins():
     assert np.isfinite(rna_only).all() and (rna_only.std(0) > 0).all()
     # CD4 vs CD8a protein should separate the same T cells as their genes do.
     assert {"CD4_TotalSeqB", "CD8a_TotalSeqB"} <= set(imputed.columns)
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "zinb"])
+def test_likelihood_parameters_of_the_rna(likelihood):
+    adata = simulate_cite(n_cells=60)
+    cellvi.TOTALVI.setup_anndata(adata)
+    model = small_totalvi(adata, gene_likelihood=likelihood)
+    model.train(max_epochs=2, batch_size=32)
+    params = model.get_likelihood_parameters(indices=np.arange(10))
+    assert params["mean"].shape == (10, 40) and (params["mean"] > 0).all()
+    assert ("dropout" in params) == (likelihood == "zinb")
+    if likelihood == "zinb":  # a probability (scvi-tools' zi_probs), not logits
+        assert ((params["dropout"] >= 0) & (params["dropout"] <= 1)).all()
+
