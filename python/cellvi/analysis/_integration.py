@@ -152,6 +152,8 @@ def _neighbours(X: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray
     """Distances and indices of each row's ``n_neighbors`` nearest other rows (at most all
     others), nearest first."""
     k = min(n_neighbors, len(X) - 1)
+    if k < 1:  # a single row has no neighbours (and cKDTree would return 1-D arrays)
+        return np.zeros((len(X), 0)), np.zeros((len(X), 0), dtype=np.int64)
     distances, index = cKDTree(X).query(X, k=k + 1)
     return distances[:, 1:], index[:, 1:]
 

@@ -181,6 +181,8 @@ class BackedCSR:
         out = sp.csr_matrix((data, indices, indptr.astype(index_dtype)), shape=(rows.size, n_cols), copy=False)
         if not out.has_canonical_format:  # repeated entries count once each, as in memory
             out.sum_duplicates()
+        if not out.data.all():  # stored zeros are not counts above zero, as in memory
+            out.eliminate_zeros()
         return out if self._columns is None else out[:, self._columns]
 
     def __getitem__(self, rows) -> sp.csr_matrix:

@@ -55,11 +55,14 @@ def as_csr_float32(X, what: str = "the count matrix") -> sp.csr_matrix:
     if X.dtype != np.float32:
         X = X.astype(np.float32)
     X = uniform_index_dtype(X)
-    if not X.has_canonical_format:
-        # Repeated (row, column) entries would each count once more among a minibatch's
-        # non-zeros, which the likelihoods read; sum them (in a copy: the data stay the user's).
+    if not X.has_canonical_format or not X.data.all():
+        # The likelihoods read a minibatch's stored entries as its non-zero counts: repeated
+        # (row, column) entries would each count once more, and stored zeros as counts above
+        # zero (a ZINB then scores them wrongly); sum the first, drop the second (in a copy:
+        # the data stay the user's).
         X = X.copy()
         X.sum_duplicates()
+        X.eliminate_zeros()
     return X
 
 

@@ -48,6 +48,9 @@ class Poisson:
     def log_prob_per_cell(self, x, nz_index=None, nz_value=None) -> torch.Tensor:
         if nz_index is None:
             return self.log_prob(x).sum(-1)
+        if self.mu.dim() != 2:  # the flat indices address one cells x genes matrix
+            raise ValueError(f"the non-zero counts' likelihood needs mu of cells x genes, got shape "
+                             f"{tuple(self.mu.shape)}; for several samples pass the dense counts instead")
         mu_nz = self.mu.reshape(-1)[nz_index]
         nz_term = nz_value * torch.log(mu_nz + EPS) - _lgamma_x_plus_1(nz_value)
         return _per_cell(-self.mu, nz_index, nz_term)

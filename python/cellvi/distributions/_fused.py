@@ -217,6 +217,13 @@ def count_log_likelihood_per_cell(mu, theta, zi_logits, nz_index, nz_value) -> t
     ``mu``: cells x genes; ``theta``: genes, 1 x genes or cells x genes; ``nz_index``: flat
     indices (row * n_genes + col) of the non-zero counts, ``nz_value`` their values.
     """
+    if mu.dim() != 2:  # the flat indices address one cells x genes matrix
+        raise ValueError(f"the non-zero counts' likelihood needs mu of cells x genes, got shape {tuple(mu.shape)}; "
+                         "for several samples pass the dense counts instead")
     if theta.dim() == 2 and theta.shape[0] not in (1, mu.shape[0]):
         raise ValueError(f"theta of shape {tuple(theta.shape)} does not broadcast to {tuple(mu.shape)}")
+    if theta.numel() == 1:  # one dispersion for all: per gene, as the kernel reads it
+        theta = theta.reshape(1).expand(mu.shape[-1])
+    if zi_logits is not None and zi_logits.shape != mu.shape:  # e.g. per gene: one per entry
+        zi_logits = zi_logits.expand(mu.shape).contiguous()
     return _CountLogLikelihood.apply(mu, theta, zi_logits, nz_index, nz_value, mu.shape[-1])

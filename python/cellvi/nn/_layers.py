@@ -29,6 +29,14 @@ class CovariateLinear(nn.Module):
         self.cat_weights = nn.ParameterList(
             nn.Parameter(torch.empty(int(n), n_out).uniform_(-bound, bound)) for n in n_cats
         )
+        if not bias:
+            # A single category's table would be the bias this layer must not have (with
+            # several, each category's row is its offset, as a one-hot input gives): zero
+            # and fixed, kept so that reference mapping can append rows for new categories.
+            for n, weight in zip(n_cats, self.cat_weights):
+                if int(n) == 1:
+                    weight.data.zero_()
+                    weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, cats: Sequence[torch.Tensor] = ()) -> torch.Tensor:
         out = self.linear(x)

@@ -76,3 +76,14 @@ def test_unknown_labels_are_left_out_and_bad_input_is_refused():
         integration_scores(X, batches[:-1], labels)
     with pytest.raises(ValueError, match="missing"):
         integration_scores(X, pd.Series(batches, dtype=object).where(np.arange(len(X)) > 0), labels)
+
+
+def test_scores_with_a_single_labelled_cell():
+    """One cell with a known label (the rest missing): the label scores are undefined, the
+    batch mixing still measured, and no crash (the neighbour search used to fail)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    batch = rng.choice(["a", "b"], 40)
+    scores = integration_scores(X, batch, ["a"] + [None] * 39)
+    assert np.isnan(scores["nmi"]) and np.isfinite(scores["ilisi"])
+    assert scores["graph_connectivity"] == 1.0  # one cell: its label's graph is connected

@@ -278,3 +278,28 @@ def test_peakvi_trains_on_disk_as_in_memory(tmp_path):
     assert isinstance(model._tensors().X, backed.BackedCSR)
     for on_disk, in_memory in zip(results[1], results[0]):
         np.testing.assert_allclose(on_disk, in_memory, rtol=1e-5, atol=1e-6)
+
+
+def test_stored_zeros_are_zero_counts_in_memory_and_on_disk(tmp_path):
+    """A CSR matrix may store explicit zeros; the likelihoods read stored entries as counts
+    above zero, so the ZINB scored them wrongly. The same counts with and without stored
+    zeros now give the same model and the same scores, in memory and backed."""
+    clean = simulate_counts(n_cells=200, n_genes=30)
+    X = clean.X.tocsr()
+    rows, cols = np.nonzero(X.toarray() == 0)
+    stored = sp.csr_matrix((np.r_[X.data, np.zeros(50, np.float32)],
+                            (np.r_[X.nonzero()[0], rows[:50]], np.r_[X.nonzero()[1], cols[:50]])), shape=X.shape)
+    stored.sort_indices()
+    assert stored.nnz == X.nnz + 50 and stored.has_canonical_format
+    with_zeros = clean.copy()
+    with_zeros.X = stored
+    path = tmp_path / "zeros.h5ad"
+    with_zeros.write_h5ad(path)
+    scores = []
+    for adata in (clean, with_zeros, anndata.read_h5ad(path, backed="r")):
+        model = trained(adata)
+        torch.manual_seed(0)
+        scores.append(model.get_reconstruction_error())
+    assert with_zeros.X.nnz == X.nnz + 50  # the user's matrix untouched
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-5)
+    np.testing.assert_allclose(scores[2], scores[0], rtol=1e-5)

@@ -133,3 +133,27 @@ def test_sparse_per_cell_accepts_transposed_parameters(kind):
     for plain, transposed in zip(*grads):
         if plain is not None:
             torch.testing.assert_close(transposed, plain)
+
+
+@pytest.mark.parametrize("theta_shape, zi_shape", [((), None), ((1,), None), ((1, 1), None),
+                                                    ((6,), (6,)), ((6,), (1, 6))])
+def test_fused_likelihood_takes_every_broadcastable_shape(theta_shape, zi_shape):
+    """One dispersion for all, or zero-inflation per gene: the non-zeros' kernel gives the dense
+    log-probability and its gradients (it used to fail on these shapes)."""
+    from cellvi.distributions._fused import count_log_likelihood_per_cell
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.poisson(torch.rand(4, 6, generator=gen) * 3).double()
+    mu = (torch.rand(4, 6, generator=gen) + 0.5).double().requires_grad_()
+    theta = (torch.rand(theta_shape, generator=gen).double() + 1).requires_grad_()
+    zi = None if zi_shape is None else torch.randn(zi_shape, generator=gen).double().requires_grad_()
+    flat = x.reshape(-1)
+    nz = torch.nonzero(flat).squeeze(1)
+    fused = count_log_likelihood_per_cell(mu, theta, zi, nz, flat[nz])
+    dist = (NegativeBinomial(mu, theta.expand(4, 6)) if zi is None
+            else ZeroInflatedNegativeBinomial(mu, theta, zi.expand(4, 6)))
+    dense = dist.log_prob(x).sum(-1)
+    torch.testing.assert_close(fused, dense)
+    inputs = [mu, theta] + ([zi] if zi is not None else [])
+    for a, b in zip(torch.autograd.grad(fused.sum(), inputs), torch.autograd.grad(dense.sum(), inputs)):
+        torch.testing.assert_close(a, b)

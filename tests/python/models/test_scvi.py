@@ -392,3 +392,18 @@ def test_zero_warmup_steps_mean_full_kl_weight_from_the_start(sim):
     model = cellvi.SCVI(sim, n_latent=4)
     model.train(max_epochs=2, plan_kwargs={"n_steps_kl_warmup": 0})
     assert (model.history["kl_weight"] == 1.0).all()
+
+
+def test_linear_decoder_without_bias_has_none_with_one_batch():
+    """decoder_bias=False without batch norm: one batch's covariate table would be a per-gene
+    bias; it stays zero, so the decoder at z = 0 gives every gene the same share."""
+    adata = simulate_counts(n_cells=150, n_genes=20, n_batches=1)
+    cellvi.settings.seed = 0
+    cellvi.LinearSCVI.setup_anndata(adata)
+    model = cellvi.LinearSCVI(adata, n_latent=3, use_batch_norm="none")
+    model.train(max_epochs=3)
+    module = model.module
+    with torch.no_grad():
+        z = torch.zeros(1, 3)
+        scale = module.generative(z, torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))["scale"]
+    torch.testing.assert_close(scale, torch.full_like(scale, 1 / 20))
