@@ -42,6 +42,16 @@
   function(x, name) .as_choice(x, name, choices)
 }
 
+# A device for torch: "auto", "cpu", "cuda", "cuda:N" (GPU number N) or "mps".
+.arg_device <- function(x, name) {
+  if (is.character(x) && length(x) == 1L && !is.na(x) && grepl("^cuda:[0-9]+$", x)) return(x)
+  if (!is.character(x) || length(x) != 1L || !x %in% c("auto", "cpu", "cuda", "mps")) {
+    stop("`", name, "` must be \"auto\", \"cpu\", \"cuda\", \"cuda:N\" (GPU number N) or \"mps\", not ",
+         .show(x), call. = FALSE)
+  }
+  x
+}
+
 # One non-empty name (of an assay, altExp, ...).
 .arg_name <- function(x, name) {
   if (!is.character(x) || length(x) != 1L || is.na(x) || !nzchar(x)) {
@@ -110,7 +120,7 @@
 # train() settings; `verbose` becomes the progress bar.
 .train_spec <- list(max_epochs = .arg_count(null_ok = TRUE), batch_size = .arg_count(2L),
                     train_size = .arg_number(0, 1), early_stopping = .arg_flag,
-                    lr = .arg_number(0), device = .arg_choice("auto", "cpu", "cuda", "mps"),
+                    lr = .arg_number(0), device = .arg_device,
                     progress_bar = .arg_as("verbose", .arg_flag))
 
 # ---- a verb ------------------------------------------------------------------------------------

@@ -76,7 +76,8 @@
 #' @param train_size Fraction of the cells used for training (the rest for validation).
 #' @param early_stopping Stop when the validation loss stops improving.
 #' @param lr Learning rate.
-#' @param device `"auto"` (a GPU when there is one), `"cpu"`, `"cuda"` or `"mps"`.
+#' @param device `"auto"` (a GPU when there is one), `"cpu"`, `"cuda"`, `"cuda:N"` (GPU
+#'   number N) or `"mps"`.
 #' @param seed Integer seed for reproducible runs (`NULL`: not seeded).
 #' @param model_dir `NULL` (default): the trained model is kept inside the returned object
 #'   (a few MB for most models), so `saveRDS()`/`readRDS()` carries it and later verbs work

@@ -55,3 +55,11 @@ test_that("a verb's seed does not stay in force for later verbs", {
   expect_null(core_seed())
   set_core_seed(NULL)
 })
+
+test_that("device takes a GPU's number, as Python does, and refuses what torch would not", {
+  expect_equal(cellvi:::.arg_device("cuda:1", "device"), "cuda:1")
+  expect_equal(cellvi:::.arg_device("cpu", "device"), "cpu")
+  expect_error(cellvi:::.arg_device("gpu", "device"), "cuda:N")
+  expect_error(cellvi:::.arg_device("cuda:x", "device"), "cuda:N")
+  expect_error(cellvi:::.arg_device(c("cpu", "cuda"), "device"), "cuda:N")
+})
