@@ -41,6 +41,8 @@
 .rds_column <- function(v) {
   v <- .plain_column(v)
   if (is.factor(v)) {
+    # an NA level (addNA) is missing, not a category (as as_anndata() sends it)
+    if (anyNA(levels(v))) v <- factor(v, levels = levels(v)[!is.na(levels(v))], ordered = is.ordered(v))
     return(list(type = "factor", codes = as.integer(unclass(v)), levels = .rds_chr(levels(v)),
                 ordered = is.ordered(v)))
   }

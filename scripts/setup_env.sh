@@ -14,7 +14,7 @@ VENV="${CELLVI_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${CELLVI_TORCH_SPEC:-torch==2.13.0}"  # the CPU wheel; unpinned torch pulls CUDA
 
-R_PACKAGES="postgresql libopenblas0-pthread r-base-core r-cran-reticulate r-cran-testthat r-cran-seurat r-bioc-singlecellexperiment r-cran-matrix r-cran-rmarkdown r-cran-knitr pandoc"
+R_PACKAGES="python3-venv postgresql libopenblas0-pthread r-base-core r-cran-reticulate r-cran-testthat r-cran-seurat r-bioc-singlecellexperiment r-cran-matrix r-cran-rmarkdown r-cran-knitr pandoc"
 missing=""
 for p in $R_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

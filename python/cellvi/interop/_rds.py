@@ -258,7 +258,8 @@ def read_rds(
       are read as strings, and non-atomic columns (lists, nested data frames, matrices) are
       skipped, with a warning naming them.
     - ``obsm["X_<name>"]``: every Seurat reduction's ``cell.embeddings`` (e.g. ``X_pca``,
-      ``X_tsne``) or SCE ``reducedDims`` (names kept as they are, e.g. ``X_PCA``), float64,
+      ``X_tsne``) or SCE ``reducedDims`` (e.g. ``PCA`` as ``X_PCA``; always prefixed, as
+      ``as_anndata()`` in R writes them), float64,
       rows in the order of the cells.
     - ``layers``: as asked with ``layers``.
     - ``obsm["protein_expression"]``: the protein counts (see ``protein_assay``), a pandas
@@ -351,7 +352,7 @@ def read_rds(
             k = int(emb["ncol"][0])
             values = _buffer(emb["values"], np.float64)
             # R matrices are column-major: cells x k by column
-            obsm[name if name.startswith("X_") else f"X_{name}"] = values.reshape(
+            obsm[f"X_{name}"] = values.reshape(
                 (len(obs_names), k), order="F").copy(order="C")
         layer_mats = {name: _layer(_items(part)) for name, part in _named_list(res["layers"]).items()}
         proteins = res.get("proteins")

@@ -73,6 +73,11 @@ saveRDS(cite, file.path(out, "cite.rds"))
 sce_cite <- sce
 altExp(sce_cite, "ADT") <- SummarizedExperiment::SummarizedExperiment(list(counts = adt))
 saveRDS(sce_cite, file.path(out, "sce_cite.rds"))
+# Edge cases: a reducedDim named "pca" beside one named "X_pca"; a factor with an NA level.
+edge <- sce
+reducedDims(edge) <- list(pca = Embeddings(pbmc, "pca")[, 1:2], X_pca = Embeddings(pbmc, "pca")[, 3:4])
+edge$with_na_level <- addNA(factor(rep(c("a", NA), length.out = n)))
+saveRDS(edge, file.path(out, "sce_edge.rds"))
 """
 
 
@@ -269,3 +274,19 @@ def test_reader_is_the_r_packages_code():
     root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
     assert files == [os.path.join(root, "R", "convert.R"), os.path.join(root, "R", "rds.R")]
     assert not hasattr(_rds, "_R_CODE")
+
+
+def test_reduced_dims_keep_apart_and_an_na_level_is_missing(rds_dir, pbmc):
+    """Every reduction becomes X_<its name>, as as_anndata() writes it (a "pca" beside an
+    "X_pca" used to collapse into one); a factor's NA level (addNA) travels as missing, not as
+    a category named ""."""
+    from cellvi.interop import read_rds
+
+    edge = read_rds(rds_dir / "sce_edge.rds")
+    assert set(edge.obsm) == {"X_pca", "X_X_pca"}
+    np.testing.assert_array_equal(edge.obsm["X_pca"], pbmc.obsm["X_pca"][:, :2])
+    np.testing.assert_array_equal(edge.obsm["X_X_pca"], pbmc.obsm["X_pca"][:, 2:4])
+    column = edge.obs["with_na_level"]
+    assert list(column.cat.categories) == ["a"]
+    assert column.isna().sum() == edge.n_obs // 2
+
